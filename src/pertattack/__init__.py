@@ -1,0 +1,31 @@
+"""pertattack: adversarial examples for classification and regression models.
+
+The perturbation-analysis framework of Balda, Behboodi and Mathar (2018): every attack is an
+objective x a constraint x a solver x a schedule. Start with :func:`get_attack` and
+:func:`list_attacks`.
+"""
+
+from .attacks import Attack, AttackResult, get_attack, list_attacks
+from .constraints import Box, LpBall, Partition
+from .metrics import fooling_curve, fooling_ratio, predict, psnr, rho2, robustness
+from .modelcall import ModelCall, eval_mode
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Attack",
+    "AttackResult",
+    "Box",
+    "LpBall",
+    "ModelCall",
+    "Partition",
+    "eval_mode",
+    "fooling_curve",
+    "fooling_ratio",
+    "get_attack",
+    "list_attacks",
+    "predict",
+    "psnr",
+    "rho2",
+    "robustness",
+]

@@ -1,0 +1,252 @@
+"""Constraint sets for the perturbation eta: lp balls, the box of valid inputs, subset partitions.
+
+All norm arithmetic of the project lives here (one concept, one place). Tensors are batch-first:
+a perturbation of shape (N, ...) is one vector of R^M per input, M = prod(...).
+
+Notation (paper, Section 2): p in [1, inf], dual exponent q = p / (p - 1), q = 1 for p = inf and
+q = inf for p = 1. Hölder: eta^T g <= norm_p(eta) norm_q(g), with equality at the unit Hölder
+maximiser returned by :meth:`LpBall.steepest`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["LpBall", "Box", "Partition", "dual_exponent", "lp_norm", "as_batch_eps", "expand_like"]
+
+_TINY = 1e-12
+
+
+def dual_exponent(p: float) -> float:
+    """q with 1/p + 1/q = 1 (q = inf for p = 1, q = 1 for p = inf)."""
+    if p == 1:
+        return math.inf
+    if math.isinf(p):
+        return 1.0
+    return p / (p - 1.0)
+
+
+def lp_norm(v: Tensor, p: float) -> Tensor:
+    """Per-input lp norm of a batch: shape (N, ...) -> (N,)."""
+    flat = v.reshape(v.shape[0], -1)
+    if math.isinf(p):
+        return flat.abs().amax(dim=1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
+    return torch.linalg.vector_norm(flat, ord=p, dim=1)
+
+
+def expand_like(t: Tensor, like: Tensor) -> Tensor:
+    """View a per-input tensor of shape (N,) as (N, 1, ..., 1) to broadcast against ``like``."""
+    return t.reshape(t.shape[0], *([1] * (like.dim() - 1)))
+
+
+def as_batch_eps(eps: float | Tensor, n: int, like: Tensor) -> Tensor:
+    """A budget as a per-input tensor of shape (N,) on the device and dtype of ``like``.
+
+    Accepts a scalar or a tensor of shape () or (N,) (per-input budgets, broadcast as in ART).
+    """
+    e = torch.as_tensor(eps, dtype=like.dtype, device=like.device)
+    if e.dim() == 0:
+        e = e.expand(n)
+    if e.shape != (n,):
+        raise ValueError(f"eps must be a scalar or have shape ({n},), got {tuple(e.shape)}")
+    if torch.isnan(e).any() or (e < 0).any():
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    return e
+
+
+@dataclass(frozen=True)
+class LpBall:
+    """The lp ball {eta : norm_p(eta) <= eps}, for any real p >= 1 or p = inf.
+
+    Args:
+        p: the norm; ``float('inf')`` (or ``"inf"``) for the max norm.
+    """
+
+    p: float
+
+    def __post_init__(self) -> None:
+        p = float(self.p)
+        if math.isnan(p) or p < 1:
+            raise ValueError(f"p must be >= 1 (or inf), got {self.p}")
+        object.__setattr__(self, "p", p)
+
+    @property
+    def q(self) -> float:
+        """The dual exponent."""
+        return dual_exponent(self.p)
+
+    def norm(self, eta: Tensor) -> Tensor:
+        """norm_p of each input's perturbation, shape (N,)."""
+        return lp_norm(eta, self.p)
+
+    def dual_norm(self, g: Tensor) -> Tensor:
+        """norm_q of each input's gradient, shape (N,)."""
+        return lp_norm(g, self.q)
+
+    def steepest(self, g: Tensor) -> Tensor:
+        """The unit Hölder maximiser u(g): norm_p(u) = 1 and u^T g = norm_q(g) (eq. 6 without -eps).
+
+        u = sign(g) abs(g)^(q-1) / norm_q(g)^(q-1); sign(g) for p = inf; for p = 1 all mass on the
+        largest abs(g_i) (the first such coordinate on ties). Zero where g = 0.
+        """
+        n = g.shape[0]
+        flat = g.reshape(n, -1)
+        if math.isinf(self.p):
+            u = flat.sign()
+        elif self.p == 1:
+            idx = flat.abs().argmax(dim=1, keepdim=True)
+            u = torch.zeros_like(flat).scatter_(1, idx, flat.gather(1, idx).sign())
+        elif self.p == 2:
+            u = flat / flat.norm(dim=1, keepdim=True).clamp_min(_TINY)
+        else:
+            q = self.q
+            # Scale by the max first: abs(g)^(q-1) overflows for large q and small |g|.
+            scale = flat.abs().amax(dim=1, keepdim=True).clamp_min(_TINY)
+            a = (flat.abs() / scale) ** (q - 1.0)
+            u = flat.sign() * a / lp_norm(a, self.p).unsqueeze(1).clamp_min(_TINY)
+        return u.reshape(g.shape)
+
+    def project(self, eta: Tensor, eps: Tensor) -> Tensor:
+        """Euclidean projection onto the ball of per-input radius ``eps`` (shape (N,)).
+
+        Exact for p in {1, 2, inf}; for other p the rescaling eps * eta / norm_p(eta), which lands in
+        the ball but is not the Euclidean projection (documented, as in ART).
+        """
+        e = expand_like(eps, eta)
+        if math.isinf(self.p):
+            return torch.maximum(torch.minimum(eta, e), -e)
+        if self.p == 1:
+            return _project_l1(eta, eps)
+        norms = expand_like(self.norm(eta), eta)
+        factor = torch.where(norms > e, e / norms.clamp_min(_TINY), torch.ones_like(norms))
+        return eta * factor
+
+    def sample(self, like: Tensor, radius: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A random point of the ball of per-input ``radius`` (shape (N,)), shaped like ``like``.
+
+        Uniform in the ball for p in {1, 2, inf} (Laplace / Gaussian direction, radius * U^(1/M));
+        for other p a Gaussian direction rescaled to the lp sphere, radius * U^(1/M): in the ball,
+        not exactly uniform.
+        """
+        n = like.shape[0]
+        m = like[0].numel()
+        kw = dict(dtype=like.dtype, device=like.device, generator=generator)
+        if math.isinf(self.p):
+            u = torch.rand(like.shape, **kw) * 2 - 1
+            return u * expand_like(radius, like)
+        if self.p == 1:
+            u = torch.rand(like.shape, **kw).clamp_min(1e-20)
+            sgn = torch.rand(like.shape, **kw) < 0.5
+            d = torch.where(sgn, -1.0, 1.0).to(like.dtype) * (-u.log())
+        else:
+            d = torch.randn(like.shape, **kw)
+        d = d / expand_like(self.norm(d).clamp_min(_TINY), like)
+        r = torch.rand(n, **kw) ** (1.0 / m)
+        return d * expand_like(radius * r, like)
+
+
+def _project_l1(eta: Tensor, eps: Tensor) -> Tensor:
+    """Exact Euclidean projection onto the l1 ball (sort-based, Duchi et al. 2008), batched."""
+    n = eta.shape[0]
+    flat = eta.reshape(n, -1)
+    a = flat.abs()
+    inside = a.sum(dim=1) <= eps
+    srt, _ = a.sort(dim=1, descending=True)
+    cums = srt.cumsum(dim=1)
+    ks = torch.arange(1, flat.shape[1] + 1, device=eta.device, dtype=eta.dtype)
+    cond = srt - (cums - eps.unsqueeze(1)) / ks > 0
+    # cond holds on a prefix of the sorted values: rho = its last index
+    rho = (cond * torch.arange(flat.shape[1], device=eta.device)).argmax(dim=1, keepdim=True)
+    theta = ((cums.gather(1, rho) - eps.unsqueeze(1)) / (rho + 1).to(eta.dtype)).clamp_min(0)
+    proj = flat.sign() * (a - theta).clamp_min(0)
+    out = torch.where(inside.unsqueeze(1), flat, proj)
+    return out.reshape(eta.shape)
+
+
+@dataclass(frozen=True)
+class Box:
+    """The box of valid inputs [lo, hi] (scalars or tensors broadcastable to one input, e.g. (C, 1, 1))."""
+
+    lo: float | Tensor = 0.0
+    hi: float | Tensor = 1.0
+
+    def bounds(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        lo = torch.as_tensor(self.lo, dtype=like.dtype, device=like.device)
+        hi = torch.as_tensor(self.hi, dtype=like.dtype, device=like.device)
+        if (lo > hi).any():
+            raise ValueError(f"box: lo must be <= hi, got lo={self.lo}, hi={self.hi}")
+        return lo, hi
+
+    def clip(self, x: Tensor) -> Tensor:
+        lo, hi = self.bounds(x)
+        return torch.maximum(torch.minimum(x, hi), lo)
+
+    def check(self, x: Tensor, name: str = "x") -> None:
+        """Raise a ValueError naming ``name`` if x has NaN/inf or leaves the box."""
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name} contains NaN or inf")
+        lo, hi = self.bounds(x)
+        if (x < lo).any() or (x > hi).any():
+            raise ValueError(
+                f"{name} lies outside the box [{float(lo.min())}, {float(hi.max())}] "
+                f"(min {float(x.min())}, max {float(x.max())}); set box=(lo, hi) to the range of your inputs "
+                "(attacks work in the raw input space; give normalisation as preprocess=(mean, std))"
+            )
+
+    @property
+    def peak(self) -> float:
+        """hi - lo, the peak signal of PSNR (largest value where lo/hi are per channel)."""
+        return float(torch.as_tensor(self.hi).max() - torch.as_tensor(self.lo).min())
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A partition of the M coordinates of one input into S subsets (Section 4, eq. 19-23).
+
+    Args:
+        groups: ``"pixel"`` (default): for inputs (N, C, H, W) a subset is the C channels of one pixel;
+            for (N, H, W) or (N, M) inputs each coordinate is its own subset. Or a sequence/tensor of
+            M subset ids in [0, S) giving the subset of each coordinate of the flattened input.
+    """
+
+    groups: str | Sequence[int] | Tensor = "pixel"
+
+    def index(self, like: Tensor) -> Tensor:
+        """Subset id of each coordinate of one flattened input, shape (M,), int64, values 0..S-1."""
+        shape = like.shape[1:]
+        m = like[0].numel()
+        if isinstance(self.groups, str):
+            if self.groups != "pixel":
+                raise ValueError(f"unknown partition {self.groups!r}; use 'pixel' or a list of subset ids")
+            if len(shape) == 3:  # (C, H, W): pixel id = h * W + w, shared by the channels
+                c, h, w = shape
+                return torch.arange(h * w, device=like.device).repeat(c)
+            return torch.arange(m, device=like.device)
+        idx = torch.as_tensor(self.groups, device=like.device, dtype=torch.int64).reshape(-1)
+        if idx.numel() != m:
+            raise ValueError(f"partition has {idx.numel()} ids, the input has {m} coordinates")
+        if idx.min() < 0:
+            raise ValueError("partition ids must be >= 0")
+        return idx
+
+    def size(self, like: Tensor) -> int:
+        """Number S of subsets."""
+        return int(self.index(like).max()) + 1
+
+    def subset_sums(self, values: Tensor) -> Tensor:
+        """Sum of ``values`` (N, ...) within each subset: shape (N, S)."""
+        idx = self.index(values)
+        n = values.shape[0]
+        flat = values.reshape(n, -1)
+        out = flat.new_zeros(n, int(idx.max()) + 1)
+        return out.index_add_(1, idx, flat)
+
+    def mask(self, chosen: Tensor, like: Tensor) -> Tensor:
+        """Coordinate mask (N, ...) of the subsets marked in ``chosen`` (N, S) bool."""
+        idx = self.index(like)
+        return chosen[:, idx].reshape(like.shape)

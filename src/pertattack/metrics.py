@@ -1,0 +1,117 @@
+"""Robustness measures (paper, Section 6): fooling ratio, rho1, rho2, PSNR.
+
+* fooling ratio: the share of correctly classified inputs that the attack misclassifies
+  (as DeepFool defines it); a minimum-norm attack fools at eps when its norm is <= eps.
+* rho1 (DeepFool): mean of norm_p(r(x)) / norm_p(x), r DeepFool's minimal perturbation.
+* rho2 (Theorem 1): mean of L(x, 0) / norm_q(grad L(x, 0)) with the margin objective on logits,
+  the first-order distance to the decision boundary (exact for affine classifiers). As in the
+  paper, rho2 is not divided by norm_p(x) (for [0, 1] images and p = inf that norm is ~1 anyway).
+  On probabilities a confident model's gradient vanishes and the ratio explodes: logits it is.
+* PSNR: 10 log10(peak^2 / MSE) in dB, peak = hi - lo.
+
+Means run over the correctly classified inputs (the others have distance 0 by definition).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .attacks import Attack, AttackResult, get_attack
+from .constraints import LpBall, lp_norm
+from .modelcall import ModelCall, OutputSelector, Preprocess, eval_mode
+from .objectives import Context, Margin
+
+__all__ = ["predict", "fooling_ratio", "fooling_curve", "robustness", "psnr", "rho2"]
+
+
+def predict(model: nn.Module, x: Tensor, *, preprocess: Preprocess | None = None, output: OutputSelector = None,
+            batch_size: int = 1024) -> Tensor:
+    """The model's classes for x (N,), in eval mode (restored afterwards), in batches."""
+    fwd = ModelCall(model, preprocess, output)
+    with eval_mode(model), torch.no_grad():
+        return torch.cat([fwd(x[i : i + batch_size]).argmax(dim=1) for i in range(0, x.shape[0], batch_size)])
+
+
+def fooling_ratio(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, **kw: Any) -> float:
+    """Share of the inputs that ``model`` classifies correctly on x and wrongly on x_adv.
+
+    The paper's definition: only correctly classified inputs count. NaN (with a warning) when none is.
+    """
+    if x.shape != x_adv.shape:
+        raise ValueError(f"x and x_adv differ in shape: {tuple(x.shape)} vs {tuple(x_adv.shape)}")
+    correct = predict(model, x, **kw) == y
+    if not bool(correct.any()):
+        warnings.warn("no input is classified correctly: the fooling ratio is undefined", stacklevel=2)
+        return math.nan
+    fooled = predict(model, x_adv, **kw) != y
+    return float((fooled & correct).sum() / correct.sum())
+
+
+def fooling_curve(model: nn.Module, x: Tensor, y: Tensor, attack: Attack | str, eps: Sequence[float],
+                  **overrides: Any) -> list[float]:
+    """Fooling ratio at each eps of a grid: one run of a minimum-norm attack for the whole grid
+    (its norms thresholded, after projection on each ball), one run per eps otherwise."""
+    if isinstance(attack, str):
+        attack = get_attack(attack, **overrides)
+    elif overrides:
+        attack = attack.replace(**overrides)
+    kw = dict(preprocess=attack.params["preprocess"], output=attack.params["output"])
+    correct = predict(model, x, **kw) == y
+    results = attack(model, x, y, eps=list(eps))
+    assert isinstance(results, list)
+    n_correct = correct.sum().clamp_min(1)
+    return [float((r.success & correct).sum() / n_correct) for r in results]  # type: ignore[operator]
+
+
+def rho2(model: nn.Module, x: Tensor, y: Tensor | None = None, p: float = math.inf, **kw: Any) -> Tensor:
+    """L(x, 0) / norm_q(grad L(x, 0)) per input (Theorem 1), margin on logits; 0 where misclassified."""
+    fwd = ModelCall(model, kw.get("preprocess"), kw.get("output"))
+    ball = LpBall(p)
+    with eval_mode(model):
+        label = y if y is not None else predict(model, x, **kw)
+        value, g, _ = Margin().value_and_grad(fwd, x, Context(label=label, ball=ball))
+    return value.clamp_min(0) / ball.dual_norm(g).clamp_min(1e-12)
+
+
+def robustness(model: nn.Module, x: Tensor, y: Tensor, p: float = math.inf, *, batch_size: int = 500,
+               **kw: Any) -> dict[str, float]:
+    """Table 3 of the paper for one classifier: test error, rho1, rho2 and the smallest eps at which
+    DeepFool fools more than 99% of the correctly classified inputs.
+
+    Returns a dict with keys ``test_error``, ``rho1``, ``rho2``, ``eps_99``, ``deepfool_success``.
+    """
+    correct = predict(model, x, **kw) == y
+    if not bool(correct.any()):
+        raise ValueError("no input is classified correctly")
+    df = get_attack("deepfool", p=p, batch_size=batch_size, **kw)
+    res = df(model, x, y)
+    assert isinstance(res, AttackResult) and res.success is not None
+    xc = x[correct]
+    ok = res.success[correct]
+    norms = res.norms[correct]
+    rho1 = float((norms / lp_norm(xc, p).clamp_min(1e-12))[ok].mean()) if bool(ok.any()) else math.nan
+    r2 = torch.cat([rho2(model, xc[i : i + batch_size], y[correct][i : i + batch_size], p, **kw)
+                    for i in range(0, xc.shape[0], batch_size)])
+    r2n = float(r2.mean())
+    dist = torch.where(ok, norms, torch.full_like(norms, math.inf)).sort().values
+    k = math.floor(0.99 * dist.numel())  # more than 99% fooled: k+1 smallest distances
+    eps99 = float(dist[min(k, dist.numel() - 1)])
+    return dict(test_error=float(1 - correct.float().mean()), rho1=rho1, rho2=r2n, eps_99=eps99,
+                deepfool_success=float(ok.float().mean()))
+
+
+def psnr(a: Tensor, b: Tensor, peak: float = 1.0) -> Tensor:
+    """PSNR in dB of each input of a batch: 10 log10(peak^2 / MSE(a_i, b_i)), shape (N,).
+
+    inf where a_i == b_i. peak = hi - lo of the box (1 for [0, 1] images).
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"psnr needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
+    mse = (a - b).reshape(a.shape[0], -1).double().pow(2).mean(dim=1)
+    return (10 * torch.log10(peak**2 / mse)).to(a.dtype if a.is_floating_point() else torch.float64)

@@ -1,0 +1,256 @@
+"""Objectives L(x, eta): what an attack drives down (paper, Section 2 and Table 2).
+
+Every objective here is a loss to MINIMISE over eta, per input, shape (N,):
+
+=============  ==========================================================  =======================
+name           L(x, eta)                                                   fooled when
+=============  ==========================================================  =======================
+margin         f_k(x+eta) - max_{l != k} f_l(x+eta)   (AGP, eq. 2)         argmax != k  (L < 0)
+cross-entropy  -CE(f(x+eta), k)                        (FGSM, BIM, PGD)    argmax != k
+score          f_k(x+eta)                              (Algorithm 2)       argmax != k
+targeted       max_{l != t} f_l(x+eta) - f_t(x+eta)                         argmax == t  (L < 0)
+deepfool       f_k - f_l^, l^ = argmin_{l!=k} |f_k - f_l| / norm_q(grad(f_k - f_l))   argmax != k
+transfer       any of the above, evaluated on a surrogate model            on the attacked model
+regression     -norm_2(y - f(x+eta))^2  (maximises the squared error, Sec. 3)  (no label)
+=============  ==========================================================  =======================
+
+k is the true label when given, else the model's own prediction on x. ``targeted`` equals the
+paper's f_k - f_t whenever k is the top class; written with max_{l != t} it also says exactly when
+the target is reached. f means the model's raw outputs, taken as logits; ``probs=True`` applies a
+softmax first, as the paper's f (class probabilities) does. Cross-entropy always works on logits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .constraints import LpBall
+
+__all__ = [
+    "Context",
+    "Objective",
+    "Margin",
+    "CrossEntropy",
+    "Score",
+    "Targeted",
+    "DeepFoolObjective",
+    "Transfer",
+    "Regression",
+    "OBJECTIVES",
+]
+
+Forward = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class Context:
+    """What an objective needs besides the model's output: labels, target, reference output, norm.
+
+    Attributes:
+        label: (N,) int64 class k of each input (true label, or the model's prediction).
+        target: (N,) int64 target classes for targeted attacks, else None.
+        reference: (N, ...) regression reference y (f(x) when no ground truth is given), else None.
+        ball: the attack's lp ball (DeepFool picks its class with the dual norm).
+    """
+
+    label: Tensor | None = None
+    target: Tensor | None = None
+    reference: Tensor | None = None
+    ball: LpBall = field(default_factory=lambda: LpBall(math.inf))
+
+
+def _other_max(scores: Tensor, cls: Tensor) -> Tensor:
+    """max_{l != cls} scores_l, per row."""
+    masked = scores.masked_fill(F.one_hot(cls, scores.shape[1]).bool(), -math.inf)
+    return masked.amax(dim=1)
+
+
+class Objective:
+    """Base class: subclasses define :meth:`loss`; gradients come from one backward pass."""
+
+    name: str = "objective"
+    classification: bool = True
+
+    def loss(self, out: Tensor, ctx: Context) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def fooled(self, out: Tensor, ctx: Context) -> Tensor:
+        """Whether the model's output ``out`` counts as fooled, (N,) bool (untargeted by default)."""
+        return out.argmax(dim=1) != ctx.label
+
+    def value_and_grad(self, forward: Forward, x: Tensor, ctx: Context) -> tuple[Tensor, Tensor, Tensor]:
+        """L at x (N,), its gradient in x (N, ...) and the model output at x (detached).
+
+        Uses ``torch.autograd.grad`` on the sum of the per-input losses, so each input gets its
+        own gradient and no model parameter receives ``.grad``.
+        """
+        xg = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = forward(xg)
+            loss = self.loss(out, ctx)
+            (g,) = torch.autograd.grad(loss.sum(), xg)
+        return loss.detach(), g.detach(), out.detach()
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def _scores(out: Tensor, probs: bool) -> Tensor:
+    return out.softmax(dim=1) if probs else out
+
+
+@dataclass(repr=False)
+class Margin(Objective):
+    """AGP margin, eq. 2: f_k - max_{l != k} f_l; fooled iff negative (Algorithm 1)."""
+
+    probs: bool = False
+    name = "margin"
+
+    def loss(self, out: Tensor, ctx: Context) -> Tensor:
+        s = _scores(out, self.probs)
+        return s.gather(1, ctx.label[:, None])[:, 0] - _other_max(s, ctx.label)
+
+
+@dataclass(repr=False)
+class CrossEntropy(Objective):
+    """-CE(f(x+eta), k) on logits (FGSM, BIM, PGD)."""
+
+    name = "cross-entropy"
+
+    def loss(self, out: Tensor, ctx: Context) -> Tensor:
+        return -F.cross_entropy(out, ctx.label, reduction="none")
+
+
+@dataclass(repr=False)
+class Score(Objective):
+    """f_k(x+eta) alone (Algorithm 2): one gradient, no search over classes."""
+
+    probs: bool = False
+    name = "score"
+
+    def loss(self, out: Tensor, ctx: Context) -> Tensor:
+        return _scores(out, self.probs).gather(1, ctx.label[:, None])[:, 0]
+
+
+@dataclass(repr=False)
+class Targeted(Objective):
+    """max_{l != t} f_l - f_t: negative iff the model predicts the target t."""
+
+    probs: bool = False
+    name = "targeted"
+
+    def loss(self, out: Tensor, ctx: Context) -> Tensor:
+        if ctx.target is None:
+            raise ValueError("a targeted attack needs target=... (one class per input)")
+        s = _scores(out, self.probs)
+        return _other_max(s, ctx.target) - s.gather(1, ctx.target[:, None])[:, 0]
+
+    def fooled(self, out: Tensor, ctx: Context) -> Tensor:
+        return out.argmax(dim=1) == ctx.target
+
+
+@dataclass(repr=False)
+class DeepFoolObjective(Objective):
+    """DeepFool's objective: f_k - f_l^ with l^ the class closest by the rho1 criterion.
+
+    l^ = argmin_{l != k} abs(f_k - f_l) / norm_q(grad f_k - grad f_l), chosen per input for the
+    whole batch at once. Only the ``candidates`` classes with the highest scores (besides k) are
+    searched: one backward pass per candidate, batched over the inputs.
+    """
+
+    candidates: int = 10
+    probs: bool = False
+    name = "deepfool"
+
+    def loss(self, out: Tensor, ctx: Context) -> Tensor:  # the value at the chosen class
+        raise NotImplementedError("DeepFoolObjective computes its value in value_and_grad")
+
+    def value_and_grad(self, forward: Forward, x: Tensor, ctx: Context) -> tuple[Tensor, Tensor, Tensor]:
+        xg = x.detach().requires_grad_(True)
+        k = ctx.label
+        with torch.enable_grad():
+            out = forward(xg)
+            s = _scores(out, self.probs)
+            n, K = s.shape
+            c = min(self.candidates, K - 1)
+            others = s.detach().masked_fill(F.one_hot(k, K).bool(), -math.inf)
+            cand = others.topk(c, dim=1).indices  # (N, c)
+            fk = s.gather(1, k[:, None])[:, 0]
+            best_d = torch.full((n,), math.inf, dtype=x.dtype, device=x.device)
+            best_L = torch.zeros(n, dtype=x.dtype, device=x.device)
+            best_g = torch.zeros_like(x)
+            for j in range(c):  # loop over candidate ranks, each batched over all inputs
+                diff = fk - s.gather(1, cand[:, j : j + 1])[:, 0]
+                (g,) = torch.autograd.grad(diff.sum(), xg, retain_graph=j < c - 1)
+                d = diff.detach().abs() / ctx.ball.dual_norm(g).clamp_min(1e-12)
+                better = d < best_d
+                best_d = torch.where(better, d, best_d)
+                best_L = torch.where(better, diff.detach(), best_L)
+                best_g = torch.where(better.view(-1, *([1] * (x.dim() - 1))), g, best_g)
+        return best_L, best_g, out.detach()
+
+
+@dataclass(repr=False)
+class Transfer(Objective):
+    """Any objective evaluated on a surrogate model (black-box / ensemble attacks, Table 2).
+
+    The gradient comes from ``surrogate``; success is still judged on the attacked model.
+    ``surrogate`` must take the same raw inputs as the attacked model.
+    """
+
+    surrogate: nn.Module | None = None
+    base: Objective = field(default_factory=CrossEntropy)
+    name = "transfer"
+
+    def loss(self, out: Tensor, ctx: Context) -> Tensor:
+        return self.base.loss(out, ctx)
+
+    def fooled(self, out: Tensor, ctx: Context) -> Tensor:
+        return self.base.fooled(out, ctx)
+
+    def value_and_grad(self, forward: Forward, x: Tensor, ctx: Context) -> tuple[Tensor, Tensor, Tensor]:
+        if self.surrogate is None:
+            raise ValueError("the transfer objective needs surrogate=<nn.Module>")
+        from .modelcall import eval_mode
+
+        with eval_mode(self.surrogate):
+            return self.base.value_and_grad(self.surrogate, x, ctx)
+
+
+@dataclass(repr=False)
+class Regression(Objective):
+    """-norm_2(y - f(x+eta))^2 (Section 3): minimising it maximises the output distortion.
+
+    y is the reference output in ``ctx.reference``; the attack sets it to f(x) when no ground truth
+    is given. Then the gradient at eta = 0 is exactly zero and only dithering (Section 3.2) moves
+    the linearisation point off it.
+    """
+
+    name = "regression"
+    classification = False
+
+    def loss(self, out: Tensor, ctx: Context) -> Tensor:
+        if ctx.reference is None:
+            raise ValueError("the regression objective needs a reference output")
+        d = (out - ctx.reference).reshape(out.shape[0], -1)
+        return -(d * d).sum(dim=1)
+
+    def fooled(self, out: Tensor, ctx: Context) -> Tensor:
+        raise TypeError("a regression objective has no notion of fooling; compare outputs with psnr")
+
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    "margin": Margin,
+    "cross-entropy": CrossEntropy,
+    "score": Score,
+    "targeted": Targeted,
+    "deepfool": DeepFoolObjective,
+    "transfer": Transfer,
+    "regression": Regression,
+}

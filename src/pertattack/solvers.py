@@ -1,0 +1,165 @@
+"""Solvers: the closed-form answer of the linearised problem on the constraint set (Section 2, 4).
+
+A solver maps one linearisation (the gradient g of L at the linearisation point, the value L,
+the step budget) to a step eta*. Linear solvers (this module) minimise eta^T g, which is the same
+as maximising eta^T grad(-L) as the paper writes it:
+
+* :class:`GNM` (eq. 5-7): argmin_{norm_p(eta) <= eps} eta^T g = -eps u(g), u the unit Hölder maximiser.
+* :class:`MinNorm` (Prop. 1, eq. 8-9): argmin norm_p(eta) s.t. L + eta^T g <= 0
+  = -(L / norm_q(g)) u(g), of norm L / norm_q(g) (Theorem 1). DeepFool's step.
+* :class:`SingleSubset` (eq. 22-23): -eps sign(g) on the subset with the largest sum of abs(g);
+  called again by the schedule it adds one new subset per step (multiple subsets, no reuse).
+* :class:`RandomSign`, :class:`RandomGaussian`, :class:`RandomSubset`: the random baselines.
+
+Quadratic solvers for regression (eq. 13-21) live in :mod:`pertattack.quadratic`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .constraints import LpBall, Partition, expand_like
+
+__all__ = ["Step", "Solver", "GNM", "MinNorm", "SingleSubset", "RandomSign", "RandomGaussian", "RandomSubset"]
+
+
+@dataclass
+class Step:
+    """One linearisation, as the schedule hands it to a solver.
+
+    Attributes:
+        x: the linearisation point x + eta~ (N, ...).
+        g: grad of L there (N, ...), or None when the solver needs no gradient.
+        value: L there (N,), or None.
+        eps: the step's budget per input (N,).
+        ball: the lp ball of the attack.
+        forward: the model as a map of raw inputs (quadratic solvers use its Jacobian).
+        generator: the attack's random generator.
+        state: per-run scratch space of the solver (e.g. subsets already used).
+    """
+
+    x: Tensor
+    g: Tensor | None
+    value: Tensor | None
+    eps: Tensor
+    ball: LpBall
+    forward: Callable[[Tensor], Tensor]
+    generator: torch.Generator | None = None
+    state: dict = field(default_factory=dict)
+
+
+class Solver:
+    """Base class. ``needs_grad`` tells the schedule whether to compute L and g; ``bounded`` whether
+    the step's norm is the budget (False for min-norm steps, whose size the objective decides)."""
+
+    name = "solver"
+    needs_grad = True
+    bounded = True
+
+    def __call__(self, step: Step) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class GNM(Solver):
+    """Generalised gradient-norm method, eq. 6-7: eta* = -eps sign(g) abs(g)^(q-1) / norm_q(g)^(q-1).
+
+    p = inf gives -eps sign(g) (FGSM's step), p = 1 all mass on the largest abs(g_i).
+    eta*^T g = -eps norm_q(g), the least value on the ball (Hölder).
+    """
+
+    name = "gnm"
+
+    def __call__(self, step: Step) -> Tensor:
+        assert step.g is not None
+        return -expand_like(step.eps, step.g) * step.ball.steepest(step.g)
+
+
+class MinNorm(Solver):
+    """Prop. 1, eq. 9: the smallest eta (in norm_p) with L + eta^T g <= 0.
+
+    eta* = -(L / norm_q(g)^q) sign(g) abs(g)^(q-1) = -(L / norm_q(g)) u(g); its norm is
+    L / norm_q(g). Inputs with L <= 0 (already fooled) get eta* = 0.
+    """
+
+    name = "min-norm"
+    bounded = False
+
+    def __call__(self, step: Step) -> Tensor:
+        assert step.g is not None and step.value is not None
+        scale = step.value.clamp_min(0) / step.ball.dual_norm(step.g).clamp_min(1e-12)
+        return -expand_like(scale, step.g) * step.ball.steepest(step.g)
+
+
+@dataclass(repr=False)
+class SingleSubset(Solver):
+    """Single-subset attack, eq. 23: s* = argmax_s sum_{i in S_s} abs(g_i), eta = -eps sign(g) on S_s*.
+
+    Subsets chosen at earlier steps of the same run are excluded (``state['used']``), so T calls
+    touch T distinct subsets (linear-pixel-T). The budget is per coordinate (p = inf inside the subset).
+    """
+
+    partition: Partition = field(default_factory=Partition)
+    name = "single-subset"
+
+    def __call__(self, step: Step) -> Tensor:
+        assert step.g is not None
+        sums = self.partition.subset_sums(step.g.abs())  # (N, S)
+        used = step.state.get("used")
+        if used is None:
+            used = torch.zeros_like(sums, dtype=torch.bool)
+        best = sums.masked_fill(used, -1.0).argmax(dim=1, keepdim=True)
+        chosen = torch.zeros_like(used).scatter_(1, best, True)
+        step.state["used"] = used | chosen
+        mask = self.partition.mask(chosen, step.g)
+        return -expand_like(step.eps, step.g) * step.g.sign() * mask
+
+
+class RandomSign(Solver):
+    """Random baseline for p = inf: independent +-eps entries, P(+eps) = P(-eps) = 1/2."""
+
+    name = "random-sign"
+    needs_grad = False
+
+    def __call__(self, step: Step) -> Tensor:
+        signs = torch.rand(step.x.shape, generator=step.generator, device=step.x.device) < 0.5
+        return expand_like(step.eps, step.x) * (signs.to(step.x.dtype) * 2 - 1)
+
+
+class RandomGaussian(Solver):
+    """Random baseline for p >= 1: eta = eps w / norm_p(w), w standard Gaussian (random-l2 for p = 2)."""
+
+    name = "random-gaussian"
+    needs_grad = False
+
+    def __call__(self, step: Step) -> Tensor:
+        w = torch.randn(step.x.shape, generator=step.generator, device=step.x.device, dtype=step.x.dtype)
+        return expand_like(step.eps / step.ball.norm(w).clamp_min(1e-12), w) * w
+
+
+@dataclass(repr=False)
+class RandomSubset(Solver):
+    """Random baseline for subset attacks: +-eps entries on one random, not yet used subset per call
+    (rand-pixel-T after T calls)."""
+
+    partition: Partition = field(default_factory=Partition)
+    name = "random-subset"
+    needs_grad = False
+
+    def __call__(self, step: Step) -> Tensor:
+        x = step.x
+        n, s = x.shape[0], self.partition.size(x)
+        used = step.state.get("used")
+        if used is None:
+            used = torch.zeros(n, s, dtype=torch.bool, device=x.device)
+        keys = torch.rand(n, s, generator=step.generator, device=x.device).masked_fill(used, -1.0)
+        chosen = torch.zeros_like(used).scatter_(1, keys.argmax(dim=1, keepdim=True), True)
+        step.state["used"] = used | chosen
+        signs = torch.rand(x.shape, generator=step.generator, device=x.device) < 0.5
+        return expand_like(step.eps, x) * (signs.to(x.dtype) * 2 - 1) * self.partition.mask(chosen, x)

@@ -1,0 +1,247 @@
+"""Training, evaluation and checkpoints for the models of :mod:`pertattack.models`.
+
+Randomness is explicit: shuffling draws from a ``torch.Generator`` seeded by ``seed``, and the
+whole run sits inside ``torch.random.fork_rng()`` with ``torch.manual_seed(seed)`` (for layers
+such as dropout), so the caller's global RNG state is never changed. With a model built by
+``build_model(name, seed=s)``, the same seeds give bit-identical weights on the same machine.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from .models import build_model
+
+__all__ = [
+    "train_classifier",
+    "train_autoencoder",
+    "accuracy",
+    "reconstruction_mse",
+    "save_model",
+    "load_model",
+]
+
+_FORMAT = 1
+
+
+def _device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _cuda_indices(device: torch.device) -> list[int]:
+    """The CUDA device whose RNG ``fork_rng`` must save and restore, if any."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def _fit(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    progress: bool,
+) -> list[float]:
+    """The one training loop: Adam on minibatches of a seeded permutation; per-epoch mean loss."""
+    n = inputs.shape[0]
+    if targets.shape[0] != n:
+        raise ValueError(f"inputs and targets differ in length: {n} vs {targets.shape[0]}")
+    if n == 0:
+        raise ValueError("no training data")
+    if epochs < 0 or batch_size < 1 or lr <= 0:
+        raise ValueError(f"need epochs >= 0, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
+    device = _device(model)
+    was_training = model.training
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    history: list[float] = []
+    with torch.random.fork_rng(devices=_cuda_indices(device)):
+        torch.manual_seed(seed)
+        model.train()
+        try:
+            for epoch in range(epochs):
+                perm = torch.randperm(n, generator=generator)
+                batches = perm.split(batch_size)
+                total = torch.zeros((), dtype=torch.float64, device=device)
+                bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+                for idx in bar:
+                    xb = inputs[idx].to(device, non_blocking=True)
+                    tb = targets[idx].to(device, non_blocking=True)
+                    loss = loss_fn(model(xb), tb)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total += loss.detach() * len(idx)
+                history.append(float(total) / n)
+                if progress:
+                    bar.write(f"epoch {epoch + 1}/{epochs}: loss {history[-1]:.4f}")
+        finally:
+            optimizer.zero_grad(set_to_none=True)
+            model.train(was_training)
+    return history
+
+
+def train_classifier(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    epochs: int = 3,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[float]:
+    """Train a logit classifier with Adam and cross-entropy, in place.
+
+    Args:
+        model: returns logits (N, K); trained on the device of its parameters (batches are moved there).
+        x: inputs (N, ...).
+        y: int64 labels (N,).
+        epochs: passes over the data.
+        batch_size: minibatch size (the last batch may be smaller).
+        lr: Adam learning rate.
+        seed: seeds the shuffling generator and, inside a forked RNG, any randomness of the model.
+        progress: show a tqdm bar per epoch.
+
+    Returns:
+        The mean training loss of each epoch (per example).
+
+    The model's train/eval mode is restored afterwards; parameter ``.grad`` are left as None.
+    """
+    return _fit(model, x, y, F.cross_entropy, epochs, batch_size, lr, seed, progress)
+
+
+def train_autoencoder(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    target: Tensor | None = None,
+    epochs: int = 3,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[float]:
+    """Train an image-to-image model with Adam and mean squared error, in place.
+
+    Args:
+        model: maps (N, ...) to outputs of ``target``'s shape.
+        x: inputs (N, ...).
+        target: desired outputs (N, ...); ``None`` means ``x`` (an autoencoder reconstructs its
+            input). A colorization net would take gray ``x`` and color ``target``.
+        epochs, batch_size, lr, seed, progress: as in :func:`train_classifier`.
+
+    Returns:
+        The mean training MSE of each epoch.
+    """
+    t = x if target is None else target
+    return _fit(model, x, t, F.mse_loss, epochs, batch_size, lr, seed, progress)
+
+
+def _batched_eval(
+    model: nn.Module, x: Tensor, batch_size: int, fn: Callable[[Tensor, slice], Tensor]
+) -> Tensor:
+    """Sum of ``fn(model(x[i:j]), slice(i, j))`` over batches, in eval mode under no_grad; mode restored."""
+    if x.shape[0] == 0:
+        raise ValueError("no data to evaluate")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = _device(model)
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    try:
+        with torch.no_grad():
+            for start in range(0, x.shape[0], batch_size):
+                sl = slice(start, start + batch_size)
+                total += fn(model(x[sl].to(device)), sl).to(torch.float64)
+    finally:
+        model.train(was_training)
+    return total
+
+
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> float:
+    """Share of inputs whose argmax logit equals the label, in eval mode without gradients.
+
+    The model's train/eval mode is restored afterwards.
+    """
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"x and y differ in length: {x.shape[0]} vs {y.shape[0]}")
+    hits = _batched_eval(model, x, batch_size, lambda out, sl: (out.argmax(1) == y[sl].to(out.device)).sum())
+    return float(hits) / x.shape[0]
+
+
+def reconstruction_mse(
+    model: nn.Module, x: Tensor, target: Tensor | None = None, batch_size: int = 1024
+) -> float:
+    """Mean squared error of ``model(x)`` against ``target`` (default ``x``) over all elements.
+
+    Eval mode without gradients; the model's mode is restored afterwards.
+    """
+    t = x if target is None else target
+    if t.shape[0] != x.shape[0]:
+        raise ValueError(f"x and target differ in length: {x.shape[0]} vs {t.shape[0]}")
+    sse = _batched_eval(model, x, batch_size, lambda out, sl: (out - t[sl].to(out.device)).square().sum())
+    return float(sse) / t.numel()
+
+
+def save_model(path: str | os.PathLike[str], model: nn.Module, name: str, **kwargs: Any) -> None:
+    """Save a registered model as ``{"name", "kwargs", "state_dict"}`` (tensors on CPU), atomically.
+
+    Args:
+        path: destination file (parent folders are created).
+        model: the trained model.
+        name: its key in :data:`pertattack.models.MODELS`.
+        **kwargs: the constructor arguments it was built with (plain Python values: ints,
+            floats, strings, tuples, lists, dicts), so that ``build_model(name, **kwargs)``
+            rebuilds its architecture.
+
+    Raises:
+        ValueError: ``name``/``kwargs`` do not rebuild an architecture matching ``model``.
+    """
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    try:
+        build_model(name, seed=0, **kwargs).load_state_dict(state)  # seeded: the global RNG is untouched
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"build_model({name!r}, **{kwargs}) does not match the model being saved: {err}"
+        ) from err
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        torch.save({"format": _FORMAT, "name": name, "kwargs": kwargs, "state_dict": state}, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model saved by :func:`save_model` (read with ``weights_only=True``: no code runs).
+
+    Returns:
+        The model on ``map_location``, in eval mode.
+    """
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(ckpt, dict) or not {"name", "kwargs", "state_dict"} <= ckpt.keys():
+        raise ValueError(f"{path}: not a pertattack checkpoint (expected keys name, kwargs, state_dict)")
+    model = build_model(ckpt["name"], seed=0, **ckpt["kwargs"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(map_location).eval()
