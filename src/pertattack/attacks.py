@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .constraints import Box, LpBall, Partition, as_batch_eps
-from .modelcall import ModelCall, OutputSelector, Preprocess, check_scores, eval_mode
+from .modelcall import ModelCall, check_scores, eval_mode
 from .objectives import OBJECTIVES, Context, Objective
 from .schedule import Schedule
 from .solvers import GNM, MinNorm, RandomGaussian, RandomSign, RandomSubset, SingleSubset, Solver

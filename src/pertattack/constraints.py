@@ -198,6 +198,17 @@ class Box:
                 "(attacks work in the raw input space; give normalisation as preprocess=(mean, std))"
             )
 
+    def free_directions(self, g: Tensor, x: Tensor) -> Tensor:
+        """g with the coordinates zeroed along which a descent step -g would leave the box at x.
+
+        At a face of the box (x_i = lo_i with g_i > 0, or x_i = hi_i with g_i < 0) the step would be
+        clipped to nothing; solving the linearised problem on the free coordinates only spends the
+        budget where it moves x (the first-order active set of ball-and-box).
+        """
+        lo, hi = self.bounds(x)
+        blocked = ((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0))
+        return g.masked_fill(blocked, 0.0)
+
     @property
     def peak(self) -> float:
         """hi - lo, the peak signal of PSNR (largest value where lo/hi are per channel)."""

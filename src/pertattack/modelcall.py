@@ -11,15 +11,15 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 __all__ = ["ModelCall", "eval_mode", "Preprocess", "OutputSelector"]
 
-Preprocess = tuple[Union[float, Sequence[float], Tensor], Union[float, Sequence[float], Tensor]]
-OutputSelector = Union[int, str, Callable[[Any], Tensor], None]
+Preprocess = tuple[float | Sequence[float] | Tensor, float | Sequence[float] | Tensor]
+OutputSelector = int | str | Callable[[Any], Tensor] | None
 
 
 @contextlib.contextmanager

@@ -16,7 +16,10 @@ Presets differ only in these fields:
 * DeepFool: min-norm steps (unbounded) until fooled, at most 50, overshoot 0.02, early stop per input.
 
 Every step is batched; inputs that are done are frozen with ``torch.where``. Keeping x + eta in
-the box after each step only shrinks each coordinate of eta towards 0, so no norm grows.
+the box after each step only shrinks each coordinate of eta towards 0, so no norm grows. The
+solver sees the gradient on the free coordinates only (:meth:`Box.free_directions`): a step
+along a coordinate already at a face of the box would be clipped away, so the linearised problem is
+solved on ball-and-box (without it DeepFool stalls on images with many saturated pixels).
 """
 
 from __future__ import annotations
@@ -121,6 +124,7 @@ class Schedule:
             value = g = None
             if solver.needs_grad:
                 value, g, out = objective.value_and_grad(forward, x_lin, ctx)
+                g = box.free_directions(g, x_lin)
                 if self.early_stop:
                     done = done | objective.fooled(out, ctx)
                     if bool(done.all()):

@@ -1,0 +1,71 @@
+"""Shared plumbing of the experiments: cached trained models, CSV tables, line plots."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..models import build_model
+from ..training import load_model, save_model
+
+__all__ = ["cached_model", "write_csv", "plot_lines", "cache_dir"]
+
+
+def cache_dir() -> Path:
+    """Where trained models are kept: $PERTATTACK_CACHE or ~/.cache/pertattack."""
+    return Path(os.environ.get("PERTATTACK_CACHE", Path.home() / ".cache" / "pertattack")).expanduser()
+
+
+def cached_model(name: str, tag: str, train: Callable[[nn.Module], None], *, seed: int = 0,
+                 log: Callable[[str], None] = print, **kwargs: Any) -> nn.Module:
+    """Load ``<cache>/<tag>.pt`` or build ``name`` with ``seed``, train it with ``train``, save it."""
+    path = cache_dir() / f"{tag}.pt"
+    if path.exists():
+        log(f"loading {path}")
+        return load_model(path)
+    model = build_model(name, seed=seed, **kwargs)
+    log(f"training {name} -> {path}")
+    train(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_model(path, model, name, **kwargs)
+    return model
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A plain CSV table (floats with 6 significant digits)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        for row in rows:
+            w.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
+
+
+def plot_lines(path: str | Path, x: Sequence[float], curves: dict[str, Sequence[float]], *, xlabel: str,
+               ylabel: str, title: str) -> bool:
+    """Line plot of several curves to a PNG; returns False (and writes nothing) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, ys in curves.items():
+        ax.plot(list(x), list(ys), marker="o", ms=3, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

@@ -1,0 +1,69 @@
+"""``pertattack reproduce``: the paper's figures and tables on MNIST (Section 6).
+
+Models are trained once (Adam, cross-entropy or MSE, seeded) and cached in
+:func:`~pertattack.experiments.common.cache_dir`; attacks run on the first ``n`` test images.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..data import load_mnist
+from ..training import accuracy, train_classifier
+from .classification import run_fig3, run_table3
+from .common import cached_model
+
+__all__ = ["reproduce", "EXPERIMENTS", "mnist_classifier"]
+
+#: Figure 3's eps grid for MNIST, p = inf (the paper's x axis runs to 0.2).
+FIG3_EPS = [float(e) for e in np.round(np.linspace(0.0, 0.2, 11), 3)]
+
+
+def mnist_classifier(name: str, root: str | None, epochs: int, seed: int):
+    """An MNIST classifier of the paper (fcnn or lenet5), trained once and cached."""
+    x, y = load_mnist(root, "train")
+
+    def train(model):
+        train_classifier(model, x, y, epochs=epochs, batch_size=128, lr=1e-3, seed=seed, progress=True)
+
+    return cached_model(name, f"mnist-{name}-e{epochs}-s{seed}", train, seed=seed)
+
+
+def reproduce(experiment: str, *, out: Path, n: int = 1000, root: str | None = None, seed: int = 0,
+              epochs: int = 3) -> int:
+    if experiment not in EXPERIMENTS and experiment != "all":
+        raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(EXPERIMENTS)}, all")
+    names = list(EXPERIMENTS) if experiment == "all" else [experiment]
+    for name in names:
+        print(f"== {name}: {EXPERIMENTS[name][0]}")
+        EXPERIMENTS[name][1](out=out, n=n, root=root, seed=seed, epochs=epochs)
+    return 0
+
+
+def _fig3(model_name: str, title: str, tag: str):
+    def run(*, out: Path, n: int, root: str | None, seed: int, epochs: int) -> None:
+        model = mnist_classifier(model_name, root, epochs, seed)
+        x, y = load_mnist(root, "test", limit=n)
+        print(f"{model_name}: test error {1 - accuracy(model, *load_mnist(root, 'test')):.4f}")
+        run_fig3(model, x, y, FIG3_EPS, out / tag, title, seed=seed)
+        print(f"wrote {out / tag}.csv (+ .png with matplotlib)")
+
+    return run
+
+
+def _table3(*, out: Path, n: int, root: str | None, seed: int, epochs: int) -> None:
+    x, y = load_mnist(root, "test", limit=n)
+    models = {f"{m} (MNIST)": (mnist_classifier(m, root, epochs, seed), x, y) for m in ("fcnn", "lenet5")}
+    run_table3(models, out / "table3", p=math.inf)
+    print(f"wrote {out / 'table3'}.csv")
+
+
+EXPERIMENTS = {
+    "fig3a": ("fooling ratio vs eps (p = inf), FCNN 784-150-100-10 on MNIST",
+              _fig3("fcnn", "MNIST FCNN, l-inf", "fig3a")),
+    "fig3b": ("fooling ratio vs eps (p = inf), LeNet-5 on MNIST", _fig3("lenet5", "MNIST LeNet-5, l-inf", "fig3b")),
+    "table3": ("test error, rho1, rho2, DeepFool's 99% eps (p = inf), FCNN and LeNet-5", _table3),
+}

@@ -1,0 +1,275 @@
+"""Quadratic solvers for regression attacks (paper Sections 3.1 and 4.1, eq. 13-15 and 19-21).
+
+Each solver approximately maximises norm_2(J_i eta_i)^2 over a constraint set (eq. 13, y ~ f(x)),
+for every input i of a batch at once, with J_i the Jacobian of ``f`` at ``x_i`` used matrix-free
+(:mod:`pertattack.operators`): J is never stored. Loops over columns or subsets exist (the greedy of
+eq. 20 is sequential) but every step is vectorised over the batch: there is no per-input Python loop.
+
+The quadratic objective cannot tell eta from -eta. Every solver resolves the sign on the model itself
+(:func:`resolve_sign`): it keeps the sign whose f(x +- eta) is farther from f(x) in l2.
+
+Budgets hold exactly, before any box clipping (which is the caller's business): norm_2(eta) = eps
+(l2), a single coordinate of magnitude eps (l1), all coordinates +-eps (linf), all coordinates of
+exactly one subset +-eps and zero elsewhere (subset).
+
+``f`` is a batched map (N, ...) -> (N, ...), each output row depending only on its own input (eval
+mode), e.g. ``lambda z: model(z)``. ``eps`` is a scalar or a per-input tensor (N,).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .constraints import Box, Partition, as_batch_eps, expand_like
+from .operators import Linearization, Map, column_norms, top_singular
+
+__all__ = ["quadratic_l2", "quadratic_l1", "quadratic_linf", "quadratic_subset", "resolve_sign"]
+
+
+def resolve_sign(
+    f: Map, x: Tensor, eta: Tensor, *, out: Tensor | None = None, box: Box | None = None
+) -> Tensor:
+    """Resolve the +-eta ambiguity: keep, per input, the sign with the larger norm_2(f(x +- eta) - f(x)).
+
+    Ties, up to rounding (64 ulp of norm_2(f(x)) + both distortions), keep +eta. With ``box``, the candidates x +- eta are clipped to it before evaluation (the
+    returned eta itself is not clipped). Cost: two forward passes (three without ``out`` = f(x)).
+    """
+    x = x.detach()
+    clip = box.clip if box is not None else (lambda z: z)
+    with torch.no_grad():
+        y0 = f(x) if out is None else out
+        dp = (f(clip(x + eta)) - y0).reshape(x.shape[0], -1).norm(dim=1)
+        dm = (f(clip(x - eta)) - y0).reshape(x.shape[0], -1).norm(dim=1)
+        # a tie (a model symmetric to first order around x, e.g. linear) up to rounding keeps +eta
+        scale = y0.reshape(x.shape[0], -1).norm(dim=1) + dp + dm
+        tie = (dm - dp).abs() <= 64 * torch.finfo(dp.dtype).eps * scale
+    sign = torch.where((dm > dp) & ~tie, -1.0, 1.0).to(eta.dtype)
+    return eta * expand_like(sign, eta)
+
+
+def quadratic_l2(
+    f: Map,
+    x: Tensor,
+    eps: float | Tensor,
+    *,
+    iters: int = 100,
+    tol: float = 1e-6,
+    generator: torch.Generator | None = None,
+    method: str = "power",
+    box: Box | None = None,
+) -> tuple[Tensor, Tensor]:
+    """quadratic-l2, eq. 14: eta = +-eps v_max, v_max the top right singular vector of J.
+
+    v_max by matrix-free power iteration (or Lanczos, ``method="lanczos"``) on J^T J, see
+    :func:`pertattack.operators.top_singular` for ``iters``, ``tol``, ``generator`` and ``method``.
+
+    Cost: <= ``iters`` (jvp + vjp) on the batch, plus one jvp and three forward passes (sign choice);
+    memory O(N (M + K)) plus one forward's activations (power; Lanczos adds iters * N * M). No M x M
+    or K x M allocation.
+
+    Returns:
+        eta shaped like x with norm_2(eta_i) = eps_i, and sigma (N,), the top singular value of J_i,
+        i.e. the operator norm norm(J_i)_{2->2} (first-order output change per unit input l2 norm).
+    """
+    lin = Linearization(f, x)
+    e = as_batch_eps(eps, lin.n, lin.x)
+    sigma, v = top_singular(lin, iters=iters, tol=tol, generator=generator, method=method)
+    eta = v * expand_like(e, v)
+    return resolve_sign(f, lin.x, eta, out=lin.out, box=box), sigma
+
+
+def quadratic_l1(
+    f: Map, x: Tensor, eps: float | Tensor, *, chunk: int = 64, box: Box | None = None
+) -> Tensor:
+    """quadratic-l1, eq. 15: eta = +-eps e_k*, k* = argmax_k norm_2(J_k): a single-coordinate attack.
+
+    Cost: the column norms, min(K vjps, M jvps) on the batch in chunks of ``chunk`` tangents
+    (:func:`pertattack.operators.column_norms`), plus three forward passes. Ties: the first column.
+    """
+    lin = Linearization(f, x)
+    e = as_batch_eps(eps, lin.n, lin.x)
+    norms = column_norms(lin, chunk=chunk)
+    k = norms.argmax(dim=1, keepdim=True)
+    eta = lin.x.new_zeros(lin.n, lin.m).scatter_(1, k, e.unsqueeze(1)).reshape(lin.x.shape)
+    return resolve_sign(f, lin.x, eta, out=lin.out, box=box)
+
+
+def quadratic_linf(
+    f: Map, x: Tensor, eps: float | Tensor, *, chunk: int = 64, box: Box | None = None
+) -> Tensor:
+    """quadratic-linf: the greedy of eq. 20 (S = 1) for max norm_2(J eta)^2 s.t. norm_inf(eta) <= eps.
+
+    Columns are visited by decreasing norm_2(J_k) (stable order on ties); rho_1 = +1 and
+    rho_z = sign(s_{z-1}^T J_z) with the running K-vector s_{z-1} = sum_{j<z} rho_j J_j (sign(0) := +1);
+    eta = eps rho. The greedy has no optimality guarantee (the problem is NP-hard, norm(J)_{inf->2}).
+
+    Cost: the column norms (min(K vjps, M jvps)) and then M jvps, one per column, ``chunk`` columns per
+    vmapped call (each input has its own column order: one-hot tangents at different coordinates),
+    plus O(N M K) flops of running dot products: about M + min(K, M) jvp-equivalents on the batch,
+    i.e. 2 min(K, M)..M + K forward-backward passes. Memory O(chunk N (M + K)): never K x M. Loops
+    over columns only; every step is vectorised over the batch.
+    """
+    lin = Linearization(f, x)
+    e = as_batch_eps(eps, lin.n, lin.x)
+    norms = column_norms(lin, chunk=chunk)
+    order = torch.sort(norms, dim=1, descending=True, stable=True).indices
+    rho, _ = _greedy_running(lin, order, chunk)
+    eta = lin.x.new_zeros(lin.n, lin.m).scatter_(1, order, rho) * e.unsqueeze(1)
+    return resolve_sign(f, lin.x, eta.reshape(lin.x.shape), out=lin.out, box=box)
+
+
+def quadratic_subset(
+    f: Map,
+    x: Tensor,
+    eps: float | Tensor,
+    partition: Partition | None = None,
+    *,
+    chunk: int = 64,
+    gram: bool | None = None,
+    box: Box | None = None,
+) -> Tensor:
+    """quadratic-pixel (single subset), eq. 19-21: the greedy of eq. 20 inside every subset S_s, then
+    the subset s* with the largest norm_2(J eta_s)^2; eta = eps rho on S_s* and 0 elsewhere.
+
+    Two exact implementations of the same greedy (same order, same signs, sign(0) := +1):
+
+    - Gram (default when the largest subset has Z <= ``chunk`` coordinates, e.g. pixels, Z = C):
+      G_s = J_{S_s}^T J_{S_s} (Z x Z) for all subsets, built from K rows (vjps) if K < M or M columns
+      (jvps) otherwise; then the greedy runs on all (input, subset) pairs at once: rho_z =
+      sign(sum_{j<z} rho_j G_{jz}) and norm_2(J eta_s)^2 = eps^2 rho^T G_s rho. Cost min(K vjps, M jvps)
+      on the batch, in chunks, memory O(N M Z) for the Gram blocks; Z Python steps.
+    - Running (larger subsets, or ``gram=False``): per subset, the column-by-column greedy of
+      :func:`quadratic_linf` restricted to it. Cost column norms plus M jvps; memory O(chunk N (M + K)).
+
+    Subsets of size 1 reduce to the column norms (eq. 15 with an linf budget).
+
+    Args:
+        partition: a :class:`pertattack.constraints.Partition`; default ``Partition("pixel")`` (a pixel
+            is its C channels for (N, C, H, W) inputs).
+        chunk: tangents per vmapped jvp/vjp call.
+        gram: force the Gram (True) or running (False) implementation; None chooses as above.
+    """
+    partition = Partition() if partition is None else partition
+    lin = Linearization(f, x)
+    e = as_batch_eps(eps, lin.n, lin.x)
+    n, m = lin.n, lin.m
+    sid = partition.index(lin.x)
+    table, valid = _subset_table(sid)  # (S, Z) coordinate ids, padded; (S, Z) bool
+    z = table.shape[1]
+    use_gram = (z <= chunk) if gram is None else gram
+    if z == 1:
+        norms = column_norms(lin, chunk=chunk)
+        sq = lin.x.new_zeros(n, table.shape[0]).index_add_(1, sid, norms.square())
+        best = sq.argmax(dim=1)
+        rho = lin.x.new_ones(n, 1)
+    elif use_gram:
+        g = _subset_grams(lin, table, valid, chunk)  # (N, S, Z, Z)
+        rho_all, val = _greedy_gram(g)
+        rho_all = rho_all * valid.to(rho_all.dtype)
+        best = val.argmax(dim=1)
+        rho = rho_all[torch.arange(n, device=best.device), best]
+    else:
+        norms = column_norms(lin, chunk=chunk)
+        best_val = lin.x.new_full((n,), -1.0)
+        best = torch.zeros(n, dtype=torch.long, device=lin.x.device)
+        rho = lin.x.new_zeros(n, z)
+        for s in range(table.shape[0]):
+            coords = table[s, valid[s]]
+            sub = norms[:, coords]
+            pos = torch.sort(sub, dim=1, descending=True, stable=True).indices
+            r_sorted, val = _greedy_running(lin, coords[pos], chunk)
+            r = torch.zeros_like(r_sorted).scatter_(1, pos, r_sorted)
+            better = val > best_val
+            best_val = torch.where(better, val, best_val)
+            best = torch.where(better, torch.full_like(best, s), best)
+            padded = lin.x.new_zeros(n, z)
+            padded[:, : r.shape[1]] = r
+            rho = torch.where(better.unsqueeze(1), padded, rho)
+    coords = table[best]  # (N, Z)
+    eta = lin.x.new_zeros(n, m).scatter_(1, coords, rho * valid[best].to(rho.dtype))
+    eta = (eta * e.unsqueeze(1)).reshape(lin.x.shape)
+    return resolve_sign(f, lin.x, eta, out=lin.out, box=box)
+
+
+def _greedy_running(lin: Linearization, order: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
+    """Eq. 20 along ``order`` (N, Z) coordinate ids per input, keeping s = sum_j rho_j J_j (N, K).
+
+    Returns rho (N, Z) in the order given and norm_2(s)^2 (N,). Columns come ``chunk`` at a time from one
+    vmapped jvp; the sign updates are sequential over columns, vectorised over the batch.
+    """
+    n, zlen = order.shape
+    s = lin.x.new_zeros(n, lin.k)
+    rho = lin.x.new_empty(n, zlen)
+    for a in range(0, zlen, chunk):
+        b = min(a + chunk, zlen)
+        cols = lin.columns(order[:, a:b].T.contiguous())  # (B, N, K)
+        for j in range(b - a):
+            c = cols[j]
+            r = torch.where((s * c).sum(dim=1) >= 0, 1.0, -1.0).to(s.dtype)
+            s = s + r.unsqueeze(1) * c
+            rho[:, a + j] = r
+    return rho, s.square().sum(dim=1)
+
+
+def _greedy_gram(g: Tensor) -> tuple[Tensor, Tensor]:
+    """Eq. 20 on Gram matrices ``g`` (..., Z, Z): order by the diagonal (squared column norms)
+    descending, rho_1 = +1, rho_z = sign(sum_{j<z} rho_j g_{jz}) (sign(0) := +1).
+
+    Returns rho (..., Z) in the original coordinate order and rho^T g rho (...).
+    """
+    zlen = g.shape[-1]
+    order = torch.sort(torch.diagonal(g, dim1=-2, dim2=-1), dim=-1, descending=True, stable=True).indices
+    gs = torch.take_along_dim(g, order.unsqueeze(-1), dim=-2)
+    gs = torch.take_along_dim(gs, order.unsqueeze(-2), dim=-1)
+    rho = torch.ones(order.shape, dtype=g.dtype, device=g.device)
+    for zz in range(1, zlen):
+        c = (rho[..., :zz] * gs[..., :zz, zz]).sum(dim=-1)
+        rho[..., zz] = torch.where(c >= 0, 1.0, -1.0).to(g.dtype)
+    val = torch.einsum("...i,...ij,...j->...", rho, gs, rho)
+    out = torch.zeros_like(rho).scatter_(-1, order, rho)
+    return out, val
+
+
+def _subset_table(sid: Tensor) -> tuple[Tensor, Tensor]:
+    """Coordinates of each subset: ``sid`` (M,) subset ids -> table (S, Z) (padded with 0), valid (S, Z)."""
+    m = sid.numel()
+    s = int(sid.max()) + 1
+    counts = torch.bincount(sid, minlength=s)
+    if bool((counts == 0).any()):
+        raise ValueError("partition has empty subsets: ids must be 0..S-1 with every id used")
+    z = int(counts.max())
+    coords = torch.sort(sid, stable=True).indices
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(m, device=sid.device) - starts[sid[coords]]
+    table = torch.zeros(s, z, dtype=torch.long, device=sid.device)
+    valid = torch.zeros(s, z, dtype=torch.bool, device=sid.device)
+    table[sid[coords], pos] = coords
+    valid[sid[coords], pos] = True
+    return table, valid
+
+
+def _subset_grams(lin: Linearization, table: Tensor, valid: Tensor, chunk: int) -> Tensor:
+    """G_s = J_{S_s}^T J_{S_s} for every subset and input: (N, S, Z, Z), zero on padding.
+
+    From rows (K vjps) when K < M, else from columns (M jvps), ``chunk`` tangents per vmapped call.
+    """
+    n, m, k = lin.n, lin.m, lin.k
+    dev = lin.x.device
+    s, z = table.shape
+    g = lin.x.new_zeros(n, s, z, z)
+    if k < m:
+        for a in range(0, k, chunk):
+            idx = torch.arange(a, min(a + chunk, k), device=dev).unsqueeze(1).expand(-1, n)
+            rows = lin.rows(idx)[:, :, table] * valid.to(lin.x.dtype)  # (B, N, S, Z)
+            g += torch.einsum("bnsz,bnsw->nszw", rows, rows)
+        return g
+    per = max(1, chunk // z)  # subsets per call
+    for a in range(0, s, per):
+        b = min(a + per, s)
+        vb = valid[a:b]
+        idx = table[a:b][vb].unsqueeze(1).expand(-1, n)  # only real coordinates, not the padding
+        cols = lin.x.new_zeros(b - a, z, n, k)
+        cols[vb] = lin.columns(idx)  # (B, Z, N, K)
+        g[:, a:b] = torch.einsum("bznk,bwnk->nbzw", cols, cols)
+    return g
