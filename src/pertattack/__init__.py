@@ -7,7 +7,17 @@ objective x a constraint x a solver x a schedule. Start with :func:`get_attack` 
 
 from .attacks import Attack, AttackResult, get_attack, list_attacks
 from .constraints import Box, LpBall, Partition
-from .metrics import fooling_curve, fooling_ratio, predict, psnr, rho2, robustness
+from .metrics import (
+    eps_for_psnr,
+    fooling_curve,
+    fooling_ratio,
+    operator_norm,
+    predict,
+    psnr,
+    psnr_curve,
+    rho2,
+    robustness,
+)
 from .modelcall import ModelCall, eval_mode
 
 __version__ = "0.1.0"
@@ -19,13 +29,16 @@ __all__ = [
     "LpBall",
     "ModelCall",
     "Partition",
+    "eps_for_psnr",
     "eval_mode",
     "fooling_curve",
     "fooling_ratio",
     "get_attack",
     "list_attacks",
+    "operator_norm",
     "predict",
     "psnr",
+    "psnr_curve",
     "rho2",
     "robustness",
 ]

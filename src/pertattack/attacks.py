@@ -29,7 +29,7 @@ from .constraints import Box, LpBall, Partition, as_batch_eps
 from .modelcall import ModelCall, check_scores, eval_mode
 from .objectives import OBJECTIVES, Context, Objective
 from .schedule import Schedule
-from .solvers import GNM, MinNorm, RandomGaussian, RandomSign, RandomSubset, SingleSubset, Solver
+from .solvers import GNM, MinNorm, Quadratic, RandomGaussian, RandomSign, RandomSubset, SingleSubset, Solver
 
 __all__ = ["Attack", "AttackResult", "get_attack", "list_attacks", "PRESETS"]
 
@@ -50,6 +50,8 @@ class AttackResult:
         pred: (N,) the model's class on x_adv (None for regression).
         steps: (N,) linearisations each input used.
         p: the attack's norm.
+        info: per-input figures of the solver, e.g. ``sigma`` (N,), the top singular value of the
+            Jacobian found by quadratic-l2 (the operator norm norm(J)_{2->2}).
     """
 
     x_adv: Tensor
@@ -61,6 +63,7 @@ class AttackResult:
     pred: Tensor | None
     steps: Tensor
     p: float
+    info: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def success_rate(self) -> float:
@@ -76,11 +79,12 @@ class AttackResult:
             for k, v in vars(self).items()
             if isinstance(v, Tensor)
         }
+        arrays.update({f"info_{k}": v.detach().cpu().numpy() for k, v in self.info.items()})
         arrays["p"] = np.asarray(self.p)
         np.savez_compressed(path, **arrays)
 
 
-def _solver(name: str, partition: Any) -> Solver:
+def _solver(name: str, partition: Any, power_iters: int = 100, tol: float = 1e-6) -> Solver:
     table: dict[str, Callable[[], Solver]] = {
         "gnm": GNM,
         "min-norm": MinNorm,
@@ -88,6 +92,10 @@ def _solver(name: str, partition: Any) -> Solver:
         "random-sign": RandomSign,
         "random-gaussian": RandomGaussian,
         "random-subset": lambda: RandomSubset(Partition(partition)),
+        **{
+            f"quadratic-{norm}": (lambda norm=norm: Quadratic(norm, Partition(partition), int(power_iters), float(tol)))
+            for norm in ("l2", "l1", "linf", "subset")
+        },
     }
     if name not in table:
         raise ValueError(f"unknown solver {name!r}; known: {sorted(table)}")
@@ -142,6 +150,8 @@ DEFAULTS: dict[str, Any] = {
 _ALG1 = dict(objective="margin", p=math.inf, solver="gnm")
 _MADRY = dict(objective="cross-entropy", p=math.inf, solver="gnm", random_start=True, project=True, step_scale=2.5)
 
+_REG = dict(objective="regression", p=math.inf, solver="gnm")
+
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "fgsm": ("FGSM (Goodfellow et al.): one GNM step on cross-entropy, p = inf",
              dict(objective="cross-entropy", solver="gnm")),
@@ -163,6 +173,25 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
                  dict(objective="transfer", base="cross-entropy", solver="gnm", steps=10)),
     "random": ("Random baseline: Bernoulli +-eps entries", dict(solver="random-sign")),
     "random-l2": ("Random baseline: Gaussian scaled to norm_2 = eps", dict(solver="random-gaussian", p=2.0)),
+    # Regression (Sections 3-4): maximise norm_2(y - f(x + eta))^2, y = f(x) unless given.
+    "quadratic-l2": ("Regression, eq. 14: eps times the top right singular vector of J (power iteration, "
+                     "matrix-free); info['sigma'] = norm(J)_{2->2}", dict(_REG, solver="quadratic-l2", p=2.0)),
+    "quadratic-l1": ("Regression, eq. 15: eps on the coordinate of J's largest column (single pixel, gray)",
+                     dict(_REG, solver="quadratic-l1", p=1.0)),
+    "quadratic-linf": ("Regression, eq. 20: greedy signs by decreasing column norm",
+                       dict(_REG, solver="quadratic-linf")),
+    "quadratic-pixel": ("Regression, eq. 19-21: the greedy inside each subset (pixel), best subset kept",
+                        dict(_REG, solver="quadratic-subset")),
+    "linear-l2-T": ("Regression: Algorithm 1 with T GNM steps, p = 2, first linearisation point dithered",
+                    dict(_REG, p=2.0, steps=10, dither="first")),
+    "linear-linf-T": ("Regression: Algorithm 1 with T GNM steps, p = inf, first linearisation point dithered",
+                      dict(_REG, steps=10, dither="first")),
+    "linear-pixel-T": ("Regression: T single-subset steps (eq. 23), one new pixel per step, +-eps, dithered first",
+                       dict(_REG, solver="single-subset", steps=10, step=1.0, dither="first")),
+    "rand-l2": ("Regression baseline: Gaussian scaled to norm_2 = eps", dict(_REG, solver="random-gaussian", p=2.0)),
+    "rand-linf": ("Regression baseline: Bernoulli +-eps entries", dict(_REG, solver="random-sign")),
+    "rand-pixel-T": ("Regression baseline: +-eps on T random pixels", dict(_REG, solver="random-subset", steps=10,
+                                                                           step=1.0)),
 }
 
 _TEMPLATE = re.compile(r"^(?P<base>.+)-(?P<T>\d+)$")
@@ -222,7 +251,7 @@ class Attack:
         set_ = object.__setattr__
         set_(self, "ball", LpBall(p["p"]))
         set_(self, "objective", _objective(p["objective"], p))
-        set_(self, "solver", _solver(p["solver"], p["partition"]))
+        set_(self, "solver", _solver(p["solver"], p["partition"], p["power_iters"], p["tol"]))
         set_(self, "schedule", Schedule(
             steps=p["steps"], step_scale=p["step_scale"], step=p["step"], dither=p["dither"],
             random_start=p["random_start"], project=p["project"], early_stop=p["early_stop"],
@@ -286,9 +315,10 @@ class Attack:
         n = x.shape[0]
         bs = self.params["batch_size"] or n
         fwd = ModelCall(model, self.params["preprocess"], self.params["output"])
-        generator = None
+        # one generator per eps, each seeded alike: every result of a list equals its single-eps call
+        generators: list[torch.Generator | None] = [None] * len(eps_list)
         if self.params["seed"] is not None:
-            generator = torch.Generator(device=x.device).manual_seed(int(self.params["seed"]))
+            generators = [torch.Generator(device=x.device).manual_seed(int(self.params["seed"])) for _ in eps_list]
         bar = None
         if self.params["progress"]:
             from tqdm.auto import tqdm
@@ -298,7 +328,7 @@ class Attack:
         with eval_mode(model):
             chunks = [
                 self._run_chunk(fwd, x[i : i + bs], _slice(y, i, bs), _slice(target, i, bs),
-                                [_slice_eps(e, i, bs) for e in eps_list], generator, bar)
+                                [_slice_eps(e, i, bs) for e in eps_list], generators, bar)
                 for i in range(0, n, bs)
             ]
         if bar is not None:
@@ -318,7 +348,7 @@ class Attack:
         y: Tensor | None,
         target: Tensor | None,
         eps_list: list[float | Tensor | None],
-        generator: torch.Generator | None,
+        generators: list[torch.Generator | None],
         bar: Any,
     ) -> list[AttackResult]:
         n = x.shape[0]
@@ -338,26 +368,26 @@ class Attack:
                 raise ValueError(f"y has shape {tuple(ref.shape)}, the model's outputs {tuple(out0.shape)}")
             ctx.reference = ref
         progress = bar.update if bar is not None else None
-        run = lambda e: self.schedule.run(  # noqa: E731
+        run = lambda e, generator: self.schedule.run(  # noqa: E731
             fwd, x, e, self.objective, self.solver, self.ball, self.box, ctx, generator, progress)
         results = []
         if self.minimum_norm:
-            eta_free, steps = run(None)
+            eta_free, steps, info = run(None, generators[0])
             for e in eps_list:
                 eta = eta_free
                 eb = None if e is None else as_batch_eps(e, n, x)
                 if eb is not None:
                     eta = self.box.clip(x + self.ball.project(eta, eb)) - x
-                results.append(self._result(fwd, x, eta, eb, ctx, steps))
+                results.append(self._result(fwd, x, eta, eb, ctx, steps, info))
         else:
-            for e in eps_list:
+            for e, generator in zip(eps_list, generators):
                 eb = as_batch_eps(e, n, x)
-                eta, steps = run(eb)
-                results.append(self._result(fwd, x, eta, eb, ctx, steps))
+                eta, steps, info = run(eb, generator)
+                results.append(self._result(fwd, x, eta, eb, ctx, steps, info))
         return results
 
     def _result(self, fwd: ModelCall, x: Tensor, eta: Tensor, eps: Tensor | None, ctx: Context,
-                steps: Tensor) -> AttackResult:
+                steps: Tensor, info: dict[str, Tensor]) -> AttackResult:
         x_adv = (x + eta).detach()
         eta = x_adv - x
         success = pred = None
@@ -367,7 +397,7 @@ class Attack:
             pred = out.argmax(dim=1)
             success = self.objective.fooled(out, ctx)
         return AttackResult(x_adv=x_adv, eta=eta, norms=self.ball.norm(eta), success=success, eps=eps,
-                            label=ctx.label, pred=pred, steps=steps, p=self.ball.p)
+                            label=ctx.label, pred=pred, steps=steps, p=self.ball.p, info=info)
 
 
 def _eps_list(eps: EpsLike) -> tuple[list[float | Tensor | None], bool]:
@@ -425,5 +455,6 @@ def _concat(parts: list[AttackResult], p: float) -> AttackResult:
         vals = [getattr(r, name) for r in parts]
         return None if vals[0] is None else torch.cat(vals)
 
+    info = {k: torch.cat([r.info[k] for r in parts]) for k in parts[0].info}
     return AttackResult(**{k: cat(k) for k in ("x_adv", "eta", "norms", "success", "eps", "label", "pred", "steps")},
-                        p=p)
+                        p=p, info=info)

@@ -27,7 +27,17 @@ from .constraints import LpBall, lp_norm
 from .modelcall import ModelCall, OutputSelector, Preprocess, eval_mode
 from .objectives import Context, Margin
 
-__all__ = ["predict", "fooling_ratio", "fooling_curve", "robustness", "psnr", "rho2"]
+__all__ = [
+    "predict",
+    "fooling_ratio",
+    "fooling_curve",
+    "robustness",
+    "psnr",
+    "rho2",
+    "eps_for_psnr",
+    "psnr_curve",
+    "operator_norm",
+]
 
 
 def predict(model: nn.Module, x: Tensor, *, preprocess: Preprocess | None = None, output: OutputSelector = None,
@@ -115,3 +125,61 @@ def psnr(a: Tensor, b: Tensor, peak: float = 1.0) -> Tensor:
         raise ValueError(f"psnr needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
     mse = (a - b).reshape(a.shape[0], -1).double().pow(2).mean(dim=1)
     return (10 * torch.log10(peak**2 / mse)).to(a.dtype if a.is_floating_point() else torch.float64)
+
+
+def eps_for_psnr(psnr_db: float, p: float, m: int, peak: float = 1.0) -> float:
+    """The budget whose full use gives input PSNR ``psnr_db``: MSE = (peak 10^(-psnr/20))^2.
+
+    p = inf (all M coordinates at +-eps): eps = peak 10^(-psnr/20); p = 2: eps = sqrt(M) times that.
+    Clipping to the box can only raise the PSNR actually reached; :func:`psnr_curve` reports that one.
+    """
+    rms = peak * 10 ** (-psnr_db / 20)
+    if math.isinf(p):
+        return rms
+    if p == 2:
+        return rms * math.sqrt(m)
+    raise ValueError(f"eps_for_psnr knows p = 2 and p = inf, got p = {p}")
+
+
+def psnr_curve(model: nn.Module, x: Tensor, attack: Attack | str, eps: Sequence[float], truth: Tensor | None = None,
+               **overrides: Any) -> dict[str, list[float]]:
+    """Figure 4: output PSNR against input PSNR of a regression attack over a grid of eps.
+
+    For each eps: the mean over inputs of PSNR(x + eta, x) (input), of PSNR(f(x + eta), truth)
+    (output, as the paper plots it; ``truth`` defaults to x, the target of an autoencoder) and of
+    PSNR(f(x + eta), f(x)) (output against the clean output: the attack alone, without the model's
+    own error). Returns lists keyed ``eps``, ``input_psnr``, ``output_psnr``, ``output_psnr_clean``.
+    """
+    if isinstance(attack, str):
+        attack = get_attack(attack, **overrides)
+    elif overrides:
+        attack = attack.replace(**overrides)
+    peak = attack.box.peak
+    fwd = ModelCall(model, attack.params["preprocess"], attack.params["output"])
+    truth = x if truth is None else truth
+    results = attack(model, x, eps=list(eps))
+    assert isinstance(results, list)
+    rows: dict[str, list[float]] = {"eps": [], "input_psnr": [], "output_psnr": [], "output_psnr_clean": []}
+    with eval_mode(model), torch.no_grad():
+        clean = fwd(x)
+        for e, r in zip(eps, results, strict=True):
+            out = fwd(r.x_adv)
+            rows["eps"].append(float(e))
+            rows["input_psnr"].append(float(psnr(r.x_adv, x, peak).mean()))
+            rows["output_psnr"].append(float(psnr(out, truth.reshape(out.shape), peak).mean()))
+            rows["output_psnr_clean"].append(float(psnr(out, clean, peak).mean()))
+    return rows
+
+
+def operator_norm(model: nn.Module, x: Tensor, *, iters: int = 100, tol: float = 1e-6, seed: int | None = 0,
+                  **kw: Any) -> Tensor:
+    """norm(J_i)_{2->2} per input (N,): the top singular value of the model's Jacobian at each x_i,
+    by matrix-free power iteration (eq. 14). The worst-case first-order output change per unit of
+    input l2 norm: a robustness figure for regression models."""
+    from .operators import top_singular
+
+    fwd = ModelCall(model, kw.get("preprocess"), kw.get("output"))
+    gen = None if seed is None else torch.Generator(device=x.device).manual_seed(seed)
+    with eval_mode(model):
+        sigma, _ = top_singular(fwd, x, iters=iters, tol=tol, generator=gen)
+    return sigma.detach()

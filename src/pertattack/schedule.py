@@ -96,8 +96,9 @@ class Schedule:
         ctx: Context,
         generator: torch.Generator | None = None,
         progress: Callable[[int], None] | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Run the loop; return the final eta (N, ...) and the number of steps each input took (N,).
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Run the loop; return the final eta (N, ...), the number of steps each input took (N,) and
+        the per-input figures the solver reported (e.g. ``sigma`` of quadratic-l2).
 
         ``eps`` is the per-input budget (N,), or None for unbounded (min-norm) attacks.
         """
@@ -142,7 +143,7 @@ class Schedule:
                         stacklevel=4,
                     )
             step = Step(x_lin, g, value, alpha if alpha is not None else x.new_zeros(n), ball, forward,
-                        generator, state)
+                        generator, state, box)
             new = eta + solver(step)
             if self.project and eps is not None:
                 new = ball.project(new, eps)
@@ -157,4 +158,5 @@ class Schedule:
         eta = box.clip(x + scale * eta) - x
         if eps is not None:  # exact budget, whatever the float rounding of T steps
             eta = box.clip(x + ball.project(eta, eps)) - x
-        return eta, used
+        info = {k: v for k, v in state.items() if isinstance(v, Tensor) and v.shape == (n,)}
+        return eta, used, info

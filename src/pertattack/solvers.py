@@ -22,9 +22,19 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .constraints import LpBall, Partition, expand_like
+from .constraints import Box, LpBall, Partition, expand_like
 
-__all__ = ["Step", "Solver", "GNM", "MinNorm", "SingleSubset", "RandomSign", "RandomGaussian", "RandomSubset"]
+__all__ = [
+    "Step",
+    "Solver",
+    "GNM",
+    "MinNorm",
+    "SingleSubset",
+    "RandomSign",
+    "RandomGaussian",
+    "RandomSubset",
+    "Quadratic",
+]
 
 
 @dataclass
@@ -39,7 +49,9 @@ class Step:
         ball: the lp ball of the attack.
         forward: the model as a map of raw inputs (quadratic solvers use its Jacobian).
         generator: the attack's random generator.
-        state: per-run scratch space of the solver (e.g. subsets already used).
+        state: per-run scratch space of the solver (e.g. subsets already used); tensors of shape
+            (N,) left there are reported in ``AttackResult.info``.
+        box: the box of valid inputs.
     """
 
     x: Tensor
@@ -50,6 +62,7 @@ class Step:
     forward: Callable[[Tensor], Tensor]
     generator: torch.Generator | None = None
     state: dict = field(default_factory=dict)
+    box: Box | None = None
 
 
 class Solver:
@@ -163,3 +176,43 @@ class RandomSubset(Solver):
         step.state["used"] = used | chosen
         signs = torch.rand(x.shape, generator=step.generator, device=x.device) < 0.5
         return expand_like(step.eps, x) * (signs.to(x.dtype) * 2 - 1) * self.partition.mask(chosen, x)
+
+
+@dataclass(repr=False)
+class Quadratic(Solver):
+    """The quadratic problem of regression attacks, eq. 13: max norm_2(J eta)^2 on the constraint set,
+    J the Jacobian of the model at the linearisation point, used matrix-free (:mod:`pertattack.quadratic`).
+
+    ``norm``: ``"l2"`` (eq. 14, top right singular vector; the top singular value, the operator norm
+    norm(J)_{2->2}, goes to ``state['sigma']``), ``"l1"`` (eq. 15, largest column), ``"linf"`` (the
+    greedy of eq. 20) or ``"subset"`` (eq. 19-21, the greedy inside the best subset). The sign of
+    +-eta is the one that distorts the output more. Needs no gradient of the objective.
+    """
+
+    norm: str = "l2"
+    partition: Partition = field(default_factory=Partition)
+    iters: int = 100
+    tol: float = 1e-6
+    needs_grad = False
+
+    def __post_init__(self) -> None:
+        if self.norm not in ("l2", "l1", "linf", "subset"):
+            raise ValueError(f"quadratic solver norm must be l2, l1, linf or subset, got {self.norm!r}")
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return f"quadratic-{self.norm}"
+
+    def __call__(self, step: Step) -> Tensor:
+        from . import quadratic as qd
+
+        f, x, eps, box = step.forward, step.x, step.eps, step.box
+        if self.norm == "l2":
+            eta, sigma = qd.quadratic_l2(f, x, eps, iters=self.iters, tol=self.tol, generator=step.generator, box=box)
+            step.state["sigma"] = sigma
+            return eta
+        if self.norm == "l1":
+            return qd.quadratic_l1(f, x, eps, box=box)
+        if self.norm == "linf":
+            return qd.quadratic_linf(f, x, eps, box=box)
+        return qd.quadratic_subset(f, x, eps, self.partition, box=box)

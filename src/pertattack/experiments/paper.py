@@ -10,11 +10,13 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..data import load_mnist
-from ..training import accuracy, train_classifier
+from ..training import accuracy, reconstruction_mse, train_autoencoder, train_classifier
 from .classification import run_fig3, run_table3
 from .common import cached_model
+from .regression import FIG4A_ATTACKS, FIG4B_ATTACKS, run_fig4
 
 __all__ = ["reproduce", "EXPERIMENTS", "mnist_classifier"]
 
@@ -30,6 +32,16 @@ def mnist_classifier(name: str, root: str | None, epochs: int, seed: int):
         train_classifier(model, x, y, epochs=epochs, batch_size=128, lr=1e-3, seed=seed, progress=True)
 
     return cached_model(name, f"mnist-{name}-e{epochs}-s{seed}", train, seed=seed)
+
+
+def mnist_autoencoder(root: str | None, epochs: int, seed: int):
+    """The fully connected MNIST autoencoder of Section 6.2 (784 -> 32 -> 784, 96% compression), cached."""
+    x, _ = load_mnist(root, "train")
+
+    def train(model):
+        train_autoencoder(model, x, epochs=epochs, batch_size=128, lr=1e-3, seed=seed, progress=True)
+
+    return cached_model("fc-ae", f"mnist-fc-ae-e{epochs}-s{seed}", train, seed=seed)
 
 
 def reproduce(experiment: str, *, out: Path, n: int = 1000, root: str | None = None, seed: int = 0,
@@ -61,9 +73,25 @@ def _table3(*, out: Path, n: int, root: str | None, seed: int, epochs: int) -> N
     print(f"wrote {out / 'table3'}.csv")
 
 
+def _fig4(attacks: list[str], p: float, tag: str, title: str):
+    def run(*, out: Path, n: int, root: str | None, seed: int, epochs: int) -> None:
+        model = mnist_autoencoder(root, max(epochs, 10), seed)
+        x_all, _ = load_mnist(root, "test")
+        print(f"fc-ae: test MSE {reconstruction_mse(model, x_all):.5f}")
+        idx = torch.randperm(x_all.shape[0], generator=torch.Generator().manual_seed(seed))[: min(n, 20)]
+        run_fig4(model, x_all[idx], attacks, p, out / tag, title, seed=seed)
+        print(f"wrote {out / tag}.csv (+ .png with matplotlib)")
+
+    return run
+
+
 EXPERIMENTS = {
     "fig3a": ("fooling ratio vs eps (p = inf), FCNN 784-150-100-10 on MNIST",
               _fig3("fcnn", "MNIST FCNN, l-inf", "fig3a")),
     "fig3b": ("fooling ratio vs eps (p = inf), LeNet-5 on MNIST", _fig3("lenet5", "MNIST LeNet-5, l-inf", "fig3b")),
     "table3": ("test error, rho1, rho2, DeepFool's 99% eps (p = inf), FCNN and LeNet-5", _table3),
+    "fig4a": ("output vs input PSNR, l2 attacks, MNIST fully connected autoencoder (20 test images)",
+              _fig4(FIG4A_ATTACKS, 2.0, "fig4a", "MNIST autoencoder, l2")),
+    "fig4b": ("output vs input PSNR, l-inf attacks, MNIST fully connected autoencoder (20 test images)",
+              _fig4(FIG4B_ATTACKS, math.inf, "fig4b", "MNIST autoencoder, l-inf")),
 }

@@ -1,0 +1,39 @@
+"""Figure 4 (a, b): output PSNR against input PSNR of regression attacks on an MNIST autoencoder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from torch import Tensor, nn
+
+from ..metrics import eps_for_psnr, psnr_curve
+from .common import plot_lines, write_csv
+
+__all__ = ["FIG4A_ATTACKS", "FIG4B_ATTACKS", "run_fig4"]
+
+FIG4A_ATTACKS = ["rand-l2", "linear-l2-1", "linear-l2-10", "linear-l2-20", "quadratic-l2"]
+FIG4B_ATTACKS = ["rand-linf", "linear-linf-1", "linear-linf-10", "linear-linf-20", "quadratic-linf"]
+#: the paper's x axis: input PSNR from 10 to 40 dB
+INPUT_PSNR = [10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0]
+
+
+def run_fig4(model: nn.Module, x: Tensor, attacks: Sequence[str], p: float, out: Path, title: str, *,
+             input_psnr: Sequence[float] = INPUT_PSNR, seed: int = 0, log: Callable[[str], None] = print
+             ) -> dict[str, dict[str, list[float]]]:
+    """Each attack at the budgets that give the target input PSNRs; CSV rows and a PNG plot."""
+    m = x[0].numel()
+    eps = [eps_for_psnr(d, p, m) for d in input_psnr]
+    curves = {}
+    rows = []
+    for name in attacks:
+        c = psnr_curve(model, x, name, eps, seed=seed)
+        curves[name] = c
+        for i in range(len(eps)):
+            rows.append([name, c["eps"][i], c["input_psnr"][i], c["output_psnr"][i], c["output_psnr_clean"][i]])
+        log(f"{name:>15}: output PSNR " + " ".join(f"{v:6.2f}" for v in c["output_psnr"])
+            + " | vs f(x) " + " ".join(f"{v:6.2f}" for v in c["output_psnr_clean"]))
+    write_csv(out.with_suffix(".csv"), ["attack", "eps", "input_psnr", "output_psnr", "output_psnr_clean"], rows)
+    plot_lines(out.with_suffix(".png"), list(input_psnr), {k: c["output_psnr"] for k, c in curves.items()},
+               xlabel="input PSNR (dB), target", ylabel="output PSNR (dB)", title=title)
+    return curves
