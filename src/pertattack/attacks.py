@@ -84,7 +84,8 @@ class AttackResult:
         np.savez_compressed(path, **arrays)
 
 
-def _solver(name: str, partition: Any, power_iters: int = 100, tol: float = 1e-6) -> Solver:
+def _solver(name: str, partition: Any, power_iters: int = 100, tol: float = 1e-6, svd_method: str = "lanczos"
+            ) -> Solver:
     table: dict[str, Callable[[], Solver]] = {
         "gnm": GNM,
         "min-norm": MinNorm,
@@ -93,7 +94,9 @@ def _solver(name: str, partition: Any, power_iters: int = 100, tol: float = 1e-6
         "random-gaussian": RandomGaussian,
         "random-subset": lambda: RandomSubset(Partition(partition)),
         **{
-            f"quadratic-{norm}": (lambda norm=norm: Quadratic(norm, Partition(partition), int(power_iters), float(tol)))
+            f"quadratic-{norm}": (
+                lambda norm=norm: Quadratic(norm, Partition(partition), int(power_iters), float(tol), svd_method)
+            )
             for norm in ("l2", "l1", "linf", "subset")
         },
     }
@@ -142,6 +145,7 @@ DEFAULTS: dict[str, Any] = {
     "partition": "pixel",
     "power_iters": 100,
     "tol": 1e-6,
+    "svd_method": "lanczos",
     "seed": None,
     "batch_size": None,
     "progress": False,
@@ -251,7 +255,7 @@ class Attack:
         set_ = object.__setattr__
         set_(self, "ball", LpBall(p["p"]))
         set_(self, "objective", _objective(p["objective"], p))
-        set_(self, "solver", _solver(p["solver"], p["partition"], p["power_iters"], p["tol"]))
+        set_(self, "solver", _solver(p["solver"], p["partition"], p["power_iters"], p["tol"], p["svd_method"]))
         set_(self, "schedule", Schedule(
             steps=p["steps"], step_scale=p["step_scale"], step=p["step"], dither=p["dither"],
             random_start=p["random_start"], project=p["project"], early_stop=p["early_stop"],
@@ -380,7 +384,7 @@ class Attack:
                     eta = self.box.clip(x + self.ball.project(eta, eb)) - x
                 results.append(self._result(fwd, x, eta, eb, ctx, steps, info))
         else:
-            for e, generator in zip(eps_list, generators):
+            for e, generator in zip(eps_list, generators, strict=True):
                 eb = as_batch_eps(e, n, x)
                 eta, steps, info = run(eb, generator)
                 results.append(self._result(fwd, x, eta, eb, ctx, steps, info))

@@ -65,17 +65,22 @@ def fooling_ratio(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, **kw: A
 
 def fooling_curve(model: nn.Module, x: Tensor, y: Tensor, attack: Attack | str, eps: Sequence[float],
                   **overrides: Any) -> list[float]:
-    """Fooling ratio at each eps of a grid: one run of a minimum-norm attack for the whole grid
-    (its norms thresholded, after projection on each ball), one run per eps otherwise."""
+    """Fooling ratio at each eps of a grid: one unbounded run of a minimum-norm attack for the whole
+    grid (an input counts as fooled at eps when its perturbation's norm is <= eps), one run per eps
+    otherwise."""
     if isinstance(attack, str):
         attack = get_attack(attack, **overrides)
     elif overrides:
         attack = attack.replace(**overrides)
     kw = dict(preprocess=attack.params["preprocess"], output=attack.params["output"])
     correct = predict(model, x, **kw) == y
+    n_correct = correct.sum().clamp_min(1)
+    if attack.minimum_norm:
+        free = attack.replace(eps=None)(model, x, y)
+        assert isinstance(free, AttackResult) and free.success is not None
+        return [float((free.success & correct & (free.norms <= e)).sum() / n_correct) for e in eps]
     results = attack(model, x, y, eps=list(eps))
     assert isinstance(results, list)
-    n_correct = correct.sum().clamp_min(1)
     return [float((r.success & correct).sum() / n_correct) for r in results]  # type: ignore[operator]
 
 

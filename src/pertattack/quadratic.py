@@ -32,7 +32,8 @@ def resolve_sign(
 ) -> Tensor:
     """Resolve the +-eta ambiguity: keep, per input, the sign with the larger norm_2(f(x +- eta) - f(x)).
 
-    Ties, up to rounding (64 ulp of norm_2(f(x)) + both distortions), keep +eta. With ``box``, the candidates x +- eta are clipped to it before evaluation (the
+    Ties, up to rounding (64 ulp of norm_2(f(x)) + both distortions), keep +eta: a linear map keeps the
+    solver's own sign. With ``box``, the candidates x +- eta are clipped to it before evaluation (the
     returned eta itself is not clipped). Cost: two forward passes (three without ``out`` = f(x)).
     """
     x = x.detach()
@@ -104,11 +105,11 @@ def quadratic_linf(
     rho_z = sign(s_{z-1}^T J_z) with the running K-vector s_{z-1} = sum_{j<z} rho_j J_j (sign(0) := +1);
     eta = eps rho. The greedy has no optimality guarantee (the problem is NP-hard, norm(J)_{inf->2}).
 
-    Cost: the column norms (min(K vjps, M jvps)) and then M jvps, one per column, ``chunk`` columns per
-    vmapped call (each input has its own column order: one-hot tangents at different coordinates),
-    plus O(N M K) flops of running dot products: about M + min(K, M) jvp-equivalents on the batch,
-    i.e. 2 min(K, M)..M + K forward-backward passes. Memory O(chunk N (M + K)): never K x M. Loops
-    over columns only; every step is vectorised over the batch.
+    Cost: min(K, M) vjps/jvps for the column norms (:func:`pertattack.operators.column_norms`), then M
+    jvps, one per column, ``chunk`` columns per vmapped call (each input has its own column order: one-hot
+    tangents at different coordinates), all on the whole batch; plus M sequential steps of O(N K) flops
+    for the running dot products s^T J_z. Memory O(chunk N (M + K)) plus the activations of ``chunk``
+    batched jvps; never K x M. Loops over columns only; every step is vectorised over the batch.
     """
     lin = Linearization(f, x)
     e = as_batch_eps(eps, lin.n, lin.x)
@@ -135,7 +136,7 @@ def quadratic_subset(
     Two exact implementations of the same greedy (same order, same signs, sign(0) := +1):
 
     - Gram (default when the largest subset has Z <= ``chunk`` coordinates, e.g. pixels, Z = C):
-      G_s = J_{S_s}^T J_{S_s} (Z x Z) for all subsets, built from K rows (vjps) if K < M or M columns
+      G_s = J_{S_s}^T J_{S_s} (Z x Z) for all subsets, built from K rows (vjps) if K <= M or M columns
       (jvps) otherwise; then the greedy runs on all (input, subset) pairs at once: rho_z =
       sign(sum_{j<z} rho_j G_{jz}) and norm_2(J eta_s)^2 = eps^2 rho^T G_s rho. Cost min(K vjps, M jvps)
       on the batch, in chunks, memory O(N M Z) for the Gram blocks; Z Python steps.
@@ -252,13 +253,13 @@ def _subset_table(sid: Tensor) -> tuple[Tensor, Tensor]:
 def _subset_grams(lin: Linearization, table: Tensor, valid: Tensor, chunk: int) -> Tensor:
     """G_s = J_{S_s}^T J_{S_s} for every subset and input: (N, S, Z, Z), zero on padding.
 
-    From rows (K vjps) when K < M, else from columns (M jvps), ``chunk`` tangents per vmapped call.
+    From rows (K vjps) when K <= M, else from columns (M jvps), ``chunk`` tangents per vmapped call.
     """
     n, m, k = lin.n, lin.m, lin.k
     dev = lin.x.device
     s, z = table.shape
     g = lin.x.new_zeros(n, s, z, z)
-    if k < m:
+    if k <= m:
         for a in range(0, k, chunk):
             idx = torch.arange(a, min(a + chunk, k), device=dev).unsqueeze(1).expand(-1, n)
             rows = lin.rows(idx)[:, :, table] * valid.to(lin.x.dtype)  # (B, N, S, Z)

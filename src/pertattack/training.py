@@ -3,7 +3,8 @@
 Randomness is explicit: shuffling draws from a ``torch.Generator`` seeded by ``seed``, and the
 whole run sits inside ``torch.random.fork_rng()`` with ``torch.manual_seed(seed)`` (for layers
 such as dropout), so the caller's global RNG state is never changed. With a model built by
-``build_model(name, seed=s)``, the same seeds give bit-identical weights on the same machine.
+``build_model(name, seed=s)``, the same seeds give bit-identical weights on the same machine and
+thread count (conv kernels may sum in another order with another ``torch.get_num_threads()``).
 """
 
 from __future__ import annotations
@@ -153,9 +154,7 @@ def train_autoencoder(
     return _fit(model, x, t, F.mse_loss, epochs, batch_size, lr, seed, progress)
 
 
-def _batched_eval(
-    model: nn.Module, x: Tensor, batch_size: int, fn: Callable[[Tensor, slice], Tensor]
-) -> Tensor:
+def _batched_eval(model: nn.Module, x: Tensor, batch_size: int, fn: Callable[[Tensor, slice], Tensor]) -> Tensor:
     """Sum of ``fn(model(x[i:j]), slice(i, j))`` over batches, in eval mode under no_grad; mode restored."""
     if x.shape[0] == 0:
         raise ValueError("no data to evaluate")
@@ -186,9 +185,7 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> 
     return float(hits) / x.shape[0]
 
 
-def reconstruction_mse(
-    model: nn.Module, x: Tensor, target: Tensor | None = None, batch_size: int = 1024
-) -> float:
+def reconstruction_mse(model: nn.Module, x: Tensor, target: Tensor | None = None, batch_size: int = 1024) -> float:
     """Mean squared error of ``model(x)`` against ``target`` (default ``x``) over all elements.
 
     Eval mode without gradients; the model's mode is restored afterwards.
@@ -218,9 +215,7 @@ def save_model(path: str | os.PathLike[str], model: nn.Module, name: str, **kwar
     try:
         build_model(name, seed=0, **kwargs).load_state_dict(state)  # seeded: the global RNG is untouched
     except (RuntimeError, TypeError) as err:
-        raise ValueError(
-            f"build_model({name!r}, **{kwargs}) does not match the model being saved: {err}"
-        ) from err
+        raise ValueError(f"build_model({name!r}, **{kwargs}) does not match the model being saved: {err}") from err
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")

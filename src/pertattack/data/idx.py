@@ -78,9 +78,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """
     data = _read_bytes(path)
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(
-            f"{path}: not an IDX file (magic {data[:4].hex() or 'empty'}, expected 0000<type><ndim>)"
-        )
+        raise ValueError(f"{path}: not an IDX file (magic {data[:4].hex() or 'empty'}, expected 0000<type><ndim>)")
     code, ndim = data[2], data[3]
     if code not in IDX_DTYPES:
         known = ", ".join(f"0x{c:02x}" for c in IDX_DTYPES)
@@ -233,9 +231,7 @@ def load_mnist(
         paths.append(found)
     images, labels = (read_idx(p) for p in paths)
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise ValueError(
-            f"{root}: images {images.shape} and labels {labels.shape} do not form an MNIST split"
-        )
+        raise ValueError(f"{root}: images {images.shape} and labels {labels.shape} do not form an MNIST split")
     if images.dtype != np.uint8:
         raise ValueError(f"{paths[0]}: MNIST images must be uint8, got {images.dtype}")
     if limit is not None:

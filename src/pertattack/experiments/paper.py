@@ -26,9 +26,8 @@ FIG3_EPS = [float(e) for e in np.round(np.linspace(0.0, 0.2, 11), 3)]
 
 def mnist_classifier(name: str, root: str | None, epochs: int, seed: int):
     """An MNIST classifier of the paper (fcnn or lenet5), trained once and cached."""
-    x, y = load_mnist(root, "train")
-
     def train(model):
+        x, y = load_mnist(root, "train")
         train_classifier(model, x, y, epochs=epochs, batch_size=128, lr=1e-3, seed=seed, progress=True)
 
     return cached_model(name, f"mnist-{name}-e{epochs}-s{seed}", train, seed=seed)
@@ -36,9 +35,8 @@ def mnist_classifier(name: str, root: str | None, epochs: int, seed: int):
 
 def mnist_autoencoder(root: str | None, epochs: int, seed: int):
     """The fully connected MNIST autoencoder of Section 6.2 (784 -> 32 -> 784, 96% compression), cached."""
-    x, _ = load_mnist(root, "train")
-
     def train(model):
+        x, _ = load_mnist(root, "train")
         train_autoencoder(model, x, epochs=epochs, batch_size=128, lr=1e-3, seed=seed, progress=True)
 
     return cached_model("fc-ae", f"mnist-fc-ae-e{epochs}-s{seed}", train, seed=seed)

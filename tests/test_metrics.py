@@ -1,0 +1,228 @@
+"""Metrics: fooling ratio and curve, rho2, robustness (Table 3), PSNR."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import DTYPE, MLP, MLP_SHAPE, BinaryAffine, ConvNet, gen, modes, rand_x
+from torch import nn
+
+from pertattack import fooling_curve, fooling_ratio, get_attack, predict, psnr, rho2, robustness
+from pertattack.constraints import LpBall, lp_norm
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+INF = math.inf
+
+
+# ---------------------------------------------------------------------------- fooling ratio
+
+
+def threshold_model() -> BinaryAffine:
+    """Class 1 iff x_0 > 0.5 (inputs of 2 coordinates)."""
+    return BinaryAffine(torch.tensor([1.0, 0.0]), -0.5)
+
+
+def test_fooling_ratio_counts_correctly_classified_inputs_only():
+    model = threshold_model()
+    x = torch.tensor([[0.2, 0.0], [0.8, 0.0], [0.3, 0.0], [0.9, 0.0], [0.1, 0.0]], dtype=DTYPE)
+    y = torch.tensor([0, 1, 1, 1, 1])  # predictions 0 1 0 1 0: inputs 2 and 4 are misclassified
+    x_adv = torch.tensor([[0.7, 0.0],   # correct -> fooled
+                          [0.9, 0.0],   # correct -> still correct
+                          [0.6, 0.0],   # misclassified -> now "correct": does not count either way
+                          [0.1, 0.0],   # correct -> fooled
+                          [0.2, 0.0]],  # misclassified -> still wrong: not a fooled input
+                         dtype=DTYPE)
+    assert fooling_ratio(model, x, x_adv, y) == pytest.approx(2 / 3)
+    assert fooling_ratio(model, x, x, y) == 0.0
+    # the naive share of wrong outputs on x_adv would be 3/5
+    assert float((predict(model, x_adv) != y).double().mean()) == pytest.approx(3 / 5)
+
+
+def test_fooling_ratio_undefined_without_correct_inputs():
+    model = threshold_model()
+    x = torch.tensor([[0.2, 0.0], [0.8, 0.0]], dtype=DTYPE)
+    with pytest.warns(UserWarning, match="no input is classified correctly"):
+        assert math.isnan(fooling_ratio(model, x, x, torch.tensor([1, 0])))
+    with pytest.raises(ValueError, match="differ in shape"):
+        fooling_ratio(model, x, x[:1], torch.tensor([0, 1]))
+
+
+def test_fooling_ratio_with_preprocess():
+    model = threshold_model()
+    x = torch.tensor([[0.2, 0.0], [0.8, 0.0]], dtype=DTYPE)
+    y = torch.tensor([0, 1])
+    x_adv = torch.tensor([[0.6, 0.0], [0.8, 0.0]], dtype=DTYPE)
+    # raw: class 1 iff x_0 > 0.5, input 0 is fooled
+    assert fooling_ratio(model, x, x_adv, y) == pytest.approx(0.5)
+    # the model sees 2 x - 1: class 1 iff x_0 > 0.75, nothing is fooled
+    assert fooling_ratio(model, x, x_adv, y, preprocess=(0.5, 0.5)) == 0.0
+
+
+def test_predict_restores_mode_and_batches():
+    model = ConvNet()
+    model.train()
+    model.bn.eval()
+    m0 = modes(model)
+    x = rand_x(7, (2, 6, 6), seed=0)
+    p1 = predict(model, x, batch_size=3)
+    assert modes(model) == m0
+    ref = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        assert torch.equal(p1, ref(x).argmax(dim=1))
+
+
+# ---------------------------------------------------------------------------- fooling curve
+
+
+def test_fooling_curve_of_deepfool_thresholds_its_norms():
+    # affine model: DeepFool's norm is 1.02 d; eps just above d is enough to fool after projection,
+    # but the minimum-norm rule counts an input as fooled at eps only when its norm is <= eps
+    w = torch.randn(12, generator=gen(0), dtype=DTYPE)
+    model = BinaryAffine(w, 0.1)
+    x = rand_x(20, MLP_SHAPE, seed=1, lo=-1, hi=1)
+    y = predict(model, x)
+    y[:3] = 1 - y[:3]  # three misclassified inputs: never counted
+    d = (x @ w + 0.1).abs() / w.norm()
+    grid = sorted({float(v) for v in d * 1.01} | {0.0, 10.0})
+    df = get_attack("deepfool", box=(-10, 10))
+    free = df(model, x, y)
+    correct = predict(model, x) == y
+    want = [float((free.success & correct & (free.norms <= e)).sum() / correct.sum()) for e in grid]
+    got = fooling_curve(model, x, y, df, grid)
+    assert got == pytest.approx(want, abs=1e-12)
+    assert got[0] == 0.0 and got[-1] == 1.0
+
+
+def test_fooling_curve_of_deepfool_on_a_small_network():
+    model = MLP().eval()
+    x = rand_x(30, MLP_SHAPE, seed=2)
+    y = predict(model, x)
+    y[::7] = (y[::7] + 1) % 4
+    free = get_attack("deepfool", p=2.0)(model, x, y)
+    correct = predict(model, x) == y
+    grid = [0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 2.0]
+    want = [float((free.success & correct & (free.norms <= e)).sum() / correct.sum()) for e in grid]
+    assert fooling_curve(model, x, y, "deepfool", grid, p=2.0) == pytest.approx(want, abs=1e-12)
+
+
+def test_fooling_curve_of_a_bounded_attack_is_the_fooling_ratio_per_eps():
+    model = MLP().eval()
+    x = rand_x(20, MLP_SHAPE, seed=3)
+    y = predict(model, x)
+    y[::5] = (y[::5] + 1) % 4
+    grid = [0.0, 0.05, 0.2]
+    curve = fooling_curve(model, x, y, "alg1-3", grid)
+    for e, c in zip(grid, curve, strict=True):
+        r = get_attack("alg1-3", eps=e)(model, x, y)
+        assert c == pytest.approx(fooling_ratio(model, x, r.x_adv, y), abs=1e-12)
+    assert curve[0] == 0.0
+    assert curve == sorted(curve)  # more budget, not fewer fooled (here)
+
+
+# ---------------------------------------------------------------------------- rho2, robustness
+
+
+@pytest.mark.parametrize("p", [1.0, 1.5, 2.0, 3.0, INF])
+def test_rho2_is_the_distance_to_an_affine_boundary(p):
+    w = torch.randn(12, generator=gen(4), dtype=DTYPE)
+    model = BinaryAffine(w, -0.2)
+    x = rand_x(10, MLP_SHAPE, seed=5, lo=-1, hi=1)
+    z = x @ w - 0.2
+    want = z.abs() / lp_norm(w[None], LpBall(p).q)
+    np.testing.assert_allclose(rho2(model, x, p=p).numpy(), want.numpy(), rtol=1e-10)
+    y = (z > 0).long()
+    y[:2] = 1 - y[:2]  # misclassified: distance 0
+    r = rho2(model, x, y, p=p)
+    assert (r[:2] == 0).all()
+    np.testing.assert_allclose(r[2:].numpy(), want[2:].numpy(), rtol=1e-10)
+
+
+def test_rho2_on_a_network_is_margin_over_dual_norm():
+    model = MLP().eval()
+    x = rand_x(5, MLP_SHAPE, seed=6)
+    xg = x.clone().requires_grad_(True)
+    out = model(xg)
+    k = out.argmax(dim=1)
+    top2 = out.topk(2, dim=1).values
+    (g,) = torch.autograd.grad((top2[:, 0] - top2[:, 1]).sum(), xg)
+    margin = (top2[:, 0] - top2[:, 1]).detach()
+    for p in (2.0, INF):
+        want = margin / lp_norm(g, LpBall(p).q)
+        torch.testing.assert_close(rho2(model, x, k, p=p), want, rtol=1e-10, atol=0)
+    assert all(prm.grad is None for prm in model.parameters())
+
+
+@pytest.mark.parametrize("p", [2.0, INF])
+def test_robustness_table_row(p):
+    model = MLP().eval()
+    x = rand_x(60, MLP_SHAPE, seed=7)
+    y = predict(model, x)
+    y[::10] = (y[::10] + 1) % 4  # 6 misclassified
+    row = robustness(model, x, y, p=p, batch_size=25)
+    assert set(row) >= {"test_error", "rho1", "rho2", "eps_99", "deepfool_success"}
+    assert row["test_error"] == pytest.approx(float((predict(model, x) != y).double().mean()))
+    assert row["test_error"] == pytest.approx(0.1)
+    # by hand from DeepFool's own norms
+    res = get_attack("deepfool", p=p)(model, x, y)
+    correct = predict(model, x) == y
+    ok = res.success[correct]
+    norms = res.norms[correct]
+    assert row["deepfool_success"] == pytest.approx(float(ok.double().mean()))
+    n = int(correct.sum())
+    eps99 = row["eps_99"]
+    fooled_at = lambda e: int((ok & (norms <= e)).sum())  # noqa: E731
+    assert fooled_at(eps99) > 0.99 * n  # more than 99% fooled at eps_99 ...
+    smaller = norms[ok & (norms < eps99)]
+    if smaller.numel():  # ... and not at any smaller DeepFool norm
+        assert fooled_at(float(smaller.max())) <= 0.99 * n
+    assert eps99 in set(norms[ok].tolist())
+    rho1 = (norms / lp_norm(x[correct], p))[ok].mean()
+    assert row["rho1"] == pytest.approx(float(rho1), rel=1e-10)
+    assert row["rho2"] == pytest.approx(float(rho2(model, x[correct], y[correct], p=p).mean()), rel=1e-10)
+    assert 0 < row["rho2"] < math.inf and 0 < row["rho1"] < math.inf
+
+
+def test_robustness_needs_correct_inputs():
+    model = threshold_model()
+    x = torch.tensor([[0.2, 0.0]], dtype=DTYPE)
+    with pytest.raises(ValueError, match="no input is classified correctly"):
+        robustness(model, x, torch.tensor([1]))
+
+
+# ---------------------------------------------------------------------------- PSNR
+
+
+def test_psnr_against_numpy():
+    a = torch.rand(4, 3, 5, 5, generator=gen(9), dtype=DTYPE)
+    b = (a + 0.05 * torch.randn(4, 3, 5, 5, generator=gen(10), dtype=DTYPE)).clamp(0, 1)
+    for peak in (1.0, 2.0, 255.0):
+        an, bn = a.numpy().reshape(4, -1), b.numpy().reshape(4, -1)
+        want = 10 * np.log10(peak**2 / ((an - bn) ** 2).mean(axis=1))
+        np.testing.assert_allclose(psnr(a, b, peak).numpy(), want, rtol=1e-12)
+    assert psnr(a, b).shape == (4,)
+    same = psnr(a, a)
+    assert torch.isinf(same).all() and (same > 0).all()
+    f32 = psnr(a.float(), b.float())
+    assert f32.dtype == torch.float32
+    np.testing.assert_allclose(f32.numpy(), psnr(a, b).numpy(), rtol=1e-5)
+    with pytest.raises(ValueError, match="equal shapes"):
+        psnr(a, b[:2])
+
+
+def test_psnr_known_value():
+    a = torch.zeros(1, 100, dtype=DTYPE)
+    b = torch.full((1, 100), 0.1, dtype=DTYPE)  # MSE 0.01 -> 20 dB
+    assert float(psnr(a, b)) == pytest.approx(20.0)
+    assert float(psnr(a, b, peak=10.0)) == pytest.approx(40.0)
+
+
+def test_metrics_accept_wrapped_models():
+    net = MLP().eval()
+    model = nn.Sequential(net)
+    x = rand_x(4, MLP_SHAPE, seed=11)
+    assert torch.equal(predict(model, x), predict(net, x))

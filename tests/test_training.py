@@ -1,0 +1,155 @@
+"""Training utilities: convergence on a separable toy problem, seeding, RNG hygiene, checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from pertattack.models import build_model
+from pertattack.training import (
+    accuracy,
+    load_model,
+    reconstruction_mse,
+    save_model,
+    train_autoencoder,
+    train_classifier,
+)
+
+TOY = {"in_shape": (1, 4, 4), "hidden": (16,), "classes": 2}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Toy models gain nothing from intra-op threads, and on a busy machine OpenMP spin-waiting made
+    these tests ~10x slower with 2 threads than with 1; the caller's setting is restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _toy(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two classes on either side of a fixed hyperplane, with a margin; inputs (N, 1, 4, 4) drawn by seed."""
+    w = torch.randn(16, generator=torch.Generator().manual_seed(99))
+    x = torch.randn(n, 1, 4, 4, generator=torch.Generator().manual_seed(seed))
+    score = x.flatten(1) @ w
+    keep = score.abs() > 0.5
+    return x[keep], (score[keep] > 0).long()
+
+
+def _train(seed: int = 0) -> tuple[torch.nn.Module, list[float]]:
+    x, y = _toy()
+    model = build_model("fcnn", seed=seed, **TOY)
+    losses = train_classifier(model, x, y, epochs=15, batch_size=32, lr=1e-2, seed=seed)
+    return model, losses
+
+
+def test_train_classifier_learns_separable_problem() -> None:
+    model, losses = _train()
+    x, y = _toy(seed=0)
+    x_test, y_test = _toy(seed=1)
+    assert len(losses) == 15 and losses[-1] < 0.5 * losses[0]
+    assert accuracy(model, x, y) > 0.9
+    assert accuracy(model, x_test, y_test, batch_size=7) > 0.9
+
+
+def test_same_seed_identical_weights() -> None:
+    a, la = _train(seed=5)
+    b, lb = _train(seed=5)
+    c, _ = _train(seed=6)
+    assert la == lb
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb)
+    assert not all(torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters(), strict=True))
+
+
+def test_global_rng_untouched() -> None:
+    torch.manual_seed(1234)
+    state = torch.get_rng_state()
+    model, _ = _train()
+    x, y = _toy()
+    accuracy(model, x, y)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_training_seeds_dropout_and_restores_mode() -> None:
+    x, y = _toy()
+
+    def make() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(16, 2))
+
+    a, b = make().eval(), make().eval()
+    state = torch.get_rng_state()
+    train_classifier(a, x, y, epochs=2, seed=1)
+    train_classifier(b, x, y, epochs=2, seed=1)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a[2].weight, b[2].weight)
+    assert not a.training  # mode restored
+    assert all(p.grad is None for p in a.parameters())
+
+
+def test_accuracy_restores_mode() -> None:
+    model = build_model("fcnn", seed=0, **TOY)
+    x, y = _toy()
+    model.train()
+    accuracy(model, x, y)
+    assert model.training
+    model.eval()
+    accuracy(model, x, y)
+    assert not model.training
+    with pytest.raises(ValueError, match="differ in length"):
+        accuracy(model, x, y[:-1])
+
+
+def test_train_autoencoder_reduces_mse() -> None:
+    g = torch.Generator().manual_seed(0)
+    codes = torch.rand(256, 3, generator=g)
+    basis = torch.rand(3, 16, generator=g)
+    x = (codes @ basis / 3).reshape(-1, 1, 4, 4)  # data on a 3-dim subspace, in [0, 1]
+    model = build_model("fc-ae", seed=0, in_shape=(1, 4, 4), code=4, hidden=32)
+    before = reconstruction_mse(model, x)
+    losses = train_autoencoder(model, x, epochs=30, batch_size=32, lr=1e-2, seed=0)
+    after = reconstruction_mse(model, x)
+    assert losses[-1] < 0.2 * losses[0] and after < 0.2 * before
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    model, _ = _train()
+    path = tmp_path / "sub" / "toy.pt"
+    save_model(path, model, "fcnn", **TOY)
+    loaded = load_model(path)
+    assert type(loaded) is type(model) and not loaded.training
+    x, _ = _toy(seed=3)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert [p.name for p in tmp_path.joinpath("sub").iterdir()] == ["toy.pt"]  # no temporary file left
+
+
+def test_save_model_checks_architecture(tmp_path: Path) -> None:
+    model = build_model("fcnn", seed=0, **TOY)
+    with pytest.raises(ValueError, match="does not match"):
+        save_model(tmp_path / "m.pt", model, "fcnn")  # kwargs forgotten: 784 inputs, not 16
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_load_model_rejects_foreign_file(tmp_path: Path) -> None:
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a pertattack checkpoint"):
+        load_model(tmp_path / "other.pt")
+
+
+def test_progress_bar_reports_epochs(capsys: pytest.CaptureFixture[str]) -> None:
+    x, y = _toy()
+    model = build_model("fcnn", seed=0, **TOY)
+    quiet = train_classifier(model, x, y, epochs=2, seed=0)
+    assert capsys.readouterr().err == ""
+    model = build_model("fcnn", seed=0, **TOY)
+    loud = train_classifier(model, x, y, epochs=2, seed=0, progress=True)
+    captured = capsys.readouterr()
+    assert "epoch 1/2: loss" in captured.out and "epoch 2/2: loss" in captured.out
+    assert loud == quiet  # the bar does not change the run
