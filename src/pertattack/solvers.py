@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .constraints import Box, LpBall, Partition, expand_like
+from .constraints import Box, LpBall, Partition, expand_like, row_gaussian, row_uniform
 
 __all__ = [
     "Step",
@@ -141,7 +141,7 @@ class RandomSign(Solver):
     needs_grad = False
 
     def __call__(self, step: Step) -> Tensor:
-        signs = torch.rand(step.x.shape, generator=step.generator, device=step.x.device) < 0.5
+        signs = row_uniform(step.x, 1, step.generator).reshape(step.x.shape) < 0.5
         return expand_like(step.eps, step.x) * (signs.to(step.x.dtype) * 2 - 1)
 
 
@@ -152,7 +152,7 @@ class RandomGaussian(Solver):
     needs_grad = False
 
     def __call__(self, step: Step) -> Tensor:
-        w = torch.randn(step.x.shape, generator=step.generator, device=step.x.device, dtype=step.x.dtype)
+        w = row_gaussian(step.x, step.generator)
         return expand_like(step.eps / step.ball.norm(w).clamp_min(1e-12), w) * w
 
 
@@ -171,10 +171,11 @@ class RandomSubset(Solver):
         used = step.state.get("used")
         if used is None:
             used = torch.zeros(n, s, dtype=torch.bool, device=x.device)
-        keys = torch.rand(n, s, generator=step.generator, device=x.device).masked_fill(used, -1.0)
+        u = row_uniform(x, 1, step.generator, extra=s)  # one block per input: signs, then subset keys
+        keys = u[:, -s:].masked_fill(used, -1.0)
         chosen = torch.zeros_like(used).scatter_(1, keys.argmax(dim=1, keepdim=True), True)
         step.state["used"] = used | chosen
-        signs = torch.rand(x.shape, generator=step.generator, device=x.device) < 0.5
+        signs = u[:, :-s].reshape(x.shape) < 0.5
         return expand_like(step.eps, x) * (signs.to(x.dtype) * 2 - 1) * self.partition.mask(chosen, x)
 
 
