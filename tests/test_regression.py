@@ -7,14 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import DTYPE, gen, modes, no_grads, rand_x
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 from pertattack import eps_for_psnr, get_attack, operator_norm, psnr, psnr_curve
 from pertattack.constraints import LpBall
-
-from conftest import DTYPE, gen, modes, no_grads, rand_x
 
 INF = math.inf
 REGRESSION = {
