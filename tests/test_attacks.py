@@ -611,3 +611,13 @@ def test_success_rate():
     x = rand_x(5, MLP_SHAPE, seed=14)
     r = get_attack("fgsm", eps=0.3)(model, x)
     assert r.success_rate == pytest.approx(float(r.success.double().mean()))
+
+
+def test_target_only_with_a_targeted_objective():
+    model = MLP().eval()
+    x = rand_x(3, MLP_SHAPE, seed=1)
+    y, target = labels_and_target(3, 4, 1)
+    with pytest.raises(ValueError, match="target"):
+        get_attack("fgsm", eps=0.1)(model, x, y, target=target)
+    with pytest.raises(ValueError, match="needs target"):
+        get_attack("targeted", eps=0.1)(model, x, y)

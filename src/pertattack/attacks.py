@@ -313,6 +313,10 @@ class Attack:
         """
         eps = self.params["eps"] if eps is None else eps
         eps_list, many = _eps_list(eps)
+        targeted = getattr(self.objective, "base", self.objective).name == "targeted"
+        if (target is not None) != targeted:
+            raise ValueError(f"target=... goes with a targeted objective and only there; attack {self.name!r} "
+                             f"has objective {self.objective!r}" + (" and needs target=" if targeted else ""))
         if eps_list == [None] and not self.minimum_norm:
             raise ValueError(f"attack {self.name!r} needs a budget: pass eps=... (in the units of the box)")
         x = _check_input(x, self.box)
