@@ -621,3 +621,16 @@ def test_target_only_with_a_targeted_objective():
         get_attack("fgsm", eps=0.1)(model, x, y, target=target)
     with pytest.raises(ValueError, match="needs target"):
         get_attack("targeted", eps=0.1)(model, x, y)
+
+
+def test_box_set_per_call_equals_box_set_on_the_attack():
+    model = MLP().eval()
+    x = rand_x(3, MLP_SHAPE, seed=2, lo=-1.0, hi=1.0)
+    y, _ = labels_and_target(3, 4, 2)
+    a = get_attack("alg1-3", eps=0.2)
+    with pytest.raises(ValueError, match="outside the box"):
+        a(model, x, y)
+    r1 = a(model, x, y, box=(-1.0, 1.0))
+    r2 = a.replace(box=(-1.0, 1.0))(model, x, y)
+    assert torch.equal(r1.x_adv, r2.x_adv)
+    assert r1.x_adv.min() >= -1 and r1.x_adv.max() <= 1

@@ -292,6 +292,7 @@ class Attack:
         *,
         eps: EpsLike = None,
         target: Tensor | None = None,
+        box: tuple[float | Tensor, float | Tensor] | None = None,
     ) -> AttackResult | list[AttackResult]:
         """Attack ``model`` at inputs ``x``.
 
@@ -304,6 +305,8 @@ class Attack:
             eps: budget, overriding the attack's: a float, a per-input tensor (N,), or a sequence
                 of floats, which returns a list with one result per eps.
             target: target classes (N,) for a targeted objective.
+            box: ``(lo, hi)`` of valid inputs for this call (scalars or per-channel tensors such as
+                shape (C, 1, 1)), overriding the attack's (default (0, 1)).
 
         Returns:
             An :class:`AttackResult` (a list of them when eps is a sequence).
@@ -311,6 +314,8 @@ class Attack:
         Shape:
             x: (N, ...); y, target: (N,); result.x_adv: like x; result.success, result.norms: (N,).
         """
+        if box is not None:
+            return self.replace(box=box)(model, x, y, eps=eps, target=target)
         eps = self.params["eps"] if eps is None else eps
         eps_list, many = _eps_list(eps)
         targeted = getattr(self.objective, "base", self.objective).name == "targeted"
