@@ -367,10 +367,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. warm-up, then round-robin timing
     runs = [row.make(model) for row in rows]
-    for row, run in zip(rows, runs):
+    for row, run in zip(rows, runs, strict=True):
         run(x[: row.n], y[: row.n])
     for _ in range(args.repeat):
-        for row, run in zip(rows, runs):
+        for row, run in zip(rows, runs, strict=True):
             xs, ys = x[: row.n], y[: row.n]
             t0 = time.perf_counter()
             run(xs, ys)

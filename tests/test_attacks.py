@@ -19,6 +19,7 @@ from conftest import (
     CallCounter,
     ConvNet,
     DictModel,
+    Normalize,
     TupleModel,
     gen,
     modes,
@@ -32,8 +33,6 @@ from torch import nn
 from pertattack import AttackResult, LpBall, get_attack, list_attacks, rho2
 from pertattack.attacks import PRESETS
 from pertattack.constraints import lp_norm
-
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 INF = math.inf
 P4 = [INF, 2.0, 1.0, 1.5]
@@ -488,16 +487,6 @@ def test_batch_size_chunks_equal_one_batch(name, kw):
 
 
 # ---------------------------------------------------------------------------- model adapters
-
-
-class Normalize(nn.Module):
-    def __init__(self, mean, std):
-        super().__init__()
-        self.mean = torch.as_tensor(mean, dtype=DTYPE).reshape(1, -1, 1, 1)
-        self.std = torch.as_tensor(std, dtype=DTYPE).reshape(1, -1, 1, 1)
-
-    def forward(self, x):
-        return (x - self.mean) / self.std
 
 
 @pytest.mark.parametrize(("name", "kw"), [("fgsm", {"eps": 0.05}), ("pgd", {"eps": 0.05, "seed": 0, "steps": 5}),

@@ -14,8 +14,6 @@ from scipy.optimize import minimize
 
 from pertattack.constraints import Box, LpBall, Partition, as_batch_eps, dual_exponent, lp_norm
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 INF = math.inf
 PS = [1.0, 1.5, 2.0, 3.0, INF]
 SEEDS = st.integers(0, 2**31 - 1)

@@ -14,8 +14,6 @@ from torch import nn
 from pertattack import fooling_curve, fooling_ratio, get_attack, predict, psnr, rho2, robustness
 from pertattack.constraints import LpBall, lp_norm
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 INF = math.inf
 
 

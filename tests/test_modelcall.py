@@ -6,22 +6,10 @@ import warnings
 
 import pytest
 import torch
-from conftest import CONV_SHAPE, DTYPE, MLP, ConvNet, DictModel, TupleModel, modes, rand_x
+from conftest import CONV_SHAPE, DTYPE, MLP, ConvNet, DictModel, Normalize, TupleModel, modes, rand_x
 from torch import nn
 
 from pertattack.modelcall import ModelCall, check_scores, eval_mode
-
-pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-class Normalize(nn.Module):
-    def __init__(self, mean, std):
-        super().__init__()
-        self.mean = torch.as_tensor(mean, dtype=DTYPE).reshape(1, -1, 1, 1)
-        self.std = torch.as_tensor(std, dtype=DTYPE).reshape(1, -1, 1, 1)
-
-    def forward(self, x):
-        return (x - self.mean) / self.std
 
 
 def test_preprocess_per_channel_equals_normalising_by_hand():

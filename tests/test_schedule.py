@@ -14,8 +14,6 @@ from pertattack.objectives import Context, CrossEntropy, DeepFoolObjective, Marg
 from pertattack.schedule import Schedule
 from pertattack.solvers import GNM, MinNorm, RandomSign
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 INF = math.inf
 
 

@@ -24,8 +24,6 @@ from pertattack.solvers import (
     Step,
 )
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 INF = math.inf
 PS = [1.0, 1.5, 2.0, 3.0, INF]
 SEEDS = st.integers(0, 2**31 - 1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,16 +18,6 @@ from pertattack.training import (
 )
 
 TOY = {"in_shape": (1, 4, 4), "hidden": (16,), "classes": 2}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Toy models gain nothing from intra-op threads, and on a busy machine OpenMP spin-waiting made
-    these tests ~10x slower with 2 threads than with 1; the caller's setting is restored."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _toy(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
