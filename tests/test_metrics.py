@@ -166,7 +166,7 @@ def test_robustness_table_row(p):
     assert row["test_error"] == pytest.approx(float((predict(model, x) != y).double().mean()))
     assert row["test_error"] == pytest.approx(0.1)
     # by hand from DeepFool's own norms
-    res = get_attack("deepfool", p=p)(model, x, y)
+    res = get_attack("deepfool", p=p, batch_size=25)(model, x, y)  # the same call as robustness()
     correct = predict(model, x) == y
     ok = res.success[correct]
     norms = res.norms[correct]

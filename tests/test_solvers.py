@@ -151,7 +151,10 @@ def test_min_norm_is_zero_when_already_fooled(p):
     L = torch.tensor([-0.5, 0.0, 0.7], dtype=DTYPE)
     eta = MinNorm()(make_step(g, 0.0, p, value=L))
     assert torch.equal(eta[0], torch.zeros(M, dtype=DTYPE))
-    assert torch.equal(eta[1], torch.zeros(M, dtype=DTYPE))
+    # an exact tie is crossed by the step of L = tie_push (else DeepFool would sit on the boundary)
+    q = LpBall(p).q
+    torch.testing.assert_close(lp_norm(eta[1:2], p), MinNorm.tie_push / lp_norm(g[1:2], q), rtol=1e-10, atol=0)
+    assert float((eta[1] * g[1]).sum()) == pytest.approx(-MinNorm.tie_push, rel=1e-10)
     assert float(lp_norm(eta[2:], p)) > 0
     assert MinNorm.bounded is False and GNM.bounded is True
 

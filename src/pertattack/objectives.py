@@ -64,6 +64,14 @@ class Context:
     reference: Tensor | None = None
     ball: LpBall = field(default_factory=lambda: LpBall(math.inf))
 
+    def subset(self, idx: Tensor) -> Context:
+        """The context of the inputs ``idx`` (an index tensor) only."""
+
+        def take(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[idx]
+
+        return Context(take(self.label), take(self.target), take(self.reference), self.ball)
+
 
 def _other_max(scores: Tensor, cls: Tensor) -> Tensor:
     """max_{l != cls} scores_l, per row."""

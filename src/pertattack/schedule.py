@@ -15,7 +15,9 @@ Presets differ only in these fields:
 * pgd-paper (Table 2, Fig. 3): Algorithm 1 on cross-entropy with eps~_1 = eps, eps~_t = 0 after.
 * DeepFool: min-norm steps (unbounded) until fooled, at most 50, overshoot 0.02, early stop per input.
 
-Every step is batched; inputs that are done are frozen with ``torch.where``. Keeping x + eta in
+Every step is batched; inputs that are done are frozen with ``torch.where``, and with
+``early_stop`` the gradients are taken for the inputs still in play only (one no-grad forward per
+step decides which). Keeping x + eta in
 the box after each step only shrinks each coordinate of eta towards 0, so no norm grows. The
 solver sees the gradient on the free coordinates only (:meth:`Box.free_directions`): a step
 along a coordinate already at a face of the box would be clipped away, so the linearised problem is
@@ -122,15 +124,23 @@ class Schedule:
             if radius > 0:
                 lin = eta + ball.sample(x, eps * radius, generator)
             x_lin = box.clip(x + scale * lin)
+            if self.early_stop:  # one cheap forward decides who is done before any gradient is taken
+                act = (~done).nonzero().squeeze(1)
+                with torch.no_grad():
+                    done[act] = objective.fooled(forward(x_lin[act]), ctx.subset(act))
+                if bool(done.all()):
+                    break
             value = g = None
             if solver.needs_grad:
-                value, g, out = objective.value_and_grad(forward, x_lin, ctx)
+                if self.early_stop:  # gradients of the inputs still in play only
+                    act = (~done).nonzero().squeeze(1)
+                    v_act, g_act, _ = objective.value_and_grad(forward, x_lin[act], ctx.subset(act))
+                    value = x.new_zeros(n).index_copy(0, act, v_act)
+                    g = torch.zeros_like(x).index_copy(0, act, g_act)
+                else:
+                    value, g, _ = objective.value_and_grad(forward, x_lin, ctx)
                 g = box.free_directions(g, x_lin)
-                if self.early_stop:
-                    done = done | objective.fooled(out, ctx)
-                    if bool(done.all()):
-                        break
-                if not warned and t == 0 and bool((g.reshape(n, -1).abs().amax(dim=1) == 0).any()):
+                if not warned and t == 0 and bool((g.reshape(n, -1).abs().amax(dim=1)[~done] == 0).any()):
                     warned = True
                     warnings.warn(
                         "the gradient of the objective is exactly zero for some inputs at the first step"

@@ -98,15 +98,21 @@ class MinNorm(Solver):
     """Prop. 1, eq. 9: the smallest eta (in norm_p) with L + eta^T g <= 0.
 
     eta* = -(L / norm_q(g)^q) sign(g) abs(g)^(q-1) = -(L / norm_q(g)) u(g); its norm is
-    L / norm_q(g). Inputs with L <= 0 (already fooled) get eta* = 0.
+    L / norm_q(g). Inputs with L < 0 (already fooled) get eta* = 0; an exact tie L = 0 gets the
+    step of L = ``tie_push``, else iterating (DeepFool) would stay on the boundary forever.
     """
 
     name = "min-norm"
     bounded = False
+    tie_push = 1e-4
 
     def __call__(self, step: Step) -> Tensor:
         assert step.g is not None and step.value is not None
-        scale = step.value.clamp_min(0) / step.ball.dual_norm(step.g).clamp_min(1e-12)
+        value = step.value.clamp_min(0)
+        # An exact tie (L == 0 in floating point) is a fixed point of the step: cross it by a hair
+        # (1e-4 in the units of L, as foolbox's DeepFool does for every step).
+        value = torch.where(step.value == 0, torch.full_like(value, self.tie_push), value)
+        scale = value / step.ball.dual_norm(step.g).clamp_min(1e-12)
         return -expand_like(scale, step.g) * step.ball.steepest(step.g)
 
 
