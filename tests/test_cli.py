@@ -84,3 +84,12 @@ def test_reproduce_fig3b_and_fig4a_on_cached_models(tmp_path, monkeypatch, capsy
     for r in rows[1:]:
         eps, psnr_in = float(r[1]), float(r[2])
         assert psnr_in >= 10 * np.log10(784 / eps**2) - 1e-3  # clipping can only raise the input PSNR
+
+
+def test_run_regression_attack_reports_psnr(tmp_path, capsys):
+    ckpt = tmp_path / "ae.pt"
+    save_model(ckpt, build_model("fc-ae", in_shape=(1, 8, 8), code=4, hidden=16, seed=0), "fc-ae",
+               in_shape=(1, 8, 8), code=4, hidden=16)
+    assert main(["run", "quadratic-l2", "--model", str(ckpt), "--data", "digits", "--n", "6", "--eps", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "input PSNR" in out and "vs f(x)" in out

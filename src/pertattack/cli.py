@@ -110,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .attacks import get_attack
-    from .metrics import predict
+    from .metrics import predict, psnr
     from .training import load_model
 
     model = load_model(args.model)
@@ -119,17 +119,28 @@ def cmd_run(args: argparse.Namespace) -> int:
                         **_overrides(args.set))
     eps = _eps_list(args.eps) if args.eps else None
     t0 = time.perf_counter()
-    results = attack(model, x, y, eps=eps if eps is None or len(eps) > 1 else eps[0])
+    labels = y if attack.objective.classification else None  # regression: reference f(x)
+    results = attack(model, x, labels, eps=eps if eps is None or len(eps) > 1 else eps[0])
     elapsed = time.perf_counter() - t0
     results = results if isinstance(results, list) else [results]
-    correct = predict(model, x) == y
-    print(f"{attack!r} on {x.shape[0]} {args.data} {args.split} images ({int(correct.sum())} correctly classified), "
-          f"{elapsed:.1f} s")
+    print(f"{attack!r} on {x.shape[0]} {args.data} {args.split} images, {elapsed:.1f} s")
+    if attack.objective.classification:
+        correct = predict(model, x) == y
+        print(f"{int(correct.sum())} images correctly classified")
+    else:
+        with torch.no_grad():
+            clean = model(x)
     for r in results:
         e = "none" if r.eps is None else f"{float(r.eps[0]):g}"
         if r.success is not None:
             fr = float((r.success & correct).sum() / correct.sum().clamp_min(1))
             print(f"eps {e}: fooling ratio {fr:.4f}, mean norm {float(r.norms[correct].mean()):.4g}")
+        else:
+            with torch.no_grad():
+                out = model(r.x_adv)
+            vs_x, vs_clean = float(psnr(out, x.reshape(out.shape)).mean()), float(psnr(out, clean).mean())
+            print(f"eps {e}: input PSNR {float(psnr(r.x_adv, x).mean()):.2f} dB, output PSNR vs x "
+                  f"{vs_x:.2f} dB, vs f(x) {vs_clean:.2f} dB")
     if args.out:
         results[-1].save(args.out)
         print(f"saved the last result to {args.out}")
