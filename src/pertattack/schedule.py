@@ -118,7 +118,6 @@ class Schedule:
         done = torch.zeros(n, dtype=torch.bool, device=x.device)
         used = torch.zeros(n, dtype=torch.long, device=x.device)
         state: dict = {}
-        warned = False
         for t, radius in enumerate(self.dither_radii()):
             lin = eta
             if radius > 0:
@@ -140,8 +139,7 @@ class Schedule:
                 else:
                     value, g, _ = objective.value_and_grad(forward, x_lin, ctx)
                 g = box.free_directions(g, x_lin)
-                if not warned and t == 0 and bool((g.reshape(n, -1).abs().amax(dim=1)[~done] == 0).any()):
-                    warned = True
+                if t == 0 and bool((g.reshape(n, -1).abs().amax(dim=1)[~done] == 0).any()):
                     warnings.warn(
                         "the gradient of the objective is exactly zero for some inputs at the first step"
                         + (
