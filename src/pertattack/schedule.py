@@ -139,7 +139,8 @@ class Schedule:
                 else:
                     value, g, _ = objective.value_and_grad(forward, x_lin, ctx)
                 g = box.free_directions(g, x_lin)
-                if t == 0 and bool((g.reshape(n, -1).abs().amax(dim=1)[~done] == 0).any()):
+                flat = g.reshape(n, -1).abs().amax(dim=1) == 0
+                if t == 0 and bool((flat & ~done & (alpha != 0 if alpha is not None else True)).any()):
                     warnings.warn(
                         "the gradient of the objective is exactly zero for some inputs at the first step"
                         + (
