@@ -81,6 +81,8 @@ def test_reproduce_fig3b_and_fig4a_on_cached_models(tmp_path, monkeypatch, capsy
     rows = list(csv.reader(open(tmp_path / "res" / "fig4a.csv")))
     assert rows[0] == ["attack", "eps", "input_psnr", "output_psnr", "output_psnr_clean"]
     assert {r[0] for r in rows[1:]} == {"rand-l2", "linear-l2-1", "linear-l2-10", "linear-l2-20", "quadratic-l2"}
+    assert main(["reproduce", "fig2a", *args]) == 0
+    assert (tmp_path / "res" / "fig2a.png").stat().st_size > 1000
     for r in rows[1:]:
         eps, psnr_in = float(r[1]), float(r[2])
         assert psnr_in >= 10 * np.log10(784 / eps**2) - 1e-3  # clipping can only raise the input PSNR

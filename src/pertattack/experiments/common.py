@@ -8,12 +8,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..models import build_model
 from ..training import load_model, save_model
 
-__all__ = ["cached_model", "write_csv", "plot_lines", "cache_dir"]
+__all__ = ["cached_model", "write_csv", "plot_lines", "plot_images", "cache_dir"]
 
 
 def cache_dir() -> Path:
@@ -64,6 +64,39 @@ def plot_lines(path: str | Path, x: Sequence[float], curves: dict[str, Sequence[
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_images(path: str | Path, rows: dict[str, Tensor], *, title: str, captions: Sequence[str] | None = None
+                ) -> bool:
+    """A grid of images (one row per entry, (N, C, H, W) in [0, 1]) to a PNG; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    names = list(rows)
+    n = rows[names[0]].shape[0]
+    fig, axes = plt.subplots(len(names), n, figsize=(1.3 * n + 1.2, 1.3 * len(names) + 0.5), squeeze=False)
+    for i, name in enumerate(names):
+        imgs = rows[name].detach().cpu().clamp(0, 1)
+        for j in range(n):
+            ax = axes[i][j]
+            img = imgs[j].permute(1, 2, 0).numpy()
+            ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(name, fontsize=7)
+            if captions is not None and i == len(names) - 1:
+                ax.set_xlabel(captions[j], fontsize=6)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -83,11 +83,36 @@ def _fig4(attacks: list[str], p: float, tag: str, title: str):
     return run
 
 
+def _fig2a(*, out: Path, n: int, root: str | None, seed: int, epochs: int) -> None:
+    """Figure 2(a): the autoencoder denoises random noise but not quadratic-linf noise of the same size."""
+    from ..attacks import get_attack
+    from ..metrics import eps_for_psnr, psnr
+    from .common import plot_images
+
+    model = mnist_autoencoder(root, max(epochs, 10), seed)
+    x_all, _ = load_mnist(root, "test")
+    idx = torch.randperm(x_all.shape[0], generator=torch.Generator().manual_seed(seed))[: min(n, 6)]
+    x = x_all[idx]
+    eps = eps_for_psnr(20.0, math.inf, x[0].numel())
+    adv = get_attack("quadratic-linf", eps=eps)(model, x).x_adv
+    rnd = get_attack("rand-linf", eps=eps, seed=seed)(model, x).x_adv
+    with torch.no_grad():
+        rows = {"original": x, "output": model(x), "quadratic-linf": adv, "its output": model(adv),
+                "random": rnd, "its output ": model(rnd)}
+        caps = [f"out {float(a):.1f} / {float(b):.1f} dB" for a, b in zip(psnr(model(adv), x), psnr(model(rnd), x),
+                                                                        strict=True)]
+    plot_images(out / "fig2a.png", rows, captions=caps,
+                title=f"MNIST autoencoder, l-inf eps = {eps:.3f} (input PSNR 20 dB): output PSNR adversarial / random")
+    print("output PSNR (adversarial / random):", ", ".join(caps))
+    print(f"wrote {out / 'fig2a.png'}")
+
+
 EXPERIMENTS = {
     "fig3a": ("fooling ratio vs eps (p = inf), FCNN 784-150-100-10 on MNIST",
               _fig3("fcnn", "MNIST FCNN, l-inf", "fig3a")),
     "fig3b": ("fooling ratio vs eps (p = inf), LeNet-5 on MNIST", _fig3("lenet5", "MNIST LeNet-5, l-inf", "fig3b")),
     "table3": ("test error, rho1, rho2, DeepFool's 99% eps (p = inf), FCNN and LeNet-5", _table3),
+    "fig2a": ("example images: MNIST autoencoder on quadratic-linf vs random noise of the same size", _fig2a),
     "fig4a": ("output vs input PSNR, l2 attacks, MNIST fully connected autoencoder (20 test images)",
               _fig4(FIG4A_ATTACKS, 2.0, "fig4a", "MNIST autoencoder, l2")),
     "fig4b": ("output vs input PSNR, l-inf attacks, MNIST fully connected autoencoder (20 test images)",
