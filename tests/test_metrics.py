@@ -11,7 +11,7 @@ import torch
 from conftest import DTYPE, MLP, MLP_SHAPE, BinaryAffine, ConvNet, gen, modes, rand_x
 from torch import nn
 
-from pertattack import fooling_curve, fooling_ratio, get_attack, predict, psnr, rho2, robustness
+from pertattack import evaluate, fooling_curve, fooling_ratio, get_attack, predict, psnr, rho2, robustness
 from pertattack.constraints import LpBall, lp_norm
 
 INF = math.inf
@@ -224,3 +224,23 @@ def test_metrics_accept_wrapped_models():
     model = nn.Sequential(net)
     x = rand_x(4, MLP_SHAPE, seed=11)
     assert torch.equal(predict(model, x), predict(net, x))
+
+
+@pytest.mark.parametrize(("name", "kw"), [("alg1-3", {}), ("deepfool", {"p": INF})])
+def test_evaluate_streams_batches_like_one_call(name, kw):
+    model = MLP().eval()
+    x = rand_x(30, MLP_SHAPE, seed=11)
+    y = predict(model, x)
+    y[::7] = (y[::7] + 1) % 4
+    eps = [0.0, 0.1, 0.3]
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    res = evaluate(model, loader, name, eps, **kw)
+    correct = predict(model, x) == y
+    assert res["n"] == 30 and res["clean_accuracy"] == pytest.approx(float(correct.double().mean()))
+    curve = fooling_curve(model, x, y, name, eps, **kw)
+    np.testing.assert_allclose(res["fooling_ratio"], curve, atol=1e-12)
+    n_c = int(correct.sum())
+    np.testing.assert_allclose(res["robust_accuracy"], [(n_c - f * n_c) / 30 for f in curve], atol=1e-12)
+    assert res["fooling_ratio"][0] == 0.0
+    with pytest.raises(ValueError, match="no data"):
+        evaluate(model, [], name, eps, **kw)

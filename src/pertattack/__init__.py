@@ -9,6 +9,7 @@ from .attacks import Attack, AttackResult, get_attack, list_attacks
 from .constraints import Box, LpBall, Partition
 from .metrics import (
     eps_for_psnr,
+    evaluate,
     fooling_curve,
     fooling_ratio,
     operator_norm,
@@ -31,6 +32,7 @@ __all__ = [
     "Partition",
     "eps_for_psnr",
     "eval_mode",
+    "evaluate",
     "fooling_curve",
     "fooling_ratio",
     "get_attack",

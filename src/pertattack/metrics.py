@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -31,6 +31,7 @@ __all__ = [
     "predict",
     "fooling_ratio",
     "fooling_curve",
+    "evaluate",
     "robustness",
     "psnr",
     "rho2",
@@ -63,25 +64,73 @@ def fooling_ratio(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, **kw: A
     return float((fooled & correct).sum() / correct.sum())
 
 
+def _as_attack(attack: Attack | str, overrides: dict[str, Any]) -> Attack:
+    if isinstance(attack, str):
+        return get_attack(attack, **overrides)
+    return attack.replace(**overrides) if overrides else attack
+
+
+def _fooled_at(model: nn.Module, x: Tensor, y: Tensor, attack: Attack, eps: Sequence[float]) -> tuple[Tensor, Tensor]:
+    """Which inputs are classified correctly (N,), and which of those the attack fools at each eps (E, N).
+
+    A minimum-norm attack runs once, unbounded: an input counts as fooled at eps when its
+    perturbation's norm is <= eps. Other attacks run once per eps.
+    """
+    kw = dict(preprocess=attack.params["preprocess"], output=attack.params["output"])
+    correct = predict(model, x, **kw) == y
+    if attack.minimum_norm:
+        free = attack.replace(eps=None)(model, x, y)
+        assert isinstance(free, AttackResult) and free.success is not None
+        return correct, torch.stack([free.success & correct & (free.norms <= e) for e in eps])
+    results = attack(model, x, y, eps=list(eps))
+    assert isinstance(results, list)
+    return correct, torch.stack([r.success & correct for r in results])  # type: ignore[operator]
+
+
 def fooling_curve(model: nn.Module, x: Tensor, y: Tensor, attack: Attack | str, eps: Sequence[float],
                   **overrides: Any) -> list[float]:
     """Fooling ratio at each eps of a grid: one unbounded run of a minimum-norm attack for the whole
     grid (an input counts as fooled at eps when its perturbation's norm is <= eps), one run per eps
     otherwise."""
-    if isinstance(attack, str):
-        attack = get_attack(attack, **overrides)
-    elif overrides:
-        attack = attack.replace(**overrides)
-    kw = dict(preprocess=attack.params["preprocess"], output=attack.params["output"])
-    correct = predict(model, x, **kw) == y
+    correct, fooled = _fooled_at(model, x, y, _as_attack(attack, overrides), eps)
     n_correct = correct.sum().clamp_min(1)
-    if attack.minimum_norm:
-        free = attack.replace(eps=None)(model, x, y)
-        assert isinstance(free, AttackResult) and free.success is not None
-        return [float((free.success & correct & (free.norms <= e)).sum() / n_correct) for e in eps]
-    results = attack(model, x, y, eps=list(eps))
-    assert isinstance(results, list)
-    return [float((r.success & correct).sum() / n_correct) for r in results]  # type: ignore[operator]
+    return [float(f.sum() / n_correct) for f in fooled]
+
+
+def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], attack: Attack | str, eps: Sequence[float],
+             *, progress: bool = False, **overrides: Any) -> dict[str, Any]:
+    """Robust accuracy and fooling ratio at each eps over a whole data set, streamed batch by batch.
+
+    Args:
+        data: an iterable of ``(x, y)`` batches, e.g. a ``torch.utils.data.DataLoader``.
+        attack: an :class:`Attack` or a preset name (with ``overrides``).
+        eps: the budgets; a minimum-norm attack (DeepFool) runs once per batch for all of them.
+
+    Returns:
+        ``n``, ``clean_accuracy`` and, one value per eps, ``robust_accuracy`` (share of all inputs
+        still classified correctly) and ``fooling_ratio`` (share of the correctly classified inputs
+        fooled), with the list ``eps``.
+    """
+    a = _as_attack(attack, overrides)
+    n = 0
+    n_correct = 0
+    n_fooled = torch.zeros(len(eps), dtype=torch.long)
+    batches = data
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(data, desc=f"evaluate {a.name}", unit="batch")
+    for x, y in batches:
+        correct, fooled = _fooled_at(model, x, y, a, eps)
+        n += x.shape[0]
+        n_correct += int(correct.sum())
+        n_fooled += fooled.sum(dim=1).cpu()
+    if n == 0:
+        raise ValueError("evaluate got no data")
+    robust = [(n_correct - int(f)) / n for f in n_fooled]
+    ratio = [int(f) / n_correct if n_correct else math.nan for f in n_fooled]
+    return dict(eps=[float(e) for e in eps], n=n, clean_accuracy=n_correct / n, robust_accuracy=robust,
+                fooling_ratio=ratio)
 
 
 def rho2(model: nn.Module, x: Tensor, y: Tensor | None = None, p: float = math.inf, **kw: Any) -> Tensor:
