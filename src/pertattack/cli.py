@@ -78,7 +78,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     eps = _eps_list(args.eps)
     print(f"fooling ratio (correctly classified test images) at eps = {eps} (l-inf, pixels in [0, 1]):")
-    run_fig3(model, x_te, y_te, eps, out / "demo_fooling", "SmallCNN, 8x8 digits", seed=args.seed)
+    run_fig3(model, x_te, y_te, eps, out / "demo_fooling", "SmallCNN, 8x8 digits", seed=args.seed, progress=False)
     r = robustness(model, x_te, y_te, math.inf)
     print("robustness (p = inf): " + ", ".join(f"{k} {v:.4g}" for k, v in r.items()))
     print(f"wrote {out / 'demo_fooling.csv'}" + (f" and {out / 'demo_fooling.png'}"

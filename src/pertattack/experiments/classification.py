@@ -31,11 +31,13 @@ FIG3_ATTACKS: dict[str, tuple[str, dict[str, Any]]] = {
 
 def fooling_table(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float],
                   attacks: dict[str, tuple[str, dict[str, Any]]] = FIG3_ATTACKS, *, seed: int = 0,
-                  batch_size: int = 500, log: Callable[[str], None] = print) -> dict[str, list[float]]:
+                  batch_size: int = 500, progress: bool = True, log: Callable[[str], None] = print
+                  ) -> dict[str, list[float]]:
     """Fooling ratio of each attack at each eps (the paper's definition, correctly classified inputs)."""
     table = {}
     for label, (preset, overrides) in attacks.items():
-        table[label] = fooling_curve(model, x, y, preset, list(eps), seed=seed, batch_size=batch_size, **overrides)
+        table[label] = fooling_curve(model, x, y, preset, list(eps), seed=seed, batch_size=batch_size,
+                                     progress=progress, **overrides)
         log(f"{label:>12}: " + " ".join(f"{v:.3f}" for v in table[label]))
     return table
 

@@ -27,7 +27,7 @@ def run_fig4(model: nn.Module, x: Tensor, attacks: Sequence[str], p: float, out:
     curves = {}
     rows = []
     for name in attacks:
-        c = psnr_curve(model, x, name, eps, seed=seed)
+        c = psnr_curve(model, x, name, eps, seed=seed, progress=True)
         curves[name] = c
         for i in range(len(eps)):
             rows.append([name, c["eps"][i], c["input_psnr"][i], c["output_psnr"][i], c["output_psnr_clean"][i]])
