@@ -154,3 +154,19 @@ def test_regression_reference_shape_is_checked():
     x = rand_x(2, (3, 4, 4), seed=0)
     with pytest.raises(ValueError, match="y has shape"):
         get_attack("quadratic-l2", eps=0.1)(model, x, torch.zeros(2, 5, dtype=DTYPE))
+
+
+@pytest.mark.parametrize("name", ["quadratic-l2", "linear-l2-2", "linear-linf-2"])
+def test_presets_at_3x96x96_allocate_nothing_of_size_m_by_m(name):
+    """Section 3.2 stops at storing J (M x K); the matrix-free presets never allocate anything near M^2."""
+    from test_quadratic import _LargestTensor
+
+    from pertattack.models import build_model
+
+    model = build_model("conv-ae", channels=3, seed=0).eval()
+    x = torch.rand(1, 3, 96, 96, generator=gen(0))
+    m = x.numel()  # 27,648
+    with _LargestTensor() as probe:
+        r = get_attack(name, eps=0.5 if "l2" in name else 0.02, power_iters=20, seed=0)(model, x)
+    assert probe.numel <= 25 * m < m * m / 1000, probe.numel
+    assert r.eta.shape == x.shape and (r.norms > 0).all()
