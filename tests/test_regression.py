@@ -170,3 +170,25 @@ def test_presets_at_3x96x96_allocate_nothing_of_size_m_by_m(name):
         r = get_attack(name, eps=0.5 if "l2" in name else 0.02, power_iters=20, seed=0)(model, x)
     assert probe.numel <= 25 * m < m * m / 1000, probe.numel
     assert r.eta.shape == x.shape and (r.norms > 0).all()
+
+
+def test_quadratic_l2_on_a_box_face_uses_its_whole_budget_and_beats_clipping():
+    """Half the coordinates sit at lo = 0 (an MNIST background): the projected power iteration keeps
+    eta inside the box, so nothing is clipped away, and it moves A x more than clipped +-eps v_max."""
+    a = torch.randn(6, 10, generator=gen(3), dtype=DTYPE)
+    model = Linear(a)
+    x = torch.zeros(4, 10, dtype=DTYPE)
+    x[:, 5:] = 0.5
+    eps = 0.2
+    r = get_attack("quadratic-l2", eps=eps, tol=1e-12)(model, x)
+    assert torch.equal(r.x_adv, r.x_adv.clamp(0, 1)) and (r.eta[:, :5] >= 0).all()
+    torch.testing.assert_close(r.norms, torch.full((4,), eps, dtype=DTYPE))
+    _, _, vt = np.linalg.svd(a.numpy())
+    v = torch.as_tensor(vt[0])
+    with torch.no_grad():
+        clipped = max(float((model((x + s * eps * v).clamp(0, 1)) - model(x)).norm(dim=1)[0]) for s in (1, -1))
+        ours = (model(r.x_adv) - model(x)).norm(dim=1)
+    assert (ours >= clipped - 1e-12).all()
+    assert float(r.info["sigma"][0]) == pytest.approx(float(np.linalg.svd(a.numpy())[1][0]), rel=1e-8)
+    off = get_attack("quadratic-l2", eps=eps, tol=1e-12, box=(-1.0, 1.0))(model, x)  # no face: plain eq. 14
+    assert abs(abs(float(off.eta[0] @ v)) / eps - 1) < 1e-8
