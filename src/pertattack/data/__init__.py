@@ -1,4 +1,4 @@
-"""Data loaders: MNIST-format IDX files and the scikit-learn 8x8 digits.
+"""Data loaders: MNIST-format IDX files, CIFAR-10 (python version) and the scikit-learn 8x8 digits.
 
 Every loader returns ``(x, y)``: x float32 of shape (N, C, H, W) with values in [0, 1] (the
 default attack box), y int64 of shape (N,).
@@ -6,6 +6,15 @@ default attack box), y int64 of shape (N,).
 
 from __future__ import annotations
 
+from .cifar import (
+    CIFAR10_BATCHES,
+    CIFAR10_CLASSES,
+    CIFAR10_URL,
+    default_cifar10_root,
+    download_cifar10,
+    extract_cifar10,
+    load_cifar10,
+)
 from .digits import load_digits
 from .idx import (
     DEFAULT_URL,
@@ -18,10 +27,17 @@ from .idx import (
 )
 
 __all__ = [
+    "CIFAR10_BATCHES",
+    "CIFAR10_CLASSES",
+    "CIFAR10_URL",
     "DEFAULT_URL",
     "MNIST_FILES",
+    "default_cifar10_root",
     "default_mnist_root",
+    "download_cifar10",
     "download_mnist",
+    "extract_cifar10",
+    "load_cifar10",
     "load_digits",
     "load_mnist",
     "read_idx",

@@ -13,15 +13,28 @@ import torch
 from torch import nn
 
 from .autoencoders import ConvAutoencoder, FCAutoencoder
+from .cifar import NIN, DenseNet40
 from .classifiers import FCNN, LeNet5, SmallCNN
 
-__all__ = ["FCNN", "LeNet5", "SmallCNN", "FCAutoencoder", "ConvAutoencoder", "MODELS", "build_model"]
+__all__ = [
+    "FCNN",
+    "LeNet5",
+    "SmallCNN",
+    "NIN",
+    "DenseNet40",
+    "FCAutoencoder",
+    "ConvAutoencoder",
+    "MODELS",
+    "build_model",
+]
 
 #: name -> model class; the names the command line and saved checkpoints use.
 MODELS: dict[str, type[nn.Module]] = {
     "fcnn": FCNN,
     "lenet5": LeNet5,
     "smallcnn": SmallCNN,
+    "nin": NIN,
+    "densenet40": DenseNet40,
     "fc-ae": FCAutoencoder,
     "conv-ae": ConvAutoencoder,
 }

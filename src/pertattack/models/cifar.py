@@ -16,13 +16,13 @@ def _mlpconv(c_in: int, widths: tuple[int, int, int], kernel: int, relu_last: bo
     a, b, c = widths
     layers: list[nn.Module] = [
         nn.Conv2d(c_in, a, kernel, padding=kernel // 2),
-        nn.ReLU(inplace=True),
+        nn.ReLU(),
         nn.Conv2d(a, b, 1),
-        nn.ReLU(inplace=True),
+        nn.ReLU(),
         nn.Conv2d(b, c, 1),
     ]
     if relu_last:
-        layers.append(nn.ReLU(inplace=True))
+        layers.append(nn.ReLU())
     return layers
 
 
@@ -88,7 +88,7 @@ class _Transition(nn.Sequential):
     def __init__(self, channels: int, dropout: float) -> None:
         super().__init__(
             nn.BatchNorm2d(channels),
-            nn.ReLU(inplace=True),
+            nn.ReLU(),
             nn.Conv2d(channels, channels, 1, bias=False),
             nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
             nn.AvgPool2d(2),
@@ -127,7 +127,7 @@ class DenseNet40(nn.Module):
                 channels += growth
             if block < 2:
                 layers.append(_Transition(channels, dropout))
-        layers += [nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        layers += [nn.BatchNorm2d(channels), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(channels, classes)
         for m in self.modules():
