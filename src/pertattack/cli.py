@@ -41,14 +41,16 @@ def _eps_list(text: str) -> list[float]:
 
 
 def _load_data(name: str, split: str, root: str | None, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    from .data import load_digits, load_mnist
+    from .data import load_cifar10, load_digits, load_mnist
 
     if name == "mnist":
         return load_mnist(root, split, limit=n)
+    if name == "cifar10":
+        return load_cifar10(root, split, limit=n)
     if name == "digits":
         x, y = load_digits(split)
         return (x[:n], y[:n]) if n else (x, y)
-    raise SystemExit(f"unknown data set {name!r}: mnist or digits")
+    raise SystemExit(f"unknown data set {name!r}: mnist, cifar10 or digits")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -172,9 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train a model of the paper on MNIST (or the digits) and save it")
-    p.add_argument("model", help="fcnn, lenet5, smallcnn, fc-ae")
-    p.add_argument("--data", default="mnist", choices=["mnist", "digits"])
-    p.add_argument("--root", default=None, help="MNIST folder (default: $PERTATTACK_MNIST or ../shared/data/mnist)")
+    p.add_argument("model", help="fcnn, lenet5, smallcnn, fc-ae (MNIST); nin, densenet40 (CIFAR-10)")
+    p.add_argument("--data", default="mnist", choices=["mnist", "cifar10", "digits"])
+    p.add_argument("--root", default=None,
+                   help="data folder (default: $PERTATTACK_MNIST / $PERTATTACK_CIFAR10, or ../shared/data/...)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -186,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one attack on a saved model and report the fooling ratio")
     p.add_argument("attack", help="a preset name (see `pertattack list`), e.g. alg1-10")
     p.add_argument("--model", required=True, help="checkpoint written by `pertattack train`")
-    p.add_argument("--data", default="mnist", choices=["mnist", "digits"])
+    p.add_argument("--data", default="mnist", choices=["mnist", "cifar10", "digits"])
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--root", default=None)
     p.add_argument("--n", type=int, default=1000, help="attack the first n images")

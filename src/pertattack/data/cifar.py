@@ -137,6 +137,7 @@ def extract_cifar10(root: str | os.PathLike[str], tarball: str | os.PathLike[str
     tarball = root / CIFAR10_TARBALL if tarball is None else Path(tarball)
     folder = root / CIFAR10_FOLDER
     tar, members = _open_tarball(tarball)
+    root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{CIFAR10_FOLDER}.", suffix=".part"))
     try:
         with tar:

@@ -1,0 +1,326 @@
+"""CIFAR-10: the python-version loader (folder, tarball, download, safety) and the NIN / DenseNet-40 models."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import io
+import os
+import pickle
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import pertattack
+from pertattack.data import CIFAR10_BATCHES, default_cifar10_root, load_cifar10
+from pertattack.models import NIN, DenseNet40, FCAutoencoder, build_model
+
+FOLDER = "cifar-10-batches-py"
+TARBALL = "cifar-10-python.tar.gz"
+REAL_CIFAR10 = Path("/work/shared/data/cifar10")
+
+
+def _fake_batches(n: int = 3, seed: int = 0) -> dict[str, dict[bytes, object]]:
+    """A few images per batch, in the official dict layout; batch i has labels starting at i."""
+    rng = np.random.default_rng(seed)
+    batches = {}
+    for i, name in enumerate(CIFAR10_BATCHES["train"] + CIFAR10_BATCHES["test"]):
+        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        labels = [(i + j) % 10 for j in range(n)]
+        batches[name] = {b"batch_label": name.encode(), b"labels": labels, b"data": data, b"filenames": []}
+    first = batches["data_batch_1"][b"data"]
+    first[0] = 0
+    first[0, 0] = 255  # the extremes map to exactly 0 and 1
+    # known pixels: row = R plane, G plane, B plane, each 32x32 row-major
+    batches["test_batch"][b"data"][1, 1024 * 2 + 32 * 5 + 7] = 200  # (c, h, w) = (2, 5, 7) of test image 1
+    batches["test_batch"][b"data"][1, 1024 * 1 + 32 * 0 + 31] = 51  # (1, 0, 31)
+    return batches
+
+
+def _write_folder(root: Path, batches: dict[str, dict[bytes, object]]) -> Path:
+    folder = root / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, batch in batches.items():
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return folder
+
+
+def _write_tarball(path: Path, batches: dict[str, dict[bytes, object]], extra: dict[str, bytes] | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        files = {f"{FOLDER}/{name}": pickle.dumps(batch, protocol=2) for name, batch in batches.items()}
+        files.update(extra or {})
+        for name, payload in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return path
+
+
+def _expected(batches: dict[str, dict[bytes, object]], split: str) -> tuple[np.ndarray, list[int]]:
+    names = CIFAR10_BATCHES[split]
+    data = np.concatenate([batches[n][b"data"] for n in names])
+    labels = [lab for n in names for lab in batches[n][b"labels"]]
+    return data, labels
+
+
+@pytest.mark.parametrize("form", ["folder", "tarball"])
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_load_cifar10(tmp_path: Path, split: str, form: str) -> None:
+    batches = _fake_batches()
+    if form == "folder":
+        _write_folder(tmp_path, batches)
+    else:
+        _write_tarball(tmp_path / TARBALL, batches)
+    x, y = load_cifar10(tmp_path, split)
+    n = 15 if split == "train" else 3
+    assert x.shape == (n, 3, 32, 32) and x.dtype == torch.float32
+    assert y.shape == (n,) and y.dtype == torch.int64
+    assert x.min() >= 0 and x.max() <= 1
+    data, labels = _expected(batches, split)
+    assert y.tolist() == labels  # batches 1..5 in order
+    torch.testing.assert_close(x * 255, torch.from_numpy(data).float().reshape(n, 3, 32, 32))
+    if split == "train":
+        assert x[0].min() == 0.0 and x[0].max() == 1.0 and x[0, 0, 0, 0] == 1.0
+    else:
+        assert x[1, 2, 5, 7] == 200 / 255 and x[1, 1, 0, 31] == 51 / 255
+    if form == "tarball":
+        assert sorted(os.listdir(tmp_path)) == [FOLDER, TARBALL]  # extracted once, no temporary left
+        assert sorted(os.listdir(tmp_path / FOLDER)) == sorted(batches)
+    x4, y4 = load_cifar10(tmp_path, split, limit=4)
+    assert torch.equal(x4, x[:4]) and torch.equal(y4, y[:4])
+    x0, y0 = load_cifar10(tmp_path, split, limit=0)
+    assert x0.shape == (0, 3, 32, 32) and y0.shape == (0,)
+
+
+def test_load_cifar10_limit_reads_only_needed_batches(tmp_path: Path) -> None:
+    folder = _write_folder(tmp_path, _fake_batches())
+    (folder / "data_batch_3").write_bytes(b"not a pickle")
+    x, _ = load_cifar10(tmp_path, "train", limit=6)  # batches 1 and 2 suffice
+    assert x.shape[0] == 6
+    with pytest.raises(ValueError, match="not a CIFAR-10 batch"):
+        load_cifar10(tmp_path, "train")
+
+
+def test_load_cifar10_bad_arguments_and_missing_files(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="split"):
+        load_cifar10(tmp_path, "valid")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="limit"):
+        load_cifar10(tmp_path, "test", limit=-1)
+    with pytest.raises(FileNotFoundError, match=r"test_batch not found.*download=True.*PERTATTACK_CIFAR10"):
+        load_cifar10(tmp_path, "test")
+    batches = _fake_batches()
+    del batches["data_batch_4"]
+    _write_folder(tmp_path, batches)
+    with pytest.raises(FileNotFoundError, match="data_batch_4"):
+        load_cifar10(tmp_path, "train")
+    assert load_cifar10(tmp_path, "test")[0].shape == (3, 3, 32, 32)
+
+
+def test_load_cifar10_rejects_bad_batches(tmp_path: Path) -> None:
+    batches = _fake_batches()
+    batches["test_batch"][b"labels"] = [0, 1]  # 3 images, 2 labels
+    _write_folder(tmp_path, batches)
+    with pytest.raises(ValueError, match="b'labels'"):
+        load_cifar10(tmp_path, "test")
+    batches["test_batch"] = {b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}
+    _write_folder(tmp_path, batches)
+    with pytest.raises(ValueError, match="b'data'"):
+        load_cifar10(tmp_path, "test")
+
+
+def test_load_cifar10_refuses_batch_outside_folder(tmp_path: Path) -> None:
+    """A batch name that is a link to a file elsewhere is not unpickled."""
+    folder = _write_folder(tmp_path / "data", {"data_batch_1": _fake_batches()["test_batch"]})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(pickle.dumps(_fake_batches()["test_batch"]))
+    (folder / "test_batch").symlink_to(elsewhere)
+    with pytest.raises(ValueError, match="refusing to unpickle"):
+        load_cifar10(tmp_path / "data", "test")
+
+
+@pytest.mark.parametrize(
+    "evil",
+    [f"{FOLDER}/../x", "../x", "/tmp/pertattack-evil-x"],
+)
+def test_tarball_with_unsafe_member_is_rejected(tmp_path: Path, evil: str) -> None:
+    root = tmp_path / "root"
+    _write_tarball(root / TARBALL, _fake_batches(), extra={evil: b"pwned"})
+    with pytest.raises(ValueError, match="unsafe member"):
+        load_cifar10(root, "test")
+    assert sorted(os.listdir(root)) == [TARBALL]  # nothing extracted, no temporary left
+    assert not (tmp_path / "x").exists() and not Path("/tmp/pertattack-evil-x").exists()
+
+
+def test_tarball_with_link_is_rejected(tmp_path: Path) -> None:
+    path = _write_tarball(tmp_path / TARBALL, _fake_batches())
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo(f"{FOLDER}/test_batch")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(info)
+    with pytest.raises(ValueError, match="link"):
+        load_cifar10(tmp_path, "test")
+
+
+@pytest.fixture
+def mirror(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
+    """A local HTTP server for a folder holding a fake CIFAR-10 tarball; yields (url, folder, request log)."""
+    served = tmp_path / "served"
+    _write_tarball(served / TARBALL, _fake_batches(seed=1))
+    requests: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", served, requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_load_cifar10_download(tmp_path: Path, mirror: tuple[str, Path, list[str]]) -> None:
+    url, served, requests = mirror
+    root = tmp_path / "cache" / "cifar10"
+    x, y = load_cifar10(root, "test", download=True, base_url=url + TARBALL)
+    assert x.shape == (3, 3, 32, 32)
+    assert y.tolist() == _fake_batches(seed=1)["test_batch"][b"labels"]
+    assert sorted(os.listdir(root)) == [FOLDER, TARBALL]  # no temporary files left behind
+    assert (root / TARBALL).read_bytes() == (served / TARBALL).read_bytes()
+    n_requests = len(requests)
+    x2, y2 = load_cifar10(root, "train", download=True, base_url=url)  # present: no new request
+    assert len(requests) == n_requests and x2.shape == (15, 3, 32, 32)
+    assert torch.equal(x, load_cifar10(root, "test")[0])
+
+
+def test_load_cifar10_download_failure_leaves_nothing(tmp_path: Path, mirror: tuple[str, Path, list[str]]) -> None:
+    url, served, _ = mirror
+    root = tmp_path / "cache"
+    with pytest.raises(OSError):  # HTTP 404
+        load_cifar10(root, "test", download=True, base_url=url + "missing.tar.gz")
+    assert list(root.iterdir()) == []
+    (served / TARBALL).write_bytes(b"<html>not found</html>")
+    with pytest.raises(ValueError, match="not a readable tarball"):
+        load_cifar10(root, "test", download=True, base_url=url)
+    assert list(root.iterdir()) == []
+
+
+def test_default_cifar10_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PERTATTACK_CIFAR10", str(tmp_path / "env"))
+    assert default_cifar10_root() == tmp_path / "env"
+    monkeypatch.delenv("PERTATTACK_CIFAR10")
+    work = tmp_path / "work" / "main"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cifar10_root() == tmp_path / "home" / ".cache" / "pertattack" / "cifar10"
+    (tmp_path / "work" / "shared" / "data" / "cifar10").mkdir(parents=True)
+    assert default_cifar10_root() == tmp_path / "work" / "shared" / "data" / "cifar10"
+
+
+@pytest.mark.skipif(not (REAL_CIFAR10 / FOLDER).is_dir() and not (REAL_CIFAR10 / TARBALL).is_file(),
+                    reason="real CIFAR-10 not available")  # fmt: skip
+def test_real_cifar10_test_split() -> None:
+    x, y = load_cifar10(REAL_CIFAR10, "test")
+    assert x.shape == (10000, 3, 32, 32) and x.min() == 0.0 and x.max() == 1.0
+    assert torch.bincount(y, minlength=10).tolist() == [1000] * 10
+
+
+# --- models ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["nin", "densenet40"])
+def test_cifar_models_output_logits(name: str) -> None:
+    model = build_model(name, seed=0).eval()
+    out = model(torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    assert out.shape == (2, 10) and out.dtype == torch.float32
+    assert not torch.allclose(out.softmax(1).sum(1), out.sum(1))  # logits, not probabilities
+    assert build_model(name, classes=4)(torch.rand(2, 3, 32, 32)).shape == (2, 4)
+
+
+def test_nin_architecture() -> None:
+    convs = [
+        (m.in_channels, m.out_channels, m.kernel_size[0]) for m in NIN().modules() if isinstance(m, torch.nn.Conv2d)
+    ]
+    assert convs == [(3, 192, 5), (192, 160, 1), (160, 96, 1), (96, 192, 5), (192, 192, 1), (192, 192, 1),
+                     (192, 192, 3), (192, 192, 1), (192, 10, 1)]  # fmt: skip
+    assert any(isinstance(m, torch.nn.Dropout) for m in NIN().modules())
+
+
+def test_densenet40_architecture() -> None:
+    model = DenseNet40()
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 0.9e6 < n_params < 1.1e6  # the paper's 1.0M
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 1 + 3 * 12 + 2  # depth 40 = these 39 convolutions + the linear layer
+    assert convs[0].out_channels == 16
+    assert sum(c.kernel_size == (3, 3) for c in convs) == 37
+    assert model.classifier.in_features == 16 + 3 * 12 * 12
+
+
+def test_build_densenet40_deterministic() -> None:
+    a, b = build_model("densenet40", seed=0), build_model("densenet40", seed=0)
+    for (key, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), key
+    c = build_model("densenet40", seed=1)
+    assert not torch.equal(a.features[0].weight, c.features[0].weight)
+
+
+def _calibrate_batchnorm(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
+    """Set BatchNorm running statistics to those of ``x``, then eval mode.
+
+    Untrained, the running statistics are (0, 1): in eval mode the 39 unnormalised layers of DenseNet-40
+    give logits of order 1e3, the softmax saturates and the cross-entropy gradient is exactly zero.
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.momentum = 1.0
+    model.train()
+    with torch.no_grad():
+        model(x)
+    for bn in bns:
+        bn.momentum = 0.1
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["nin", "densenet40"])
+def test_fgsm_on_cifar_models(name: str) -> None:
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    model = _calibrate_batchnorm(build_model(name, seed=0), torch.rand(8, 3, 32, 32))
+    result = pertattack.get_attack("fgsm", eps=0.03)(model, x)
+    assert result.x_adv.shape == x.shape and result.x_adv.dtype == x.dtype
+    assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1  # the box
+    assert (result.x_adv - x).abs().max() <= 0.03 + 1e-6
+    assert not torch.equal(result.x_adv, x)
+    assert not model.training
+
+
+def test_fc_autoencoder_cifar_50_percent() -> None:
+    ae = FCAutoencoder(in_shape=(3, 32, 32), code=1536)
+    assert build_model("fc-ae", in_shape=(3, 32, 32), code=1536).encoder[-1].out_features == 1536 == 3072 // 2
+    x = torch.rand(2, 3, 32, 32)
+    out = ae(x)
+    assert out.shape == (2, 3, 32, 32) and out.min() >= 0 and out.max() <= 1
+    assert ae.encode(x).shape == (2, 1536)
+
+
+def test_cli_train_and_run_on_cifar10(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`pertattack train/run --data cifar10` on a synthetic folder (4 images per batch)."""
+    from pertattack.cli import main
+
+    _write_folder(tmp_path, _fake_batches(4))
+    ckpt = tmp_path / "nin.pt"
+    data = ["--data", "cifar10", "--root", str(tmp_path)]
+    assert main(["train", "nin", *data, "--epochs", "1", "--out", str(ckpt)]) == 0
+    assert main(["run", "fgsm", "--model", str(ckpt), *data, "--n", "4", "--eps", "0.03"]) == 0
+    assert "eps 0.03: fooling ratio" in capsys.readouterr().out
