@@ -53,6 +53,10 @@ def _load_data(name: str, split: str, root: str | None, n: int | None) -> tuple[
     raise SystemExit(f"unknown data set {name!r}: mnist, cifar10 or digits")
 
 
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .attacks import list_attacks
 
@@ -95,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     x, y = _load_data(args.data, "train", args.root, args.n)
     x_te, y_te = _load_data(args.data, "test", args.root, None)
-    model = build_model(args.model, seed=args.seed)
+    model = build_model(args.model, seed=args.seed).to(args.device)  # batches follow the model's device
     t0 = time.perf_counter()
     if args.model.endswith("-ae"):
         train_autoencoder(model, x, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -115,8 +119,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .metrics import predict, psnr
     from .training import load_model
 
-    model = load_model(args.model)
-    x, y = _load_data(args.data, args.split, args.root, args.n)
+    model = load_model(args.model, map_location=args.device)
+    x, y = (t.to(args.device) for t in _load_data(args.data, args.split, args.root, args.n))
     attack = get_attack(args.attack, seed=args.seed, progress=True, batch_size=args.batch_size,
                         **_overrides(args.set))
     eps = _eps_list(args.eps) if args.eps else None
@@ -184,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=None, help="use the first n training images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="checkpoint path (.pt)")
+    p.add_argument("--device", default=_default_device(), help="torch device (default: cuda if available)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("run", help="run one attack on a saved model and report the fooling ratio")
@@ -198,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="save the result as .npz")
+    p.add_argument("--device", default=_default_device(), help="torch device (default: cuda if available)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("reproduce", help="reproduce a figure or table of the paper (CSV + PNG)")
