@@ -324,3 +324,27 @@ def test_cli_train_and_run_on_cifar10(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["train", "nin", *data, "--epochs", "1", "--out", str(ckpt)]) == 0
     assert main(["run", "fgsm", "--model", str(ckpt), *data, "--n", "4", "--eps", "0.03"]) == 0
     assert "eps 0.03: fooling ratio" in capsys.readouterr().out
+
+
+def test_reproduce_fig3c_on_synthetic_cifar10(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The fig3c pipeline on a synthetic folder and a cached (untrained) NIN; no CIFAR data: fig3d raises,
+    while `all` would skip it."""
+    import csv
+
+    from pertattack.cli import main
+    from pertattack.training import save_model
+
+    monkeypatch.setenv("PERTATTACK_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    save_model(tmp_path / "cache" / "cifar10-nin-e1-s0.pt", build_model("nin", seed=0), "nin")
+    _write_folder(tmp_path / "data", _fake_batches(4))
+    args = ["--out", str(tmp_path / "res"), "--n", "4", "--root", str(tmp_path / "data"), "--epochs", "1",
+            "--device", "cpu"]
+    assert main(["reproduce", "fig3c", *args]) == 0
+    rows = list(csv.reader(open(tmp_path / "res" / "fig3c.csv")))
+    assert rows[0][1:] == ["eps=0", "eps=0.005", "eps=0.01", "eps=0.015", "eps=0.02", "eps=0.025", "eps=0.03"]
+    assert {r[0] for r in rows[1:]} >= {"DeepFool", "Alg1-10", "FGSM", "random"}
+    missing = ["--root", str(tmp_path / "nothing"), "--out", str(tmp_path / "res"), "--epochs", "1"]
+    assert main(["reproduce", "fig3d", *missing]) == 2
+    assert "cifar-10" in capsys.readouterr().err.lower()

@@ -157,7 +157,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .experiments import paper
 
     return paper.reproduce(args.experiment, out=Path(args.out), n=args.n, root=args.root, seed=args.seed,
-                           epochs=args.epochs)
+                           epochs=args.epochs, device=args.device)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,12 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("reproduce", help="reproduce a figure or table of the paper (CSV + PNG)")
-    p.add_argument("experiment", help="fig3a, fig3b, table3, fig4a, fig4b, or all")
+    p.add_argument("experiment", help="fig2a, fig3a, fig3b, fig3c, fig3d, table3, fig4a, fig4b, or all")
     p.add_argument("--out", default="results")
     p.add_argument("--n", type=int, default=1000, help="test images to attack")
-    p.add_argument("--root", default=None, help="MNIST folder")
+    p.add_argument("--root", default=None, help="data folder (MNIST, or CIFAR-10 for fig3c/fig3d)")
     p.add_argument("--epochs", type=int, default=3, help="training epochs of models not yet cached")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=_default_device(), help="torch device (default: cuda if available)")
     p.set_defaults(func=cmd_reproduce)
     return parser
 

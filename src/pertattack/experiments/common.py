@@ -21,14 +21,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PERTATTACK_CACHE", Path.home() / ".cache" / "pertattack")).expanduser()
 
 
-def cached_model(name: str, tag: str, train: Callable[[nn.Module], None], *, seed: int = 0,
+def cached_model(name: str, tag: str, train: Callable[[nn.Module], None], *, seed: int = 0, device: str = "cpu",
                  log: Callable[[str], None] = print, **kwargs: Any) -> nn.Module:
-    """Load ``<cache>/<tag>.pt`` or build ``name`` with ``seed``, train it with ``train``, save it."""
+    """Load ``<cache>/<tag>.pt`` or build ``name`` with ``seed`` on ``device``, train it with ``train``,
+    save it (on the CPU); the model is returned on ``device``."""
     path = cache_dir() / f"{tag}.pt"
     if path.exists():
         log(f"loading {path}")
-        return load_model(path)
-    model = build_model(name, seed=seed, **kwargs)
+        return load_model(path, map_location=device)
+    model = build_model(name, seed=seed, **kwargs).to(device)
     log(f"training {name} -> {path}")
     train(model)
     path.parent.mkdir(parents=True, exist_ok=True)
