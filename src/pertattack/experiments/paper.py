@@ -18,9 +18,9 @@ from ..data import load_cifar10, load_mnist
 from ..training import accuracy, reconstruction_mse, train_autoencoder, train_classifier
 from .classification import run_fig3, run_table3
 from .common import cached_model
-from .regression import FIG4A_ATTACKS, FIG4B_ATTACKS, run_fig4
+from .regression import FIG4A_ATTACKS, FIG4B_ATTACKS, FIG4C_ATTACKS, PIXEL_EPS, run_fig4
 
-__all__ = ["reproduce", "EXPERIMENTS", "classifier", "mnist_autoencoder"]
+__all__ = ["reproduce", "EXPERIMENTS", "classifier", "autoencoder", "mnist_autoencoder"]
 
 #: Figure 3's eps grids, p = inf, as the paper's x axes: MNIST to 0.2, NIN to 0.03, DenseNet to 0.01.
 FIG3_EPS = [float(e) for e in np.round(np.linspace(0.0, 0.2, 11), 3)]
@@ -39,13 +39,21 @@ def classifier(dataset: str, name: str, root: str | None, epochs: int, seed: int
     return cached_model(name, f"{dataset}-{name}-e{epochs}-s{seed}", train, seed=seed, device=device)
 
 
-def mnist_autoencoder(root: str | None, epochs: int, seed: int, device: str = "cpu"):
-    """The fully connected MNIST autoencoder of Section 6.2 (784 -> 32 -> 784, 96% compression), cached."""
+def autoencoder(dataset: str, root: str | None, epochs: int, seed: int, device: str = "cpu"):
+    """The fully connected autoencoders of Section 6.2, cached: MNIST 784 -> 32 -> 784 (96% compression),
+    CIFAR-10 3072 -> 1536 -> 3072 (50% compression)."""
+    kwargs = {} if dataset == "mnist" else {"in_shape": (3, 32, 32), "code": 1536, "hidden": 2048}
+
     def train(model):
-        x, _ = load_mnist(root, "train")
+        x, _ = LOADERS[dataset](root, "train")
         train_autoencoder(model, x, epochs=epochs, batch_size=128, lr=1e-3, seed=seed, progress=True)
 
-    return cached_model("fc-ae", f"mnist-fc-ae-e{epochs}-s{seed}", train, seed=seed, device=device)
+    return cached_model("fc-ae", f"{dataset}-fc-ae-e{epochs}-s{seed}", train, seed=seed, device=device, **kwargs)
+
+
+def mnist_autoencoder(root: str | None, epochs: int, seed: int, device: str = "cpu"):
+    """The fully connected MNIST autoencoder (784 -> 32 -> 784), trained once and cached."""
+    return autoencoder("mnist", root, epochs, seed, device)
 
 
 def reproduce(experiment: str, *, out: Path, n: int = 1000, root: str | None = None, seed: int = 0,
@@ -85,13 +93,13 @@ def _table3(*, out: Path, n: int, root: str | None, seed: int, epochs: int, devi
     print(f"wrote {out / 'table3'}.csv")
 
 
-def _fig4(attacks: list[str], p: float, tag: str, title: str):
+def _fig4(dataset: str, attacks: list[str], p: float, tag: str, title: str, eps: list[float] | None = None):
     def run(*, out: Path, n: int, root: str | None, seed: int, epochs: int, device: str) -> None:
-        model = mnist_autoencoder(root, max(epochs, 10), seed, device)
-        x_all = load_mnist(root, "test")[0].to(device)
-        print(f"fc-ae: test MSE {reconstruction_mse(model, x_all):.5f}")
+        model = autoencoder(dataset, root, max(epochs, 10), seed, device)
+        x_all = LOADERS[dataset](root, "test")[0].to(device)
+        print(f"fc-ae ({dataset}): test MSE {reconstruction_mse(model, x_all):.5f}")
         idx = torch.randperm(x_all.shape[0], generator=torch.Generator().manual_seed(seed))[: min(n, 20)]
-        run_fig4(model, x_all[idx], attacks, p, out / tag, title, seed=seed)
+        run_fig4(model, x_all[idx], attacks, p, out / tag, title, eps=eps, seed=seed)
         print(f"wrote {out / tag}.csv (+ .png with matplotlib)")
 
     return run
@@ -133,7 +141,9 @@ EXPERIMENTS = {
     "table3": ("test error, rho1, rho2, DeepFool's 99% eps (p = inf), FCNN and LeNet-5", _table3),
     "fig2a": ("example images: MNIST autoencoder on quadratic-linf vs random noise of the same size", _fig2a),
     "fig4a": ("output vs input PSNR, l2 attacks, MNIST fully connected autoencoder (20 test images)",
-              _fig4(FIG4A_ATTACKS, 2.0, "fig4a", "MNIST autoencoder, l2")),
+              _fig4("mnist", FIG4A_ATTACKS, 2.0, "fig4a", "MNIST autoencoder, l2")),
     "fig4b": ("output vs input PSNR, l-inf attacks, MNIST fully connected autoencoder (20 test images)",
-              _fig4(FIG4B_ATTACKS, math.inf, "fig4b", "MNIST autoencoder, l-inf")),
+              _fig4("mnist", FIG4B_ATTACKS, math.inf, "fig4b", "MNIST autoencoder, l-inf")),
+    "fig4c": ("output PSNR vs eps, multiple-pixel attacks, CIFAR-10 fully connected autoencoder (20 test images)",
+              _fig4("cifar10", FIG4C_ATTACKS, math.inf, "fig4c", "CIFAR-10 autoencoder, pixels", PIXEL_EPS)),
 }
