@@ -623,3 +623,21 @@ def test_box_set_per_call_equals_box_set_on_the_attack():
     r2 = a.replace(box=(-1.0, 1.0))(model, x, y)
     assert torch.equal(r1.x_adv, r2.x_adv)
     assert r1.x_adv.min() >= -1 and r1.x_adv.max() <= 1
+
+
+@pytest.mark.parametrize("p", [2.0, INF])
+@pytest.mark.parametrize("box_aware", [False, True])
+def test_deepfool_crosses_when_half_the_step_is_clipped(p, box_aware):
+    """Binary affine model whose boundary lies beyond the box along half its gradient: half the
+    coordinates sit at lo = 0 and the descent direction pushes them below. Both box modes must still
+    cross inside [0, 1]; the classic one needs several steps (the clipped half is lost each time)."""
+    m = 8
+    w = torch.ones(m, dtype=DTYPE)
+    x = torch.zeros(1, m, dtype=DTYPE)
+    x[0, m // 2 :] = 0.9
+    model = BinaryAffine(w, -1.0)  # z = w.x - 1 = 2.6 > 0: class 1; class 0 needs sum(x) < 1
+    r = get_attack("deepfool", p=p, box_aware=box_aware)(model, x)
+    assert bool(r.success[0]) and r.x_adv.min() >= 0 and r.x_adv.max() <= 1
+    assert float((r.x_adv * w).sum()) < 1.0
+    if not box_aware:
+        assert int(r.steps[0]) > 1

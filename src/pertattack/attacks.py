@@ -135,6 +135,7 @@ DEFAULTS: dict[str, Any] = {
     "project": False,
     "early_stop": False,
     "overshoot": 0.0,
+    "box_aware": True,
     "box": (0.0, 1.0),
     "preprocess": None,
     "output": None,
@@ -166,8 +167,9 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
                   "dithered once (eps~_1 = eps)",
                   dict(objective="cross-entropy", solver="gnm", steps=10, dither="first")),
     "deepfool": ("DeepFool (Moosavi-Dezfooli et al.): min-norm steps on the closest class, until fooled, "
-                 "at most 50, overshoot 0.02; p = 2 (p = inf with p=inf)",
-                 dict(objective="deepfool", p=2.0, solver="min-norm", steps=50, early_stop=True, overshoot=0.02)),
+                 "at most 50, overshoot 0.02, box only clipping the iterates; p = 2 (p = inf with p=inf)",
+                 dict(objective="deepfool", p=2.0, solver="min-norm", steps=50, early_stop=True, overshoot=0.02,
+                      box_aware=False)),
     "alg1": ("Algorithm 1 with T = 1: GNM on the margin (AGP, eq. 2)", dict(_ALG1)),
     "alg1-T": ("Algorithm 1 with T steps of eps/T on the margin (e.g. alg1-10)", dict(_ALG1, steps=10)),
     "alg2": ("Algorithm 2: GNM on the score f_k alone", dict(objective="score", solver="gnm")),
@@ -259,7 +261,7 @@ class Attack:
         set_(self, "schedule", Schedule(
             steps=p["steps"], step_scale=p["step_scale"], step=p["step"], dither=p["dither"],
             random_start=p["random_start"], project=p["project"], early_stop=p["early_stop"],
-            overshoot=p["overshoot"]))
+            overshoot=p["overshoot"], box_aware=p["box_aware"]))
         if p["eps"] is not None:
             _eps_list(p["eps"])  # validate early
 

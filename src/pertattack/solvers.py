@@ -52,6 +52,7 @@ class Step:
         state: per-run scratch space of the solver (e.g. subsets already used); tensors of shape
             (N,) left there are reported in ``AttackResult.info``.
         box: the box of valid inputs.
+        push: added to the distance of a min-norm step (classic DeepFool's later steps).
     """
 
     x: Tensor
@@ -63,6 +64,7 @@ class Step:
     generator: torch.Generator | None = None
     state: dict = field(default_factory=dict)
     box: Box | None = None
+    push: float = 0.0
 
 
 class Solver:
@@ -112,7 +114,7 @@ class MinNorm(Solver):
         # An exact tie (L == 0 in floating point) is a fixed point of the step: cross it by a hair
         # (1e-4 in the units of L, as foolbox's DeepFool does for every step).
         value = torch.where(step.value == 0, torch.full_like(value, self.tie_push), value)
-        scale = value / step.ball.dual_norm(step.g).clamp_min(1e-12)
+        scale = value / step.ball.dual_norm(step.g).clamp_min(1e-12) + step.push
         return -expand_like(scale, step.g) * step.ball.steepest(step.g)
 
 
