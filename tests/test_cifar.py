@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import io
 import os
 import pickle
 import tarfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import serve_folder
 
 import pertattack
 from pertattack.data import CIFAR10_BATCHES, default_cifar10_root, load_cifar10
@@ -172,21 +170,8 @@ def mirror(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
     """A local HTTP server for a folder holding a fake CIFAR-10 tarball; yields (url, folder, request log)."""
     served = tmp_path / "served"
     _write_tarball(served / TARBALL, _fake_batches(seed=1))
-    requests: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
-            requests.append(self.path)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(served)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", served, requests
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve_folder(served) as (url, requests):
+        yield url, served, requests
 
 
 def test_load_cifar10_download(tmp_path: Path, mirror: tuple[str, Path, list[str]]) -> None:

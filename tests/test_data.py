@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 import gzip
-import http.server
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import serve_folder
 
 from pertattack.data import (
     MNIST_FILES,
@@ -136,21 +134,8 @@ def mirror(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
     """A local HTTP server for a folder holding a fake MNIST test split; yields (url, folder, request log)."""
     served = tmp_path / "served"
     _fake_mnist(served, "test", 12, seed=1)
-    requests: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
-            requests.append(self.path)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(served)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", served, requests
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve_folder(served) as (url, requests):
+        yield url, served, requests
 
 
 def test_load_mnist_download(tmp_path: Path, mirror: tuple[str, Path, list[str]]) -> None:
