@@ -641,3 +641,20 @@ def test_deepfool_crosses_when_half_the_step_is_clipped(p, box_aware):
     assert float((r.x_adv * w).sum()) < 1.0
     if not box_aware:
         assert int(r.steps[0]) > 1
+
+
+@pytest.mark.parametrize("name", ["alg1-3", "deepfool", "targeted"])
+def test_result_margin_matches_the_model_and_success(name):
+    model = MLP().eval()
+    x = rand_x(12, MLP_SHAPE, seed=4)
+    y, target = labels_and_target(12, 4, 4)
+    kw = {"target": target} if name == "targeted" else {}
+    r = get_attack(name, eps=0.5)(model, x, y, **kw)
+    with torch.no_grad():
+        out = model(r.x_adv)
+    cls = target if name == "targeted" else y
+    own = out.gather(1, cls[:, None])[:, 0]
+    other = out.masked_fill(torch.nn.functional.one_hot(cls, 4).bool(), -torch.inf).amax(dim=1)
+    expected = other - own if name == "targeted" else own - other
+    torch.testing.assert_close(r.margin, expected)
+    assert torch.equal(r.margin < 0, r.success)  # no exact ties on random float64 data

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .constraints import Box, LpBall, Partition, as_batch_eps
 from .modelcall import ModelCall, check_scores, eval_mode
-from .objectives import OBJECTIVES, Context, Objective
+from .objectives import OBJECTIVES, Context, Margin, Objective, Targeted
 from .schedule import Schedule
 from .solvers import GNM, MinNorm, Quadratic, RandomGaussian, RandomSign, RandomSubset, SingleSubset, Solver
 
@@ -49,6 +49,8 @@ class AttackResult:
         label: (N,) the class k each input was attacked from (true label or prediction).
         pred: (N,) the model's class on x_adv (None for regression).
         steps: (N,) linearisations each input used.
+        margin: (N,) the margin of eq. 2 at x_adv, on the model's outputs: f_k - max_{l != k} f_l
+            (targeted: max_{l != t} f_l - f_t); negative where the attack succeeded (None for regression).
         p: the attack's norm.
         info: per-input figures of the solver, e.g. ``sigma`` (N,), the top singular value of the
             Jacobian found by quadratic-l2 (the operator norm norm(J)_{2->2}).
@@ -63,6 +65,7 @@ class AttackResult:
     pred: Tensor | None
     steps: Tensor
     p: float
+    margin: Tensor | None = None
     info: dict[str, Tensor] = field(default_factory=dict)
 
     @property
@@ -405,14 +408,15 @@ class Attack:
                 steps: Tensor, info: dict[str, Tensor]) -> AttackResult:
         x_adv = (x + eta).detach()
         eta = x_adv - x
-        success = pred = None
+        success = pred = margin = None
         if self.objective.classification:
             with torch.no_grad():
                 out = fwd(x_adv)
             pred = out.argmax(dim=1)
             success = self.objective.fooled(out, ctx)
+            margin = (Margin() if ctx.target is None else Targeted()).loss(out, ctx)
         return AttackResult(x_adv=x_adv, eta=eta, norms=self.ball.norm(eta), success=success, eps=eps,
-                            label=ctx.label, pred=pred, steps=steps, p=self.ball.p, info=info)
+                            label=ctx.label, pred=pred, steps=steps, p=self.ball.p, margin=margin, info=info)
 
 
 def _eps_list(eps: EpsLike) -> tuple[list[float | Tensor | None], bool]:
@@ -471,5 +475,5 @@ def _concat(parts: list[AttackResult], p: float) -> AttackResult:
         return None if vals[0] is None else torch.cat(vals)
 
     info = {k: torch.cat([r.info[k] for r in parts]) for k in parts[0].info}
-    return AttackResult(**{k: cat(k) for k in ("x_adv", "eta", "norms", "success", "eps", "label", "pred", "steps")},
-                        p=p, info=info)
+    fields = ("x_adv", "eta", "norms", "success", "eps", "label", "pred", "steps", "margin")
+    return AttackResult(**{k: cat(k) for k in fields}, p=p, info=info)
