@@ -15,7 +15,7 @@ import torch
 from conftest import serve_folder
 
 import pertattack
-from pertattack.data import CIFAR10_BATCHES, default_cifar10_root, load_cifar10
+from pertattack.data import CIFAR10_BATCHES, load_cifar10
 from pertattack.models import NIN, DenseNet40, FCAutoencoder, build_model
 
 FOLDER = "cifar-10-batches-py"
@@ -198,19 +198,6 @@ def test_load_cifar10_download_failure_leaves_nothing(tmp_path: Path, mirror: tu
     with pytest.raises(ValueError, match="not a readable tarball"):
         load_cifar10(root, "test", download=True, base_url=url)
     assert list(root.iterdir()) == []
-
-
-def test_default_cifar10_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PERTATTACK_CIFAR10", str(tmp_path / "env"))
-    assert default_cifar10_root() == tmp_path / "env"
-    monkeypatch.delenv("PERTATTACK_CIFAR10")
-    work = tmp_path / "work" / "main"
-    work.mkdir(parents=True)
-    monkeypatch.chdir(work)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert default_cifar10_root() == tmp_path / "home" / ".cache" / "pertattack" / "cifar10"
-    (tmp_path / "work" / "shared" / "data" / "cifar10").mkdir(parents=True)
-    assert default_cifar10_root() == tmp_path / "work" / "shared" / "data" / "cifar10"
 
 
 @pytest.mark.skipif(not (REAL_CIFAR10 / FOLDER).is_dir() and not (REAL_CIFAR10 / TARBALL).is_file(),

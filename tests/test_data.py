@@ -14,6 +14,7 @@ from conftest import serve_folder
 
 from pertattack.data import (
     MNIST_FILES,
+    default_cifar10_root,
     default_mnist_root,
     load_digits,
     load_mnist,
@@ -164,17 +165,19 @@ def test_load_mnist_download_failure_leaves_nothing(tmp_path: Path, mirror: tupl
     assert list(root.iterdir()) == []
 
 
-def test_default_mnist_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PERTATTACK_MNIST", str(tmp_path / "env"))
-    assert default_mnist_root() == tmp_path / "env"
-    monkeypatch.delenv("PERTATTACK_MNIST")
+@pytest.mark.parametrize(("find", "name", "env"), [(default_mnist_root, "mnist", "PERTATTACK_MNIST"),
+                                                   (default_cifar10_root, "cifar10", "PERTATTACK_CIFAR10")])
+def test_default_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, find, name: str, env: str) -> None:
+    monkeypatch.setenv(env, str(tmp_path / "env"))
+    assert find() == tmp_path / "env"
+    monkeypatch.delenv(env)
     work = tmp_path / "work" / "main"
     work.mkdir(parents=True)
     monkeypatch.chdir(work)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert default_mnist_root() == tmp_path / "home" / ".cache" / "pertattack" / "mnist"
-    (tmp_path / "work" / "shared" / "data" / "mnist").mkdir(parents=True)
-    assert default_mnist_root() == tmp_path / "work" / "shared" / "data" / "mnist"
+    assert find() == tmp_path / "home" / ".cache" / "pertattack" / name
+    (tmp_path / "work" / "shared" / "data" / name).mkdir(parents=True)
+    assert find() == tmp_path / "work" / "shared" / "data" / name
 
 
 @pytest.mark.skipif(not REAL_MNIST.is_dir(), reason="real MNIST not available")

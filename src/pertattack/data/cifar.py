@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .idx import default_data_root
+
 __all__ = [
     "CIFAR10_URL",
     "CIFAR10_TARBALL",
@@ -64,13 +66,7 @@ def default_cifar10_root() -> Path:
     directory if that folder exists, else ``~/.cache/pertattack/cifar10``. The folder holds
     ``cifar-10-batches-py/`` or ``cifar-10-python.tar.gz`` (or both).
     """
-    env = os.environ.get("PERTATTACK_CIFAR10")
-    if env:
-        return Path(env).expanduser()
-    shared = Path.cwd().parent / "shared" / "data" / "cifar10"
-    if shared.is_dir():
-        return shared
-    return Path.home() / ".cache" / "pertattack" / "cifar10"
+    return default_data_root("cifar10", "PERTATTACK_CIFAR10")
 
 
 def _split_files(split: str) -> tuple[str, ...]:

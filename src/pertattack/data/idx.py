@@ -129,13 +129,19 @@ def default_mnist_root() -> Path:
     ``$PERTATTACK_MNIST`` if set, else ``../shared/data/mnist`` relative to the working directory
     if that folder exists, else ``~/.cache/pertattack/mnist``.
     """
-    env = os.environ.get("PERTATTACK_MNIST")
+    return default_data_root("mnist", "PERTATTACK_MNIST")
+
+
+def default_data_root(name: str, env_var: str) -> Path:
+    """``$env_var`` if set, else ``../shared/data/<name>`` relative to the working directory if that
+    folder exists, else ``~/.cache/pertattack/<name>``: where a data set is looked for by default."""
+    env = os.environ.get(env_var)
     if env:
         return Path(env).expanduser()
-    shared = Path.cwd().parent / "shared" / "data" / "mnist"
+    shared = Path.cwd().parent / "shared" / "data" / name
     if shared.is_dir():
         return shared
-    return Path.home() / ".cache" / "pertattack" / "mnist"
+    return Path.home() / ".cache" / "pertattack" / name
 
 
 def _find(root: Path, gz_name: str) -> Path | None:
