@@ -160,6 +160,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                            epochs=args.epochs, device=args.device)
 
 
+def _data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="mnist", choices=["mnist", "cifar10", "digits"])
+    p.add_argument("--root", default=None,
+                   help="data folder (default: $PERTATTACK_MNIST / $PERTATTACK_CIFAR10, or ../shared/data/...)")
+
+
+def _device_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=_default_device(), help="torch device (default: cuda if available)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pertattack",
@@ -179,31 +189,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model of the paper on MNIST (or the digits) and save it")
     p.add_argument("model", help="fcnn, lenet5, smallcnn, fc-ae (MNIST); nin, densenet40 (CIFAR-10)")
-    p.add_argument("--data", default="mnist", choices=["mnist", "cifar10", "digits"])
-    p.add_argument("--root", default=None,
-                   help="data folder (default: $PERTATTACK_MNIST / $PERTATTACK_CIFAR10, or ../shared/data/...)")
+    _data_arguments(p)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--n", type=int, default=None, help="use the first n training images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="checkpoint path (.pt)")
-    p.add_argument("--device", default=_default_device(), help="torch device (default: cuda if available)")
+    _device_argument(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("run", help="run one attack on a saved model and report the fooling ratio")
     p.add_argument("attack", help="a preset name (see `pertattack list`), e.g. alg1-10")
     p.add_argument("--model", required=True, help="checkpoint written by `pertattack train`")
-    p.add_argument("--data", default="mnist", choices=["mnist", "cifar10", "digits"])
+    _data_arguments(p)
     p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("--root", default=None)
     p.add_argument("--n", type=int, default=1000, help="attack the first n images")
     p.add_argument("--eps", default=None, help="budget, or comma-separated budgets")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. p=2 steps=20")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="save the result as .npz")
-    p.add_argument("--device", default=_default_device(), help="torch device (default: cuda if available)")
+    _device_argument(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("reproduce", help="reproduce a figure or table of the paper (CSV + PNG)")
@@ -213,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=None, help="data folder (MNIST, or CIFAR-10 for fig3c/fig3d)")
     p.add_argument("--epochs", type=int, default=3, help="training epochs of models not yet cached")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=_default_device(), help="torch device (default: cuda if available)")
+    _device_argument(p)
     p.set_defaults(func=cmd_reproduce)
     return parser
 
