@@ -67,29 +67,19 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Train a small CNN on the 8x8 digits that ship with scikit-learn and attack it."""
-    from .data import load_digits
-    from .experiments.classification import run_fig3
-    from .metrics import robustness
-    from .models import build_model
-    from .training import accuracy, train_classifier
+    """Train a classifier and an autoencoder on the 8x8 digits, attack both, write report.md, CSVs and PNGs."""
+    from .experiments.demo import DemoConfig, run_demo
 
-    t0 = time.perf_counter()
-    x_tr, y_tr = load_digits("train", seed=args.seed)
-    x_te, y_te = load_digits("test", seed=args.seed)
-    model = build_model("smallcnn", seed=args.seed)
-    train_classifier(model, x_tr, y_tr, epochs=args.epochs, batch_size=64, lr=3e-3, seed=args.seed)
-    print(f"SmallCNN on the scikit-learn 8x8 digits: {x_tr.shape[0]} train / {x_te.shape[0]} test images, "
-          f"test error {1 - accuracy(model, x_te, y_te):.3f} ({time.perf_counter() - t0:.1f} s)")
-    out = Path(args.out)
-    eps = _eps_list(args.eps)
-    print(f"fooling ratio (correctly classified test images) at eps = {eps} (l-inf, pixels in [0, 1]):")
-    run_fig3(model, x_te, y_te, eps, out / "demo_fooling", "SmallCNN, 8x8 digits", seed=args.seed, progress=False)
-    r = robustness(model, x_te, y_te, math.inf)
-    print("robustness (p = inf): " + ", ".join(f"{k} {v:.4g}" for k, v in r.items()))
-    print(f"wrote {out / 'demo_fooling.csv'}" + (f" and {out / 'demo_fooling.png'}"
-                                                   if (out / "demo_fooling.png").exists() else ""))
-    print(f"total {time.perf_counter() - t0:.1f} s")
+    kw: dict[str, Any] = dict(seed=args.seed, threads=args.threads)
+    if args.eps is not None:
+        kw["eps"] = tuple(_eps_list(args.eps))
+    if args.psnr is not None:
+        kw["input_psnr"] = tuple(_eps_list(args.psnr))
+    if args.epochs is not None:
+        kw["epochs"] = args.epochs
+    config = DemoConfig.quick(**kw) if args.quick else DemoConfig(**kw)
+    res = run_demo(args.out, config, progress=not args.no_progress)
+    print(f"open {Path(args.out) / 'report.md'} (total {res.seconds:.1f} s)")
     return 0
 
 
@@ -170,6 +160,10 @@ def _device_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=_default_device(), help="torch device (default: cuda if available)")
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows every default (argparse's ArgumentDefaultsHelpFormatter)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pertattack",
@@ -180,10 +174,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list the attack presets and their four parts")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("demo", help="train a small CNN on scikit-learn's 8x8 digits and attack it (no download)")
-    p.add_argument("--out", default="pertattack-demo", help="folder for the CSV and PNG")
-    p.add_argument("--eps", default="0,0.05,0.1,0.15,0.2,0.25,0.3", help="comma-separated eps grid")
-    p.add_argument("--epochs", type=int, default=20)
+    p = sub.add_parser("demo", formatter_class=_Formatter,
+                       help="train a classifier and an autoencoder on scikit-learn's 8x8 digits, attack both, "
+                            "write a report (no download)")
+    p.add_argument("--out", default="pertattack-demo", help="folder for report.md, the CSVs and the PNGs")
+    p.add_argument("--quick", action="store_true",
+                   help="a small grid (3 eps, 3 PSNRs, 120 test images, 5 epochs): a few seconds, for tests")
+    p.add_argument("--eps", default=None,
+                   help="comma-separated l-inf eps grid of the classification attacks "
+                        "(default: 0,0.05,...,0.25; --quick: 0,0.1,0.2)")
+    p.add_argument("--psnr", default=None,
+                   help="comma-separated input-PSNR grid (dB) of the regression attacks "
+                        "(default: 10,15,...,40; --quick: 10,25,40)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs of both models (default: 20; --quick: 5)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads; 1 is fastest for these small models (benchmarks/bench_demo.py)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 

@@ -1,17 +1,33 @@
-"""What an attack returns: :class:`AttackResult`, one per budget."""
+"""What an attack returns: :class:`AttackResult`, one per budget.
+
+``print(result)`` gives a short summary (attack, eps, p, n, success rate, median and max norm);
+``result.rows()`` the per-input table as a list of dicts, ``result.to_dataframe()`` the same as a
+pandas DataFrame; ``result.save(path)`` and :func:`save_results` write plain NumPy ``.npz`` files.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["AttackResult", "concat_results"]
+__all__ = ["AttackResult", "concat_results", "save_results"]
+
+#: per-input fields of :meth:`AttackResult.rows`, in column order (those that are None are left out)
+_ROW_FIELDS = ("label", "pred", "success", "norms", "eps", "steps", "margin")
 
 
-@dataclass
+def _fmt(v: float) -> str:
+    return "inf" if math.isinf(v) else f"{v:.4g}"
+
+
+@dataclass(repr=False)
 class AttackResult:
     """What one attack run at one budget produced.
 
@@ -29,6 +45,9 @@ class AttackResult:
         p: the attack's norm.
         info: per-input figures of the solver, e.g. ``sigma`` (N,), the top singular value of the
             Jacobian found by quadratic-l2 (the operator norm norm(J)_{2->2}).
+        attack: the name of the attack that produced it (None when unknown).
+
+    ``str(result)`` and ``repr(result)`` summarise it without printing the tensors.
     """
 
     x_adv: Tensor
@@ -42,6 +61,86 @@ class AttackResult:
     p: float
     margin: Tensor | None = None
     info: dict[str, Tensor] = field(default_factory=dict)
+    attack: str | None = None
+
+    @property
+    def n(self) -> int:
+        """Number of inputs."""
+        return int(self.x_adv.shape[0])
+
+    def _eps_text(self) -> str:
+        if self.eps is None:
+            return "none (minimum norm)"
+        e = self.eps.detach().flatten().double()
+        if e.numel() == 0:
+            return "-"
+        lo, hi = float(e.min()), float(e.max())
+        return _fmt(lo) if lo == hi else f"{_fmt(lo)} to {_fmt(hi)} (per input)"
+
+    def _norm_text(self) -> str:
+        if self.norms.numel() == 0:
+            return "-"
+        norms = self.norms.detach().double()
+        return f"median {_fmt(float(norms.median()))}, max {_fmt(float(norms.max()))}"
+
+    def __str__(self) -> str:
+        """A few lines: attack, p, eps, n, success rate (classification), norms of eta, steps."""
+        name = f"{self.attack!r}, " if self.attack else ""
+        lines = [f"AttackResult({name}p={_fmt(self.p)}, eps={self._eps_text()}, n={self.n})"]
+        if self.success is not None:
+            k = int(self.success.sum())
+            rate = k / self.n if self.n else math.nan
+            lines.append(f"  success:  {k} / {self.n} ({rate:.1%})")
+        else:
+            lines.append("  regression attack (no success flag): see psnr() of the outputs")
+        lines.append(f"  norm_{_fmt(self.p)}(eta): {self._norm_text()}")
+        if self.steps.numel():
+            lines.append(f"  steps: median {int(self.steps.median())}, max {int(self.steps.max())}")
+        if self.info:
+            lines.append("  info: " + ", ".join(sorted(self.info)))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        """One line: attack, p, eps, n, success rate, median norm (never the tensors)."""
+        parts = [f"{self.attack!r}"] if self.attack else []
+        parts += [f"p={_fmt(self.p)}", f"eps={self._eps_text()}", f"n={self.n}"]
+        if self.success is not None and self.n:
+            parts.append(f"success={float(self.success.float().mean()):.1%}")
+        if self.norms.numel():
+            parts.append(f"median_norm={_fmt(float(self.norms.detach().double().median()))}")
+        return "AttackResult(" + ", ".join(parts) + ")"
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The per-input table: one dict per input with ``index`` and, where the result has them,
+        ``label``, ``pred``, ``success``, ``norm``, ``eps``, ``steps``, ``margin`` and every
+        per-input entry of ``info``, as Python scalars."""
+        cols: dict[str, list[Any]] = {"index": list(range(self.n))}
+        for name in _ROW_FIELDS:
+            v = getattr(self, name)
+            if v is not None:
+                cols["norm" if name == "norms" else name] = v.detach().cpu().reshape(-1).tolist()
+        for k, v in self.info.items():
+            if isinstance(v, Tensor) and v.dim() == 1 and v.shape[0] == self.n:
+                cols[k] = v.detach().cpu().tolist()
+        if self.attack is not None:
+            cols["attack"] = [self.attack] * self.n
+        names = list(cols)
+        return [dict(zip(names, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]
+
+    def to_dataframe(self) -> Any:
+        """:meth:`rows` as a ``pandas.DataFrame`` (one row per input).
+
+        Raises:
+            ImportError: pandas is not installed (``rows()`` gives the same table without it).
+        """
+        try:
+            import pandas as pd
+        except ImportError as err:
+            raise ImportError(
+                "AttackResult.to_dataframe() needs pandas, which is not installed: pip install pandas "
+                "(or use result.rows(), a list of dicts with the same table)"
+            ) from err
+        return pd.DataFrame(self.rows()).set_index("index")
 
     @property
     def success_rate(self) -> float:
@@ -59,7 +158,38 @@ class AttackResult:
         }
         arrays.update({f"info_{k}": v.detach().cpu().numpy() for k, v in self.info.items()})
         arrays["p"] = np.asarray(self.p)
+        if self.attack is not None:
+            arrays["attack"] = np.asarray(self.attack)
         np.savez_compressed(path, **arrays)
+
+
+def save_results(path: str | Path, results: Sequence[AttackResult]) -> None:
+    """Save the results of one attack at several budgets in one ``.npz`` (plain NumPy arrays).
+
+    Every tensor field is stacked along a new first axis, one entry per result: ``x_adv`` has shape
+    (K, N, ...), ``success``, ``norms`` and ``eps`` (K, N), ``info_<key>`` likewise; ``eps_grid`` (K,)
+    holds each result's budget (the first input's; NaN for an unbounded run) and ``p`` the norm.
+    ``np.load(path)["x_adv"][k]`` is the k-th budget's adversarial inputs. A single result is saved
+    as by :meth:`AttackResult.save` (no extra axis).
+    """
+    if not results:
+        raise ValueError("save_results needs at least one result")
+    if len(results) == 1:
+        results[0].save(str(path))
+        return
+    first = results[0]
+    arrays: dict[str, np.ndarray] = {}
+    for name, v in vars(first).items():
+        if isinstance(v, Tensor):
+            arrays[name] = np.stack([getattr(r, name).detach().cpu().numpy() for r in results])
+    for k in first.info:
+        arrays[f"info_{k}"] = np.stack([r.info[k].detach().cpu().numpy() for r in results])
+    arrays["eps_grid"] = np.asarray(
+        [math.nan if r.eps is None or r.eps.numel() == 0 else float(r.eps.flatten()[0]) for r in results])
+    arrays["p"] = np.asarray(first.p)
+    if first.attack is not None:
+        arrays["attack"] = np.asarray(first.attack)
+    np.savez_compressed(path, **arrays)
 
 
 def concat_results(parts: list[AttackResult], p: float) -> AttackResult:
@@ -72,4 +202,4 @@ def concat_results(parts: list[AttackResult], p: float) -> AttackResult:
 
     info = {k: torch.cat([r.info[k] for r in parts]) for k in parts[0].info}
     fields = ("x_adv", "eta", "norms", "success", "eps", "label", "pred", "steps", "margin")
-    return AttackResult(**{k: cat(k) for k in fields}, p=p, info=info)
+    return AttackResult(**{k: cat(k) for k in fields}, p=p, info=info, attack=parts[0].attack)
