@@ -33,13 +33,17 @@ def test_train_then_run_saves_npz(tmp_path, capsys):
                  "--out", str(npz)]) == 0
     out = capsys.readouterr().out
     assert "eps 0.05: fooling ratio" in out and "eps 0.2: fooling ratio" in out
-    saved = np.load(npz)
+    saved = np.load(npz)  # several eps: arrays stacked along a first axis, one entry per eps
     from pertattack.data import load_digits
 
     x, y = load_digits("test")
-    res = get_attack("alg1-5", eps=0.2, seed=0)(model, x[:40], y[:40])
-    np.testing.assert_allclose(saved["x_adv"], res.x_adv.numpy(), atol=1e-6)
-    assert saved["success"].tolist() == res.success.tolist()
+    assert saved["eps_grid"].tolist() == pytest.approx([0.05, 0.2])
+    assert saved["x_adv"].shape == (2, 40, 1, 8, 8)
+    for k, eps in enumerate((0.05, 0.2)):
+        res = get_attack("alg1-5", eps=eps, seed=0)(model, x[:40], y[:40])
+        np.testing.assert_allclose(saved["x_adv"][k], res.x_adv.numpy(), atol=1e-6)
+        assert saved["success"][k].tolist() == res.success.tolist()
+    assert str(saved["attack"]) == "alg1-5"
 
 
 def test_run_overrides_and_errors(tmp_path, capsys):
@@ -55,15 +59,125 @@ def test_run_overrides_and_errors(tmp_path, capsys):
     assert "fig3b" in capsys.readouterr().err
 
 
-def test_demo_writes_csv_and_plot(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--epochs", "2", "--eps", "0,0.2"]) == 0
-    rows = list(csv.reader(open(tmp_path / "demo_fooling.csv")))
-    assert rows[0] == ["attack", "eps=0", "eps=0.2"]
-    table = {r[0]: [float(v) for v in r[1:]] for r in rows[1:]}
-    assert set(table) >= {"DeepFool", "Alg1-10", "FGSM", "PGD (paper)", "random"}
+def test_demo_quick_end_to_end(tmp_path, capsys):
+    from pertattack.experiments.demo import CLASSIFICATION_ATTACKS, FIGURES, REGRESSION_ATTACKS
+
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert "report.md" in capsys.readouterr().out
+    report = (tmp_path / "report.md").read_text()
+    for fig in FIGURES:
+        assert (tmp_path / fig).stat().st_size > 5000, fig
+        assert f"]({fig})" in report, fig  # embedded in the report
+    for name in ("fooling.csv", "robustness.csv", "regression.csv", "operator_norm.csv"):
+        assert (tmp_path / name).exists() and name in report
+    assert "torch" in report and " s with 1 torch thread" in report
+    rows = list(csv.reader(open(tmp_path / "fooling.csv")))
+    assert rows[0] == ["attack", "preset", "eps=0", "eps=0.1", "eps=0.2"]
+    table = {r[0]: [float(v) for v in r[2:]] for r in rows[1:]}
+    assert set(table) == set(CLASSIFICATION_ATTACKS)
     assert all(v[0] == 0.0 for v in table.values())  # eps = 0 fools nothing
-    assert table["Alg1-10"][1] > table["random"][1]
-    assert (tmp_path / "demo_fooling.png").stat().st_size > 1000
+    assert table["Alg1-10"][2] > table["random"][2]
+    reg = list(csv.DictReader(open(tmp_path / "regression.csv")))
+    assert {r["attack"] for r in reg} == {n for ns in REGRESSION_ATTACKS.values() for n in ns}
+    out = {(r["attack"], r["target_input_psnr"]): float(r["output_psnr_clean"]) for r in reg}
+    assert out[("quadratic-l2", "10")] < out[("rand-l2", "10")]  # the attack beats noise of the same budget
+    sigma = [float(r["sigma"]) for r in csv.DictReader(open(tmp_path / "operator_norm.csv"))]
+    assert len(sigma) == 80 and min(sigma) > 0
+
+
+def test_demo_rejects_bad_grids(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--eps", "0,-0.1", "--no-progress"]) == 2
+    assert "eps" in capsys.readouterr().err
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--epochs", "0", "--no-progress"]) == 2
+    assert "epochs" in capsys.readouterr().err
+
+
+def test_version_help_defaults_and_list_header(capsys):
+    from pertattack import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"pertattack {__version__}"
+    for cmd, default in (("run", "(default: 1000)"), ("train", "(default: 3)"), ("demo", "(default: pertattack-demo)"),
+                         ("reproduce", "(default: results)")):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        assert default in " ".join(capsys.readouterr().out.split()), cmd
+    assert main(["list"]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert header == ["preset", "objective", "constraint", "solver", "description"]
+
+
+@pytest.fixture
+def two_checkpoints(tmp_path):
+    from pertattack.data import load_digits
+
+    x, y = load_digits("train")
+    paths = []
+    for seed in (0, 1):
+        model = build_model("smallcnn", seed=seed)
+        from pertattack.training import train_classifier
+
+        train_classifier(model, x, y, epochs=1, batch_size=64, lr=3e-3, seed=seed)
+        paths.append(tmp_path / f"cnn{seed}.pt")
+        save_model(paths[-1], model, "smallcnn")
+    return paths
+
+
+def test_run_targeted_class_random_least_likely(two_checkpoints, tmp_path, capsys):
+    ckpt = str(two_checkpoints[0])
+    base = ["run", "targeted", "--model", ckpt, "--data", "digits", "--n", "30", "--eps", "0.3"]
+    npz = tmp_path / "t.npz"
+    assert main([*base, "--target", "3", "--out", str(npz)]) == 0
+    out = capsys.readouterr().out
+    assert "targeted success rate" in out and "left out" in out
+    saved = np.load(npz)
+    assert (saved["label"] != 3).all()  # images of class 3 are left out
+    assert saved["success"].any() and (saved["pred"][saved["success"]] == 3).all()
+    for spec in ("random", "least-likely"):
+        assert main([*base, "--target", spec, "--out", str(npz)]) == 0
+        saved = np.load(npz)
+        assert saved["success"].any()
+        assert (saved["pred"][saved["success"]] != saved["label"][saved["success"]]).all()
+    assert "targeted success rate" in capsys.readouterr().out
+    assert main([*base, "--target", "12"]) == 2
+    assert "classes 0 to 9" in capsys.readouterr().err
+    assert main([*base, "--target", "cat"]) == 2
+    assert "least-likely" in capsys.readouterr().err
+    assert main(base) == 2  # targeted needs --target
+    assert "--target" in capsys.readouterr().err
+    assert main(["run", "fgsm", "--model", ckpt, "--data", "digits", "--n", "5", "--eps", "0.1", "--target", "3"]) == 2
+    assert "--target goes with the targeted preset" in capsys.readouterr().err
+
+
+def test_run_transfer_with_surrogate(two_checkpoints, tmp_path, capsys):
+    from pertattack.data import load_digits
+
+    target_ckpt, surrogate_ckpt = (str(p) for p in two_checkpoints)
+    npz = tmp_path / "tr.npz"
+    assert main(["run", "transfer", "--model", target_ckpt, "--surrogate", surrogate_ckpt, "--data", "digits",
+                 "--n", "20", "--eps", "0.2", "--out", str(npz)]) == 0
+    assert "fooling ratio" in capsys.readouterr().out
+    x, y = load_digits("test")
+    res = get_attack("transfer", eps=0.2, seed=0, surrogate=load_model(surrogate_ckpt))(load_model(target_ckpt),
+                                                                                         x[:20], y[:20])
+    np.testing.assert_allclose(np.load(npz)["x_adv"], res.x_adv.numpy(), atol=1e-6)
+    assert main(["run", "transfer", "--model", target_ckpt, "--data", "digits", "--n", "5", "--eps", "0.1"]) == 2
+    assert "--surrogate" in capsys.readouterr().err
+    assert main(["run", "alg1", "--model", target_ckpt, "--surrogate", surrogate_ckpt, "--data", "digits",
+                 "--n", "5", "--eps", "0.1"]) == 2
+    assert "transfer preset" in capsys.readouterr().err
+
+
+def test_missing_data_error_advises_download(tmp_path, capsys):
+    ckpt = tmp_path / "cnn.pt"
+    save_model(ckpt, build_model("lenet5", seed=0), "lenet5")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["run", "fgsm", "--model", str(ckpt), "--root", str(empty), "--eps", "0.1"]) == 2
+    assert "--download" in capsys.readouterr().err
+    assert main(["reproduce", "fig3b", "--root", str(empty), "--out", str(tmp_path / "r")]) == 2
+    assert "--download" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not MNIST.exists(), reason="shared MNIST folder not present")
@@ -72,7 +186,7 @@ def test_reproduce_fig3b_and_fig4a_on_cached_models(tmp_path, monkeypatch, capsy
     (tmp_path / "cache").mkdir()
     # untrained but cached models: the pipeline, not the training, is under test here
     save_model(tmp_path / "cache" / "mnist-lenet5-e1-s0.pt", build_model("lenet5", seed=0), "lenet5")
-    save_model(tmp_path / "cache" / "mnist-fc-ae-e10-s0.pt", build_model("fc-ae", seed=0), "fc-ae")
+    save_model(tmp_path / "cache" / "mnist-fc-ae-e1-s0.pt", build_model("fc-ae", seed=0), "fc-ae")  # --epochs 1
     args = ["--out", str(tmp_path / "res"), "--n", "12", "--root", str(MNIST), "--epochs", "1"]
     assert main(["reproduce", "fig3b", *args]) == 0
     rows = list(csv.reader(open(tmp_path / "res" / "fig3b.csv")))

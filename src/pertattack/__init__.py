@@ -7,6 +7,7 @@ objective x a constraint x a solver x a schedule. Start with :func:`get_attack` 
 
 from .attacks import Attack, AttackResult, get_attack, list_attacks
 from .constraints import Box, LpBall, Partition
+from .data import load_cifar10, load_digits, load_mnist
 from .metrics import (
     eps_for_psnr,
     evaluate,
@@ -37,6 +38,9 @@ __all__ = [
     "fooling_ratio",
     "get_attack",
     "list_attacks",
+    "load_cifar10",
+    "load_digits",
+    "load_mnist",
     "operator_norm",
     "predict",
     "psnr",

@@ -95,7 +95,7 @@ def _table3(*, out: Path, n: int, root: str | None, seed: int, epochs: int, devi
 
 def _fig4(dataset: str, attacks: list[str], p: float, tag: str, title: str, eps: list[float] | None = None):
     def run(*, out: Path, n: int, root: str | None, seed: int, epochs: int, device: str) -> None:
-        model = autoencoder(dataset, root, max(epochs, 10), seed, device)
+        model = autoencoder(dataset, root, epochs, seed, device)
         x_all = LOADERS[dataset](root, "test")[0].to(device)
         print(f"fc-ae ({dataset}): test MSE {reconstruction_mse(model, x_all):.5f}")
         idx = torch.randperm(x_all.shape[0], generator=torch.Generator().manual_seed(seed))[: min(n, 20)]
@@ -111,7 +111,7 @@ def _fig2a(*, out: Path, n: int, root: str | None, seed: int, epochs: int, devic
     from ..metrics import eps_for_psnr, psnr
     from .common import plot_images
 
-    model = mnist_autoencoder(root, max(epochs, 10), seed, device)
+    model = mnist_autoencoder(root, epochs, seed, device)
     x_all = load_mnist(root, "test")[0].to(device)
     idx = torch.randperm(x_all.shape[0], generator=torch.Generator().manual_seed(seed))[: min(n, 6)]
     x = x_all[idx]
