@@ -70,7 +70,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
         assert f"]({fig})" in report, fig  # embedded in the report
     for name in ("fooling.csv", "robustness.csv", "regression.csv", "operator_norm.csv"):
         assert (tmp_path / name).exists() and name in report
-    assert "torch" in report and " s with 1 torch thread" in report
+    assert "torch 2" in report and "with 1 torch thread " in report
     rows = list(csv.reader(open(tmp_path / "fooling.csv")))
     assert rows[0] == ["attack", "preset", "eps=0", "eps=0.1", "eps=0.2"]
     table = {r[0]: [float(v) for v in r[2:]] for r in rows[1:]}

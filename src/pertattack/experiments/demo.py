@@ -18,6 +18,7 @@ core (``benchmarks/bench_demo.py`` measures both).
 from __future__ import annotations
 
 import math
+import os
 import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -420,12 +421,13 @@ _READ = {
         "Each line is one attack; a point is the share of the correctly classified test images that the "
         "attack misclassifies with an l-inf perturbation of at most eps (pixels in [0, 1]). Higher is a "
         "stronger attack. Lines differ by marker and line style, not colour alone. Expect the random baseline "
-        "near the bottom (a model is robust to noise of this size), the one-step attacks (FGSM, Alg2, Alg1) "
+        "near the bottom (random noise of the same size fools few images), the one-step attacks (FGSM, Alg2, Alg1) "
         "in the middle and the iterated ones (Alg1-10, PGD) on top; DeepFool runs once, unbounded, and counts "
         "as fooling at eps where its perturbation's norm is at most eps."
     ),
     "examples.png": (
-        "Columns are test images. Top row: the original with its true class and the model's prediction; "
+        "Columns are correctly classified test images, one per class where the attack succeeds. Top row: the "
+        "original with its true class (also the model's prediction); "
         "middle row: the perturbation, scaled so that +-eps spans the colour map (red adds ink, blue removes "
         "it); bottom row: the adversarial image and the class the model now predicts (red when it changed). "
         "The perturbation is at most eps per pixel, yet the prediction flips."
@@ -453,9 +455,10 @@ def _report(res: DemoResult) -> str:
     parts = [
         "# pertattack demo",
         "",
-        f"Run in {res.seconds:.1f} s with {cfg.threads} torch thread(s) "
-        f"({', '.join(f'{k} {v}' for k, v in _versions().items())}; {platform.machine()}, "
-        f"{platform.system()}).",
+        f"Ran in {res.seconds:.1f} s (data, training, attacks, figures; Python start-up and imports not counted) "
+        f"with {cfg.threads} torch thread{'s' if cfg.threads > 1 else ''} on {platform.system()} "
+        f"{platform.machine()}, {os.cpu_count()} CPU cores; "
+        f"{', '.join(f'{k} {v}' for k, v in _versions().items())}.",
         "",
         "## What was run",
         "",
@@ -483,16 +486,25 @@ def _report(res: DemoResult) -> str:
         "",
         _md_table(["test error", "rho1 (relative)", "rho2 (absolute)", "eps with DeepFool > 99%",
                    "DeepFool success"],
-                  [[r["test_error"], r["rho1"], r["rho2"], r["eps_99"], r["deepfool_success"]]]),
+                  [[f"{r['test_error']:.2%}", f"{r['rho1']:.4f}", f"{r['rho2']:.4f}", f"{r['eps_99']:.4f}",
+                    f"{r['deepfool_success']:.1%}"]]),
         "",
-        "## Autoencoder: output PSNR (dB, against f(x)) by input PSNR",
+        "rho1 is DeepFool's l-inf norm divided by norm_inf(x) (relative); rho2 and the 99% eps are in pixel units "
+        "(absolute). Means over the correctly classified test images.",
+        "",
+        "## Autoencoder: output PSNR by input PSNR",
+        "",
+        "Output PSNR in dB of f(x + eta) against the clean output f(x), mean over the images (lower: larger "
+        "distortion). Columns: the target input PSNR that sets eps; clipping to [0, 1] can only raise the input "
+        "PSNR reached (`regression.csv` has it, and the output PSNR against x as the paper plots it).",
         "",
     ]
     for p, names in REGRESSION_ATTACKS.items():
         parts.append(f"p = {_pname(p)}:")
         parts.append("")
-        parts.append(_md_table(["attack", *[f"{d:g} dB" for d in cfg.input_psnr]],
-                               [[n, *res.regression[n]["output_psnr_clean"]] for n in names]))
+        parts.append(_md_table(["attack", *[f"target {d:g} dB" for d in cfg.input_psnr]],
+                               [[n, *[f"{v:.1f}" for v in res.regression[n]["output_psnr_clean"]]]
+                                for n in names]))
         parts.append("")
     parts += [
         "## Autoencoder: operator norm",
@@ -519,7 +531,7 @@ def _report(res: DemoResult) -> str:
         "",
         "## Time per stage (s)",
         "",
-        _md_table(["stage", "seconds"], [[k, v] for k, v in res.timings.items()]),
+        _md_table(["stage", "seconds"], [[k, f"{v:.2f}"] for k, v in res.timings.items()]),
         "",
     ]
     return "\n".join(parts)
