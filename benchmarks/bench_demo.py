@@ -2,8 +2,9 @@
 
 Each round runs the thread counts one after the other (order alternating between rounds, so that
 neither always meets the warmer or the busier machine); a run is the whole command: interpreter
-start, imports, training, attacks, figures, report. The load average before and after each run is
-recorded beside it, since on a shared machine the neighbours decide a good part of the time.
+start, imports, training, attacks, figures, report. Beside the wall time: the CPU time (user + system)
+of the process, and the load average before and after, since on a shared machine the neighbours
+decide a good part of the wall time (on an idle machine, one thread's wall time is about its CPU time).
 
 Usage::
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -23,8 +25,8 @@ import time
 from pathlib import Path
 
 
-def run_once(threads: int, quick: bool, out: Path) -> float:
-    """Wall seconds of one ``pertattack demo`` process with ``threads`` torch threads."""
+def run_once(threads: int, quick: bool, out: Path) -> tuple[float, float]:
+    """Wall and CPU (user + system) seconds of one ``pertattack demo`` process with ``threads`` torch threads."""
     cmd = [sys.executable, "-m", "pertattack.cli", "demo", "--out", str(out), "--threads", str(threads),
            "--no-progress"]
     if quick:
@@ -32,9 +34,12 @@ def run_once(threads: int, quick: bool, out: Path) -> float:
     env = dict(os.environ)
     # OMP/MKL follow --threads too, so that no library spawns threads of its own beside torch's
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,11 +58,12 @@ def main(argv: list[str] | None = None) -> int:
             order = counts if r % 2 == 0 else counts[::-1]
             for t in order:
                 load0 = os.getloadavg()[0]
-                s = run_once(t, args.quick, Path(tmp) / f"t{t}")
+                s, cpu = run_once(t, args.quick, Path(tmp) / f"t{t}")
                 load1 = os.getloadavg()[0]
                 times[t].append(s)
-                rows.append([r, t, f"{s:.2f}", f"{load0:.2f}", f"{load1:.2f}"])
-                print(f"round {r}: {t} thread(s) {s:6.2f} s   (1-min load average {load0:.2f} -> {load1:.2f})")
+                rows.append([r, t, f"{s:.2f}", f"{cpu:.2f}", f"{load0:.2f}", f"{load1:.2f}"])
+                print(f"round {r}: {t} thread(s) {s:6.2f} s wall, {cpu:6.2f} s CPU   "
+                      f"(1-min load average {load0:.2f} -> {load1:.2f})")
     for t in counts:
         v = times[t]
         print(f"{t} thread(s): median {statistics.median(v):.2f} s, min {min(v):.2f} s, max {max(v):.2f} s")
@@ -68,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(path, "a", newline="") as fh:
             w = csv.writer(fh)
             if new:
-                w.writerow(["round", "threads", "seconds", "load_before", "load_after"])
+                w.writerow(["round", "threads", "seconds", "cpu_seconds", "load_before", "load_after"])
             w.writerows(rows)
     return 0
 

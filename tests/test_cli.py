@@ -209,3 +209,13 @@ def test_run_regression_attack_reports_psnr(tmp_path, capsys):
     assert main(["run", "quadratic-l2", "--model", str(ckpt), "--data", "digits", "--n", "6", "--eps", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "input PSNR" in out and "vs f(x)" in out
+
+
+def test_loaders_at_the_top_level():
+    import pertattack
+    from pertattack import data
+
+    assert pertattack.load_mnist is data.load_mnist
+    assert pertattack.load_cifar10 is data.load_cifar10
+    assert pertattack.load_digits is data.load_digits
+    assert {"load_mnist", "load_cifar10", "load_digits"} <= set(pertattack.__all__)

@@ -59,10 +59,8 @@ def fooling_plot(path: Path, eps: Sequence[float], curves: dict[str, Sequence[fl
     ax.set_xlabel("eps (l-inf, pixels in [0, 1])")
     ax.set_ylabel("fooling ratio (%)")
     ax.set_ylim(-3, 103)
-    ax.set_title(title, fontsize=11)
+    ax.set_title(f"{title}\n{note}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.text(0.02, 0.97, note, transform=ax.transAxes, ha="left", va="top", fontsize=8.5,
-            bbox=dict(boxstyle="round", fc="white", ec="0.7"))
     ax.legend(fontsize=8.5, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, handlelength=3.2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
