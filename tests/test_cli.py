@@ -62,9 +62,14 @@ def test_run_overrides_and_errors(tmp_path, capsys):
 def test_demo_quick_end_to_end(tmp_path, capsys):
     from pertattack.experiments.demo import CLASSIFICATION_ATTACKS, FIGURES, REGRESSION_ATTACKS
 
-    assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
+    import torch
+
+    threads = torch.get_num_threads()
+    assert main(["demo", "--quick", "--epochs", "2", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert torch.get_num_threads() == threads  # the demo's thread count is restored
     assert "report.md" in capsys.readouterr().out
     report = (tmp_path / "report.md").read_text()
+    assert report.count("2 epochs of Adam") == 2  # --epochs reaches both models
     for fig in FIGURES:
         assert (tmp_path / fig).stat().st_size > 5000, fig
         assert f"]({fig})" in report, fig  # embedded in the report
@@ -83,6 +88,17 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert out[("quadratic-l2", "10")] < out[("rand-l2", "10")]  # the attack beats noise of the same budget
     sigma = [float(r["sigma"]) for r in csv.DictReader(open(tmp_path / "operator_norm.csv"))]
     assert len(sigma) == 80 and min(sigma) > 0
+
+
+def test_torch_threads_restores_the_count():
+    import torch
+
+    from pertattack.experiments.demo import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(2):
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
 
 
 def test_demo_rejects_bad_grids(tmp_path, capsys):
