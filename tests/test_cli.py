@@ -60,9 +60,9 @@ def test_run_overrides_and_errors(tmp_path, capsys):
 
 
 def test_demo_quick_end_to_end(tmp_path, capsys):
-    from pertattack.experiments.demo import CLASSIFICATION_ATTACKS, FIGURES, REGRESSION_ATTACKS
-
     import torch
+
+    from pertattack.experiments.demo import CLASSIFICATION_ATTACKS, FIGURES, REGRESSION_ATTACKS
 
     threads = torch.get_num_threads()
     assert main(["demo", "--quick", "--epochs", "2", "--out", str(tmp_path), "--no-progress"]) == 0
