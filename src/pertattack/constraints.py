@@ -17,7 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .noise import Noise, box_muller
+
 __all__ = [
+    "Constraint",
     "LpBall",
     "Box",
     "Partition",
@@ -25,8 +28,6 @@ __all__ = [
     "lp_norm",
     "as_batch_eps",
     "expand_like",
-    "row_uniform",
-    "row_gaussian",
 ]
 
 _TINY = 1e-12
@@ -136,49 +137,24 @@ class LpBall:
         factor = torch.where(norms > e, e / norms.clamp_min(_TINY), torch.ones_like(norms))
         return eta * factor
 
-    def sample(self, like: Tensor, radius: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, like: Tensor, radius: Tensor, noise: Noise) -> Tensor:
         """A random point of the ball of per-input ``radius`` (shape (N,)), shaped like ``like``.
 
         Uniform in the ball for p in {1, 2, inf} (Laplace / Gaussian direction, radius * U^(1/M));
         for other p a Gaussian direction rescaled to the lp sphere, radius * U^(1/M): in the ball,
-        not exactly uniform. Each input's draws are one contiguous block of the stream
-        (:func:`row_uniform`), so the first input of a batch gets what it would get alone.
+        not exactly uniform. Input i's draws depend on its own key in ``noise`` only.
         """
         m = like[0].numel()
         if math.isinf(self.p):
-            return row_uniform(like, 1, generator).reshape(like.shape).mul(2).sub(1) * expand_like(radius, like)
-        u = row_uniform(like, 2, generator, extra=1)
-        a, b, r = u[:, :m].clamp_min(1e-20), u[:, m : 2 * m], u[:, 2 * m]
+            return noise.uniform_like(like).reshape(like.shape).mul(2).sub(1) * expand_like(radius, like)
+        u = noise.uniform_like(like, 2, extra=1)
+        a, b, r = u[:, :m], u[:, m : 2 * m], u[:, 2 * m]
         if self.p == 1:  # Laplace: exponential magnitude, random sign
-            d = torch.where(b < 0.5, -1.0, 1.0).to(like.dtype) * (-a.log())
+            d = torch.where(b < 0.5, -1.0, 1.0).to(like.dtype) * (-torch.log1p(-a))
         else:
-            d = _box_muller(a, b)
+            d = box_muller(a, b)
         d = d / lp_norm(d, self.p).clamp_min(_TINY).unsqueeze(1)
         return d.reshape(like.shape) * expand_like(radius * r ** (1.0 / m), like)
-
-
-def row_uniform(like: Tensor, k: int, generator: torch.Generator | None = None, extra: int = 0) -> Tensor:
-    """Uniform draws in [0, 1) of shape (N, k M + extra), M the size of one input of ``like``.
-
-    Row i is one contiguous block of the generator's stream: the first input of a batch gets the
-    same draws as that input attacked alone, for every preset that draws once per run (random start,
-    dithering of the first step, one-step random baselines). Presets that draw at several steps
-    (rand-pixel-T, dither='all') interleave the rows' blocks step by step, so there it does not hold.
-    """
-    n, m = like.shape[0], like[0].numel()
-    return torch.rand(n, k * m + extra, dtype=like.dtype, device=like.device, generator=generator)
-
-
-def row_gaussian(like: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Standard Gaussian draws shaped like ``like``, laid out row by row as :func:`row_uniform`
-    (``torch.randn`` changes algorithm with the tensor size, so its first row depends on N)."""
-    m = like[0].numel()
-    u = row_uniform(like, 2, generator)
-    return _box_muller(u[:, :m].clamp_min(1e-20), u[:, m:]).reshape(like.shape)
-
-
-def _box_muller(a: Tensor, b: Tensor) -> Tensor:
-    return torch.sqrt(-2.0 * torch.log(a)) * torch.cos(2 * math.pi * b)
 
 
 def _project_l1(eta: Tensor, eps: Tensor) -> Tensor:
@@ -292,3 +268,56 @@ class Partition:
         """Coordinate mask (N, ...) of the subsets marked in ``chosen`` (N, S) bool."""
         idx = self.index(like)
         return chosen[:, idx].reshape(like.shape)
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """The set eta lives in, one part of an attack: the lp ball of radius eps, the box of valid inputs
+    (x + eta in [lo, hi]) and, for subset attacks (Section 4), the partition of the coordinates.
+
+    Args:
+        p: the norm of the ball (``inf``, or any real p >= 1).
+        box: ``(lo, hi)`` or a :class:`Box`; None: the model wrapper's box, else [0, 1].
+        partition: the subsets of single-subset solvers: ``"pixel"`` or M subset ids (:class:`Partition`).
+    """
+
+    p: float = math.inf
+    box: Box | tuple | None = None
+    partition: Partition | str | Sequence[int] | Tensor = "pixel"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.p, str):
+            if self.p.lower() not in ("inf", "+inf", "linf"):
+                raise ValueError(f"p must be a number >= 1 or 'inf', got {self.p!r}")
+            object.__setattr__(self, "p", math.inf)
+        if isinstance(self.p, bool) or not isinstance(self.p, (int, float)):
+            raise TypeError(f"p must be a number >= 1 or inf, got {self.p!r}")
+        object.__setattr__(self, "p", LpBall(self.p).p)
+        if self.box is not None and not isinstance(self.box, Box):
+            try:
+                lo, hi = self.box
+            except (TypeError, ValueError):
+                raise ValueError(f"box must be a pair (lo, hi), got {self.box!r}") from None
+            object.__setattr__(self, "box", make_box(lo, hi))
+        if not isinstance(self.partition, Partition):
+            object.__setattr__(self, "partition", Partition(self.partition))
+
+    @property
+    def ball(self) -> LpBall:
+        return LpBall(self.p)
+
+    def __repr__(self) -> str:
+        return f"l{self.p:g} ball"
+
+
+def make_box(lo: float | Tensor, hi: float | Tensor) -> Box:
+    """A :class:`Box`, its bounds checked: finite numbers (or tensors) with lo <= hi."""
+    for name, v in (("lo", lo), ("hi", hi)):
+        t = torch.as_tensor(v)
+        if t.is_complex() or not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
+            raise TypeError(f"box {name} must be a number or a real tensor, got {v!r}")
+        if not torch.isfinite(t.double()).all():
+            raise ValueError(f"box {name} must be finite, got {v!r}")
+    if (torch.as_tensor(lo).double() > torch.as_tensor(hi).double()).any():
+        raise ValueError(f"box: lo must be <= hi, got lo={lo}, hi={hi}")
+    return Box(lo, hi)
