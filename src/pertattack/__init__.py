@@ -20,7 +20,7 @@ from .metrics import (
     rho2,
     robustness,
 )
-from .modelcall import ModelCall, eval_mode
+from .modelcall import Model, ModelCall, eval_mode
 
 __version__ = "0.1.0"
 
@@ -29,6 +29,7 @@ __all__ = [
     "AttackResult",
     "Box",
     "LpBall",
+    "Model",
     "ModelCall",
     "Partition",
     "eps_for_psnr",

@@ -111,13 +111,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _objective_names(attack: Any) -> set[str]:
-    """The names of an attack's objective and, for a wrapper such as transfer, of the objective it wraps."""
-    obj = attack.objective
-    base = getattr(obj, "base", None)
-    return {str(getattr(o, "name", "")) for o in (obj, base) if o is not None}
-
-
 def _targets(spec: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """``--target``: target classes (N,) and the mask of the inputs to attack.
@@ -157,11 +150,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     model = load_model(args.model, map_location=args.device)
     x, y = (t.to(args.device) for t in _load_data(args.data, args.split, args.root, args.n, args.download))
     overrides = _overrides(args.set)
-    if args.surrogate is not None:
-        overrides["surrogate"] = load_model(args.surrogate, map_location=args.device)
     attack = get_attack(args.attack, seed=args.seed, progress=True, batch_size=args.batch_size, **overrides)
-    names = _objective_names(attack)
-    transfer, targeted = "transfer" in names, "targeted" in names
+    transfer = getattr(attack.objective, "name", "") == "transfer"
+    targeted = bool(getattr(attack.objective, "needs_target", False))
     if (args.surrogate is not None) != transfer:
         raise ValueError(f"--surrogate CHECKPOINT goes with the transfer preset and only there (attack "
                          f"{args.attack!r} has objective {attack.objective!r})"
@@ -170,6 +161,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ValueError(f"--target goes with the targeted preset and only there (attack {args.attack!r} has "
                          f"objective {attack.objective!r})"
                          + ("; give --target CLASS, random or least-likely" if targeted else ""))
+    if args.surrogate is not None:
+        attack = get_attack(args.attack, seed=args.seed, progress=True, batch_size=args.batch_size,
+                            surrogate=load_model(args.surrogate, map_location=args.device), **overrides)
     target = None
     if args.target is not None:
         target, keep = _targets(args.target, model, x, y, args.seed)

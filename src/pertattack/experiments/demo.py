@@ -339,7 +339,7 @@ def _figures(cfg: DemoConfig, res: DemoResult, clf: nn.Module, ae: nn.Module, x_
     seen: set[int] = set()
     for fooled_first in (True, False):  # fooled images of unseen classes first, then fill up
         for j in range(ok.numel()):
-            if len(picked) == 8:
+            if len(picked) == 10:
                 break
             c = int(y_te[ok[j]])
             if bool(r.success[j]) == fooled_first and c not in seen and j not in picked:
@@ -424,7 +424,7 @@ _READ = {
         "as fooling at eps where its perturbation's norm is at most eps."
     ),
     "examples.png": (
-        "Columns are correctly classified test images, one per class where the attack succeeds. Top row: the "
+        "Columns are correctly classified test images, one per class (fooled ones first). Top row: the "
         "original with its true class (also the model's prediction); "
         "middle row: the perturbation, scaled so that +-eps spans the colour map (red adds ink, blue removes "
         "it); bottom row: the adversarial image and the class the model now predicts (red when it changed). "
