@@ -88,9 +88,8 @@ class DemoConfig:
         epochs: training epochs of both models.
         n_test: classify and attack the first ``n_test`` test images (None: all 449).
         n_regression: test images the regression attacks and the autoencoder figure use.
-        example_eps: the budget of the adversarial-example grid (Alg1-10) and the autoencoder figure's
-            input PSNR is ``figure_psnr``.
-        figure_psnr: input PSNR (dB) of the autoencoder figure.
+        example_eps: the l-inf budget of the adversarial-example grid (Alg1-10).
+        figure_psnr: the input PSNR (dB) that sets the l-inf budget of the autoencoder figure.
         seed: seeds the split, the weights, the shuffling, random starts and dithering.
         threads: torch intra-op threads during the run (restored afterwards).
     """
@@ -462,7 +461,7 @@ def _report(res: DemoResult) -> str:
         "",
         f"- Data: the scikit-learn 8x8 digits (pixels in [0, 1]), split with seed {cfg.seed}; "
         f"{res.n_test} test images attacked.",
-        f"- Classifier: SmallCNN (conv 16, conv 32, max-pool, fc 64, 10), {cfg.epochs} epochs of Adam: "
+        f"- Classifier: SmallCNN (conv 16, conv 32, max-pool, fc 64, 10 classes), {cfg.epochs} epochs of Adam: "
         f"test error {res.test_error:.2%} ({res.n_correct} of {res.n_test} correct).",
         f"- Autoencoder: fully connected 64 -> 128 -> 8 -> 128 -> 64 (87.5% compression), {cfg.epochs} epochs "
         f"of Adam on the MSE: test MSE {res.ae_mse:.4f}.",
