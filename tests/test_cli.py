@@ -235,3 +235,25 @@ def test_loaders_at_the_top_level():
     assert pertattack.load_cifar10 is data.load_cifar10
     assert pertattack.load_digits is data.load_digits
     assert {"load_mnist", "load_cifar10", "load_digits"} <= set(pertattack.__all__)
+
+
+def test_demo_report_without_figures_says_so(tmp_path):
+    import math
+
+    import torch
+
+    from pertattack.experiments.demo import CLASSIFICATION_ATTACKS, REGRESSION_ATTACKS, DemoConfig, DemoResult, _report
+
+    cfg = DemoConfig.quick()
+    curve = {"eps": [0.1] * 3, "input_psnr": [10.0, 25.0, 40.0], "output_psnr": [9.0, 20.0, 30.0],
+             "output_psnr_clean": [9.5, 21.0, 31.0]}
+    res = DemoResult(out=tmp_path, config=cfg, fooling={k: [0.0, 0.5, 0.9] for k in CLASSIFICATION_ATTACKS},
+                     robustness=dict(test_error=0.01, rho1=0.1, rho2=0.09, eps_99=0.2, deepfool_success=1.0),
+                     regression={n: curve for ns in REGRESSION_ATTACKS.values() for n in ns},
+                     operator_norm=torch.tensor([1.0, 2.0]), test_error=0.01, ae_mse=0.02, n_test=80, n_correct=79,
+                     files=["fooling.csv"], timings={"data": 0.5}, seconds=3.0)
+    text = _report(res)
+    assert "matplotlib is not installed" in text and "![" not in text
+    assert "| Alg1-10 | 0.000 | 0.500 | 0.900 |" in text
+    assert "| quadratic-l2 | 9.5 | 21.0 | 31.0 |" in text
+    assert "1.00%" in text and not math.isnan(res.seconds)
