@@ -27,6 +27,7 @@ distance of its later min-norm steps so that iterates cannot creep up to the bou
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -293,7 +294,8 @@ class Dither:
             return {"none": [0.0] * steps, "first": [1.0] + [0.0] * (steps - 1),
                     "all": [1.0 / steps] * steps}[self.radii]
         if len(self.radii) != steps:
-            raise ValueError(f"dither needs {steps} non-negative fractions of eps (one per step), got {len(self.radii)}")
+            raise ValueError(f"dither needs {steps} non-negative fractions of eps (one per step), "
+                             f"got {len(self.radii)}")
         return list(self.radii)
 
 
@@ -506,7 +508,7 @@ class Schedule:
     step_size: StepSize = field(default_factory=Constant)
     update: Update = field(default_factory=Plain)
     lin_point: Dither = field(default_factory=Dither)
-    keep: Callable[[], Keep] = KeepLast
+    keep: Keep = field(default_factory=KeepLast)
     stop: Stop = field(default_factory=NeverStop)
     project: Projection = field(default_factory=NoProjection)
     overshoot: float = 0.0
@@ -522,7 +524,7 @@ class Schedule:
         _number("overshoot", self.overshoot, lo=0)
         _number("push", self.push, lo=0)
         for name, kind in (("start", Start), ("step_size", StepSize), ("update", Update), ("lin_point", Dither),
-                           ("stop", Stop), ("project", Projection)):
+                           ("keep", Keep), ("stop", Stop), ("project", Projection)):
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"schedule {name} must be a {kind.__name__}, got {getattr(self, name)!r}")
         self.lin_point.fractions(self.steps)
@@ -597,7 +599,7 @@ class Schedule:
         alpha = self.step_size.init(eps, T, x)
         scale = 1.0 + self.overshoot
         eta = self.start(loop)
-        keep = self.keep()
+        keep = copy.copy(self.keep)  # the policy is configuration; its tracking state lives in a copy
         keep.start(eta)
         used = torch.zeros(n, dtype=torch.long, device=x.device)
         state: dict = {}
