@@ -19,6 +19,7 @@ from conftest import serve_folder
 import pertattack
 from pertattack.data import CIFAR10_BATCHES, download_cifar10, load_cifar10
 from pertattack.data.cifar import read_batch_pickle
+from pertattack.experiments.paper import cache_tag
 from pertattack.models import NIN, DenseNet40, FCAutoencoder, build_model
 
 FOLDER = "cifar-10-batches-py"
@@ -428,8 +429,9 @@ def test_reproduce_fig3c_on_synthetic_cifar10(tmp_path: Path, monkeypatch: pytes
 
     monkeypatch.setenv("PERTATTACK_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache").mkdir()
-    save_model(tmp_path / "cache" / "cifar10-nin-e1-s0.pt", build_model("nin", seed=0), "nin")
     _write_folder(tmp_path / "data", _fake_batches(4))
+    tag = cache_tag("cifar10", "nin", 1, 0, *load_cifar10(tmp_path / "data", "train"))
+    save_model(tmp_path / "cache" / f"{tag}.pt", build_model("nin", seed=0), "nin")
     args = ["--out", str(tmp_path / "res"), "--n", "4", "--root", str(tmp_path / "data"), "--epochs", "1",
             "--device", "cpu"]
     assert main(["reproduce", "fig3c", *args]) == 0
@@ -452,8 +454,9 @@ def test_reproduce_fig4c_on_synthetic_cifar10(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("PERTATTACK_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache").mkdir()
     kw = {"in_shape": (3, 32, 32), "code": 32, "hidden": 64}
-    save_model(tmp_path / "cache" / "cifar10-fc-ae-e10-s0.pt", build_model("fc-ae", seed=0, **kw), "fc-ae", **kw)
     _write_folder(tmp_path / "data", _fake_batches(3))
+    tag = cache_tag("cifar10", "fc-ae", 10, 0, *load_cifar10(tmp_path / "data", "train"))
+    save_model(tmp_path / "cache" / f"{tag}.pt", build_model("fc-ae", seed=0, **kw), "fc-ae", **kw)
     assert main(["reproduce", "fig4c", "--out", str(tmp_path / "res"), "--n", "3", "--root", str(tmp_path / "data"),
                  "--epochs", "1", "--device", "cpu"]) == 0
     rows = list(csv.reader(open(tmp_path / "res" / "fig4c.csv")))
