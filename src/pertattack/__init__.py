@@ -8,6 +8,7 @@ objective x a constraint x a solver x a schedule. Start with :func:`get_attack` 
 from .attacks import Attack, AttackResult, get_attack, list_attacks
 from .constraints import Box, LpBall, Partition
 from .metrics import (
+    UndefinedMetricWarning,
     eps_for_psnr,
     evaluate,
     fooling_curve,
@@ -30,6 +31,7 @@ __all__ = [
     "LpBall",
     "ModelCall",
     "Partition",
+    "UndefinedMetricWarning",
     "eps_for_psnr",
     "eval_mode",
     "evaluate",
