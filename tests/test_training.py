@@ -206,7 +206,7 @@ def test_load_model_refuses_folders_garbage_and_bad_devices(tmp_path: Path) -> N
         load_model(tmp_path / "missing.pt")
     for payload in (b"hello", b"", b"PK\x03\x04garbage"):
         (tmp_path / "g.pt").write_bytes(payload)
-        with pytest.raises(ValueError, match=r"g.pt: not a pertattack checkpoint \(torch.load failed"):
+        with pytest.raises(ValueError, match=r"g.pt: not a pertattack checkpoint \(torch.load could not read it"):
             load_model(tmp_path / "g.pt")
     save_model(tmp_path / "ok.pt", build_model("fcnn", seed=0, **TOY), "fcnn", **TOY)
     with pytest.raises(ValueError, match="unknown device 'bogus'"):

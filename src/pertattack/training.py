@@ -298,7 +298,10 @@ def check_record(name: Any, kwargs: Any, state_dict: Any) -> None:
         if k in state_dict and tuple(state_dict[k].shape) != shape
     ]
     if problems:
-        raise ValueError(f"the weights do not fit {key!r} built with {kwargs}: {_shape_summary(problems)}")
+        want = sum(math.prod(shape) for shape in expected.values())
+        have = sum(t.numel() for t in state_dict.values())
+        sizes = f" (they describe {want:,} numbers, the file holds {have:,})" if want != have else ""
+        raise ValueError(f"the weights do not fit {key!r} built with {kwargs}{sizes}: {_shape_summary(problems)}")
 
 
 def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> nn.Module:
@@ -331,8 +334,9 @@ def load_model(path: str | os.PathLike[str], map_location: str | torch.device = 
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, KeyError, AttributeError,
             IndexError, UnicodeDecodeError) as err:  # what torch.load raises on a foreign or truncated file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path}: not a pertattack checkpoint (torch.load failed: {first})") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(f"{path}: not a pertattack checkpoint (torch.load could not read it: "
+                         f"{type(err).__name__}{': ' + first if first else ''})") from err
     if not isinstance(ckpt, dict) or not {"name", "kwargs", "state_dict"} <= ckpt.keys():
         raise ValueError(f"{path}: not a pertattack checkpoint (expected keys name, kwargs, state_dict)")
     try:
