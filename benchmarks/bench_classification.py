@@ -63,8 +63,8 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import statistics
 import os
+import statistics
 import sys
 import time
 import warnings
