@@ -236,6 +236,8 @@ def test_rho1_undefined_when_deepfool_fools_nothing():
         warnings.simplefilter("always")
         row = robustness(model, x, torch.tensor([1]))
     assert row["deepfool_success"] == 0.0 and row["test_error"] == 0.0 and row["eps_99"] == math.inf
+    assert row["rho2"] == math.inf  # a zero gradient: no first-order path to the boundary (was 1e12)
+    assert rho2(model, x, torch.tensor([0])).tolist() == [0.0]  # misclassified: 0, even with a zero gradient
     assert math.isnan(row["rho1"])
     undefined = [str(w.message) for w in record if w.category is UndefinedMetricWarning]
     assert len(undefined) == 1 and "DeepFool fooled no" in undefined[0]
@@ -303,3 +305,19 @@ def test_evaluate_streams_batches_like_one_call(name, kw):
     assert res["fooling_ratio"][0] == 0.0
     with pytest.raises(ValueError, match="no data"):
         evaluate(model, [], name, eps, **kw)
+
+
+def test_metric_arguments_are_checked():
+    model = threshold_model()
+    x = torch.tensor([[0.2, 0.0], [0.8, 0.0]], dtype=DTYPE)
+    y = torch.tensor([0, 1])
+    for bs in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+            predict(model, x, batch_size=bs)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        robustness(model, x, y, batch_size=0)
+    for grid in ([], 0.1, "0.1"):
+        with pytest.raises(ValueError, match="eps must be a non-empty sequence"):
+            fooling_curve(model, x, y, "fgsm", grid)
+    with pytest.raises(ValueError, match="eps must be a non-empty sequence"):
+        evaluate(model, [(x, y)], "fgsm", [])

@@ -227,3 +227,15 @@ def test_training_and_evaluation_restore_every_submodule_mode() -> None:
     accuracy(model, x, y)
     reconstruction_mse(torch.nn.Sequential(model, torch.nn.Flatten()), x, torch.zeros(x.shape[0], 2))
     assert [m.training for m in model.modules()] == before
+
+
+def test_divergence_and_bad_learning_rates_are_errors() -> None:
+    x, y = _toy(64)
+    model = build_model("fcnn", seed=0, **TOY)
+    for lr in (float("nan"), float("inf"), 0.0, -1.0):
+        with pytest.raises(ValueError, match="finite lr > 0"):
+            train_classifier(model, x, y, epochs=1, lr=lr)
+    bad = x.clone()
+    bad[3, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="training diverged: the mean loss of epoch 1 is nan"):
+        train_classifier(model, bad, y, epochs=2, seed=0)

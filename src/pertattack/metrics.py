@@ -63,9 +63,20 @@ def _require_inputs(x: Tensor, what: str) -> None:
         raise ValueError(f"{what} got no inputs (an empty batch): there is nothing to measure")
 
 
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+
+
+def _check_eps_grid(eps: Sequence[float]) -> None:
+    if isinstance(eps, (str, bytes)) or not isinstance(eps, Sequence) or len(eps) == 0:
+        raise ValueError(f"eps must be a non-empty sequence of budgets, got {eps!r}")
+
+
 def predict(model: nn.Module, x: Tensor, *, preprocess: Preprocess | None = None, output: OutputSelector = None,
             batch_size: int = 1024) -> Tensor:
-    """The model's classes for x (N,), in eval mode (restored afterwards), in batches."""
+    """The model's classes for x (N,), in eval mode (restored afterwards), in batches of ``batch_size``."""
+    _check_batch_size(batch_size)
     fwd = ModelCall(model, preprocess, output)
     with eval_mode(model), torch.no_grad():
         return torch.cat([fwd(x[i : i + batch_size]).argmax(dim=1) for i in range(0, x.shape[0], batch_size)])
@@ -99,6 +110,7 @@ def _fooled_at(model: nn.Module, x: Tensor, y: Tensor, attack: Attack, eps: Sequ
     A minimum-norm attack runs once, unbounded: an input counts as fooled at eps when its
     perturbation's norm is <= eps. Other attacks run once per eps.
     """
+    _check_eps_grid(eps)
     kw = dict(preprocess=attack.params["preprocess"], output=attack.params["output"])
     correct = predict(model, x, **kw) == y
     if attack.minimum_norm:
@@ -147,6 +159,7 @@ def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], attack: At
         ValueError: ``data`` holds no input.
     """
     a = _as_attack(attack, overrides)
+    _check_eps_grid(eps)
     n = 0
     n_correct = 0
     n_fooled = torch.zeros(len(eps), dtype=torch.long)
@@ -171,13 +184,18 @@ def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], attack: At
 
 
 def rho2(model: nn.Module, x: Tensor, y: Tensor | None = None, p: float = math.inf, **kw: Any) -> Tensor:
-    """L(x, 0) / norm_q(grad L(x, 0)) per input (Theorem 1), margin on logits; 0 where misclassified."""
+    """L(x, 0) / norm_q(grad L(x, 0)) per input (Theorem 1), margin on logits; 0 where misclassified,
+    inf where the gradient is exactly zero (no first-order path to the boundary; not 1e12)."""
     fwd = ModelCall(model, kw.get("preprocess"), kw.get("output"))
     ball = LpBall(p)
     with eval_mode(model):
         label = y if y is not None else predict(model, x, **kw)
         value, g, _ = Margin().value_and_grad(fwd, x, Context(label=label, ball=ball))
-    return value.clamp_min(0) / ball.dual_norm(g).clamp_min(1e-12)
+    value = value.detach()
+    dn = ball.dual_norm(g).detach()
+    dist = torch.where(dn > 0, value.clamp_min(0) / torch.where(dn > 0, dn, torch.ones_like(dn)),
+                       torch.full_like(value, math.inf))
+    return torch.where(value > 0, dist, torch.zeros_like(dist))
 
 
 def robustness(model: nn.Module, x: Tensor, y: Tensor, p: float = math.inf, *, batch_size: int = 500,
@@ -194,6 +212,7 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, p: float = math.inf, *, b
         ValueError: an empty batch.
     """
     _require_inputs(x, "robustness")
+    _check_batch_size(batch_size)
     correct = predict(model, x, **kw) == y
     if not bool(correct.any()):
         _undefined("rho1, rho2, eps_99 and the DeepFool success rate")

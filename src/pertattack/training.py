@@ -67,8 +67,8 @@ def _fit(
         raise ValueError(f"inputs and targets differ in length: {n} vs {targets.shape[0]}")
     if n == 0:
         raise ValueError("no training data")
-    if epochs < 0 or batch_size < 1 or lr <= 0:
-        raise ValueError(f"need epochs >= 0, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
+    if epochs < 0 or batch_size < 1 or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"need epochs >= 0, batch_size >= 1, finite lr > 0; got {epochs}, {batch_size}, {lr}")
     device = _device(model)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -92,6 +92,9 @@ def _fit(
                     optimizer.step()
                     total += loss.detach() * len(idx)
                 history.append(float(total) / n)
+                if not math.isfinite(history[-1]):
+                    raise ValueError(f"training diverged: the mean loss of epoch {epoch + 1} is {history[-1]} "
+                                     f"(lower lr, now {lr:g}, or check the data for NaN/inf)")
                 if progress:
                     bar.write(f"epoch {epoch + 1}/{epochs}: loss {history[-1]:.4f}")
         finally:
