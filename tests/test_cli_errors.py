@@ -1,7 +1,7 @@
 """Every user mistake on the command line: a non-zero exit, exactly one line on stderr, no traceback, and
 nothing done before the check (nothing on stdout). ``--debug`` keeps the traceback.
 
-Cases: 50 bad command lines in-process (CASES), 4 more about output paths checked before any work, 2 of
+Cases: 52 bad command lines in-process (CASES), 4 more about output paths checked before any work, 2 of
 ``--debug``; 4 through a subprocess (3 of them marked slow).
 """
 
@@ -90,6 +90,10 @@ CASES = [
     ("run-unknown-preset", ["run", "pgd-papr", "--model", "{cnn}", "--data", "digits"], "pgd-paper"),
     ("run-set-no-equals", [*RUN, "--set", "p"], "--set takes key=value"),
     ("run-set-unknown-key", [*RUN, "--set", "bogus=1"], "bogus"),
+    ("run-mnist-root-missing", ["run", "fgsm", "--model", "{cnn}", "--data", "mnist", "--root", "{dir}/none"],
+     "not found in"),
+    ("run-cifar-root-missing", ["run", "fgsm", "--model", "{cnn}", "--data", "cifar10", "--root", "{dir}/none"],
+     "not found in"),
     ("run-n-not-int", [*RUN, "--n", "abc"], "argument --n: invalid int value"),
     ("run-no-model", ["run", "fgsm"], "the following arguments are required: --model"),
     ("run-data-bogus", [*RUN, "--data", "bogus"], "argument --data: invalid choice"),
@@ -186,6 +190,7 @@ def test_run_says_the_real_output_path(files: dict[str, str], tmp_path: Path, ca
     assert sorted(os.listdir(tmp_path)) == ["adv.npz"]
 
 
+@pytest.mark.filterwarnings("ignore:the gradient of the objective is exactly zero")
 def test_run_with_no_correct_input_reports_nan_not_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The metrics' rule on the command line: no correctly classified image, fooling ratio nan."""
     from pertattack.data import load_digits
