@@ -9,6 +9,7 @@ from .attacks import Attack, AttackResult, get_attack, list_attacks
 from .cascade import Cascade, cascade
 from .constraints import Box, Constraint, LpBall, Partition
 from .metrics import (
+    UndefinedMetricWarning,
     eps_for_psnr,
     evaluate,
     fooling_curve,
@@ -41,6 +42,7 @@ __all__ = [
     "Solver",
     "cascade",
     "Partition",
+    "UndefinedMetricWarning",
     "eps_for_psnr",
     "eval_mode",
     "evaluate",
