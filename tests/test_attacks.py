@@ -77,8 +77,8 @@ def labels_and_target(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Te
     return y, target
 
 
-def call(attack, model, x, y, target, name):
-    return attack(model, x, y, target=target if name == "targeted" else None)
+def call(attack, model, x, y, target, name, **kw):
+    return attack(model, x, y, target=target if name == "targeted" else None, **kw)
 
 
 # ---------------------------------------------------------------------------- affine classifiers: closed cases
@@ -237,27 +237,38 @@ def test_preset_result_does_not_depend_on_the_rest_of_the_batch(name, data):
     y, target = labels_and_target(n, k, dseed)
     attack = get_attack(name, p=p, eps=eps, seed=aseed)
     r = call(attack, model, x, y, target, name)
-    rows = [0] if name in RANDOM_PRESETS else range(n)  # random presets: the first row draws first
-    for i in rows:
-        ri = call(attack, model, x[i : i + 1], y[i : i + 1], target[i : i + 1], name)
+    for i in range(n):  # random presets: input i's draws depend on (seed, index[i]) only
+        ri = call(attack, model, x[i : i + 1], y[i : i + 1], target[i : i + 1], name, index=torch.tensor([i]))
         torch.testing.assert_close(ri.x_adv[0], r.x_adv[i], rtol=0, atol=1e-10)
         assert bool(ri.success[0]) == bool(r.success[i])
 
 
 @pytest.mark.parametrize(
     ("name", "p"),
-    [("random-l2", 2.0), ("pgd", 2.0), ("pgd-paper", 2.0), ("pgd", 1.0), ("pgd", 1.5), ("rand-pixel-1", INF)],
+    [("random-l2", 2.0), ("pgd", 2.0), ("pgd-paper", 2.0), ("pgd", 1.0), ("pgd", 1.5), ("rand-pixel-3", INF),
+     ("alg1-3", 2.0)],
 )
-def test_gaussian_random_presets_first_row_is_batch_independent(name, p):
+def test_random_draws_are_per_input(name, p):
+    """Every row, not only the first: the same (seed, index) gives the same draws in any batch, order or
+    chunking, also for multi-draw schedules (rand-pixel-T, dither='all')."""
     model = MLP().eval()
     x = rand_x(4, MLP_SHAPE, seed=1)
     y, _ = labels_and_target(4, 4, 1)
     attack = get_attack(name, p=p, eps=0.3, seed=0)
+    if name.startswith("alg1"):
+        attack = attack.replace(dither="all")
     if attack.objective.name == "regression":
         y = None  # reference output f(x)
+    sub = lambda t, i: None if t is None else t[i]  # noqa: E731
     r = attack(model, x, y)
-    r0 = attack(model, x[:1], None if y is None else y[:1])
-    torch.testing.assert_close(r0.x_adv[0], r.x_adv[0], rtol=0, atol=1e-10)
+    perm = torch.tensor([2, 0, 3, 1])
+    rp = attack(model, x[perm], sub(y, perm), index=perm)
+    torch.testing.assert_close(rp.x_adv, r.x_adv[perm], rtol=0, atol=1e-10)
+    rc = attack.replace(batch_size=3)(model, x, y)
+    torch.testing.assert_close(rc.x_adv, r.x_adv, rtol=0, atol=1e-10)
+    for i in range(4):
+        ri = attack(model, x[i : i + 1], sub(y, slice(i, i + 1)), index=torch.tensor([i]))
+        torch.testing.assert_close(ri.x_adv[0], r.x_adv[i], rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize(("name", "p"), [(n, p) for n, ps in PRESET_PS.items() for p in ps])

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from scipy.optimize import minimize
 
 from pertattack.constraints import Box, LpBall, Partition, as_batch_eps, dual_exponent, lp_norm
+from pertattack.noise import Noise
 
 INF = math.inf
 PS = [1.0, 1.5, 2.0, 3.0, INF]
@@ -168,7 +169,7 @@ def test_project_other_p_lands_in_ball(p, seed, eps):
 def test_sample_lies_in_the_ball(p, seed):
     like = torch.zeros(5, 2, 3, dtype=DTYPE)
     radius = torch.tensor([0.0, 0.01, 0.3, 1.0, 5.0], dtype=DTYPE)
-    s = LpBall(p).sample(like, radius, generator=gen(seed))
+    s = LpBall(p).sample(like, radius, Noise.create(seed, 5, 'cpu'))
     assert s.shape == like.shape and s.dtype == like.dtype
     assert (lp_norm(s, p) <= radius * (1 + 1e-12)).all()
     assert torch.equal(s[0], torch.zeros(2, 3, dtype=DTYPE))
@@ -179,8 +180,8 @@ def test_sample_lies_in_the_ball(p, seed):
 def test_sample_is_seeded_and_spread(p):
     like = torch.zeros(4000, 3, dtype=DTYPE)
     r = torch.ones(4000, dtype=DTYPE)
-    a = LpBall(p).sample(like, r, generator=gen(5))
-    b = LpBall(p).sample(like, r, generator=gen(5))
+    a = LpBall(p).sample(like, r, Noise.create(5, 4000, 'cpu'))
+    b = LpBall(p).sample(like, r, Noise.create(5, 4000, 'cpu'))
     assert torch.equal(a, b)
     # the radius of a uniform point of an M-dim ball is U^(1/M): mean M / (M + 1) = 0.75 for M = 3
     assert float(lp_norm(a, p).mean()) == pytest.approx(0.75, abs=0.03)
@@ -190,7 +191,7 @@ def test_sample_is_seeded_and_spread(p):
 
 def test_sample_uniform_in_cube_for_inf():
     like = torch.zeros(20000, 2, dtype=DTYPE)
-    s = LpBall(INF).sample(like, torch.full((20000,), 2.0, dtype=DTYPE), generator=gen(0))
+    s = LpBall(INF).sample(like, torch.full((20000,), 2.0, dtype=DTYPE), Noise.create(0, 20000, 'cpu'))
     # uniform on [-2, 2]: P(|s_i| <= 1) = 1/2
     assert float((s.abs() <= 1).double().mean()) == pytest.approx(0.5, abs=0.02)
 

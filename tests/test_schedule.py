@@ -10,6 +10,7 @@ import torch
 from conftest import DTYPE, MLP, MLP_SHAPE, BinaryAffine, gen, rand_x
 
 from pertattack.constraints import Box, LpBall, lp_norm
+from pertattack.noise import Noise
 from pertattack.objectives import Context, CrossEntropy, DeepFoolObjective, Margin, Regression
 from pertattack.schedule import Schedule
 from pertattack.solvers import GNM, MinNorm, RandomSign
@@ -42,7 +43,7 @@ def run(schedule, model, x, eps, objective=None, solver=None, p=INF, box=(-10.0,
     ctx = Context(label=label if label is not None else model(x).argmax(dim=1), ball=ball)
     e = None if eps is None else torch.as_tensor(eps, dtype=x.dtype).expand(x.shape[0]).clone()
     eta, used, _info = schedule.run(model, x, e, objective or Margin(), solver or GNM(), ball, Box(*box), ctx,
-                                    None if seed is None else gen(seed))
+                                    None if seed is None else Noise.create(seed, x.shape[0], x.device))
     return eta, used
 
 
@@ -239,5 +240,5 @@ def test_zero_gradient_warns_for_undithered_regression():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         eta = Schedule(steps=2, dither="first").run(model, x, e, Regression(), GNM(), ball, Box(0, 1), ctx,
-                                                    gen(0))[0]
+                                                    Noise.create(0, x.shape[0], x.device))[0]
     assert (lp_norm(eta, 2.0) > 0).all()

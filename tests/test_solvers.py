@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from scipy.optimize import linprog, minimize
 
 from pertattack.constraints import LpBall, Partition, dual_exponent, lp_norm
+from pertattack.noise import Noise
 from pertattack.solvers import (
     GNM,
     MinNorm,
@@ -40,7 +41,7 @@ def make_step(g: torch.Tensor, eps: float | torch.Tensor, p: float, value: torch
     n = g.shape[0]
     e = torch.as_tensor(eps, dtype=g.dtype).expand(n).clone()
     return Step(x=torch.zeros_like(g), g=g, value=value, eps=e, ball=LpBall(p), forward=lambda z: z,
-                generator=None if seed is None else gen(seed))
+                noise=Noise.create(seed, n, g.device))
 
 
 def scipy_gnm_value(g: np.ndarray, eps: float, p: float) -> float:

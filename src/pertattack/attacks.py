@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .constraints import Box, LpBall, Partition, as_batch_eps
 from .modelcall import ModelCall, check_scores, eval_mode
+from .noise import Noise
 from .objectives import OBJECTIVES, Context, Margin, Objective, Targeted
 from .result import AttackResult, concat_results
 from .schedule import Schedule
@@ -247,6 +248,7 @@ class Attack:
         eps: EpsLike = None,
         target: Tensor | None = None,
         box: tuple[float | Tensor, float | Tensor] | None = None,
+        index: Tensor | None = None,
     ) -> AttackResult | list[AttackResult]:
         """Attack ``model`` at inputs ``x``.
 
@@ -261,6 +263,9 @@ class Attack:
             target: target classes (N,) for a targeted objective.
             box: ``(lo, hi)`` of valid inputs for this call (scalars or per-channel tensors such as
                 shape (C, 1, 1)), overriding the attack's (default (0, 1)).
+            index: (N,) integer identity of each input (its position in the data set; default 0..N-1).
+                Every random draw for input i (random start, dithering, random baselines) depends only
+                on (seed, index[i]): the same input gets the same result in any batch, chunk or process.
 
         Returns:
             An :class:`AttackResult` (a list of them when eps is a sequence).
@@ -269,7 +274,7 @@ class Attack:
             x: (N, ...); y, target: (N,); result.x_adv: like x; result.success, result.norms: (N,).
         """
         if box is not None:
-            return self.replace(box=box)(model, x, y, eps=eps, target=target)
+            return self.replace(box=box)(model, x, y, eps=eps, target=target, index=index)
         eps = self.params["eps"] if eps is None else eps
         eps_list, many = _eps_list(eps)
         targeted = getattr(self.objective, "base", self.objective).name == "targeted"
@@ -282,10 +287,11 @@ class Attack:
         n = x.shape[0]
         bs = self.params["batch_size"] or n
         fwd = ModelCall(model, self.params["preprocess"], self.params["output"])
-        # one generator per eps, each seeded alike: every result of a list equals its single-eps call
-        generators: list[torch.Generator | None] = [None] * len(eps_list)
-        if self.params["seed"] is not None:
-            generators = [torch.Generator(device=x.device).manual_seed(int(self.params["seed"])) for _ in eps_list]
+        # one stream per eps, each seeded alike: every result of a list equals its single-eps call
+        seed = self.params["seed"]
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        index = Noise.create(seed, n, x.device, index).index
         bar = None
         if self.params["progress"]:
             from tqdm.auto import tqdm
@@ -295,7 +301,8 @@ class Attack:
         with eval_mode(model):
             chunks = [
                 self._run_chunk(fwd, x[i : i + bs], _slice(y, i, bs), _slice(target, i, bs),
-                                [_slice_eps(e, i, bs) for e in eps_list], generators, bar)
+                                [_slice_eps(e, i, bs) for e in eps_list],
+                                [Noise(seed, index[i : i + bs]) for _ in eps_list], bar)
                 for i in range(0, n, bs)
             ]
         if bar is not None:
@@ -315,7 +322,7 @@ class Attack:
         y: Tensor | None,
         target: Tensor | None,
         eps_list: list[float | Tensor | None],
-        generators: list[torch.Generator | None],
+        noises: list[Noise],
         bar: Any,
     ) -> list[AttackResult]:
         n = x.shape[0]
@@ -335,11 +342,11 @@ class Attack:
                 raise ValueError(f"y has shape {tuple(ref.shape)}, the model's outputs {tuple(out0.shape)}")
             ctx.reference = ref
         progress = bar.update if bar is not None else None
-        run = lambda e, generator: self.schedule.run(  # noqa: E731
-            fwd, x, e, self.objective, self.solver, self.ball, self.box, ctx, generator, progress)
+        run = lambda e, noise: self.schedule.run(  # noqa: E731
+            fwd, x, e, self.objective, self.solver, self.ball, self.box, ctx, noise, progress)
         results = []
         if self.minimum_norm:
-            eta_free, steps, info = run(None, generators[0])
+            eta_free, steps, info = run(None, noises[0])
             for e in eps_list:
                 eta = eta_free
                 eb = None if e is None else as_batch_eps(e, n, x)
@@ -347,9 +354,9 @@ class Attack:
                     eta = self.box.clip(x + self.ball.project(eta, eb)) - x
                 results.append(self._result(fwd, x, eta, eb, ctx, steps, info))
         else:
-            for e, generator in zip(eps_list, generators, strict=True):
+            for e, noise in zip(eps_list, noises, strict=True):
                 eb = as_batch_eps(e, n, x)
-                eta, steps, info = run(eb, generator)
+                eta, steps, info = run(eb, noise)
                 results.append(self._result(fwd, x, eta, eb, ctx, steps, info))
         return results
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .noise import Noise, box_muller
+
 __all__ = [
     "LpBall",
     "Box",
@@ -25,8 +27,6 @@ __all__ = [
     "lp_norm",
     "as_batch_eps",
     "expand_like",
-    "row_uniform",
-    "row_gaussian",
 ]
 
 _TINY = 1e-12
@@ -136,49 +136,24 @@ class LpBall:
         factor = torch.where(norms > e, e / norms.clamp_min(_TINY), torch.ones_like(norms))
         return eta * factor
 
-    def sample(self, like: Tensor, radius: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, like: Tensor, radius: Tensor, noise: Noise) -> Tensor:
         """A random point of the ball of per-input ``radius`` (shape (N,)), shaped like ``like``.
 
         Uniform in the ball for p in {1, 2, inf} (Laplace / Gaussian direction, radius * U^(1/M));
         for other p a Gaussian direction rescaled to the lp sphere, radius * U^(1/M): in the ball,
-        not exactly uniform. Each input's draws are one contiguous block of the stream
-        (:func:`row_uniform`), so the first input of a batch gets what it would get alone.
+        not exactly uniform. Input i's draws depend on its own key in ``noise`` only.
         """
         m = like[0].numel()
         if math.isinf(self.p):
-            return row_uniform(like, 1, generator).reshape(like.shape).mul(2).sub(1) * expand_like(radius, like)
-        u = row_uniform(like, 2, generator, extra=1)
-        a, b, r = u[:, :m].clamp_min(1e-20), u[:, m : 2 * m], u[:, 2 * m]
+            return noise.uniform_like(like).reshape(like.shape).mul(2).sub(1) * expand_like(radius, like)
+        u = noise.uniform_like(like, 2, extra=1)
+        a, b, r = u[:, :m], u[:, m : 2 * m], u[:, 2 * m]
         if self.p == 1:  # Laplace: exponential magnitude, random sign
-            d = torch.where(b < 0.5, -1.0, 1.0).to(like.dtype) * (-a.log())
+            d = torch.where(b < 0.5, -1.0, 1.0).to(like.dtype) * (-torch.log1p(-a))
         else:
-            d = _box_muller(a, b)
+            d = box_muller(a, b)
         d = d / lp_norm(d, self.p).clamp_min(_TINY).unsqueeze(1)
         return d.reshape(like.shape) * expand_like(radius * r ** (1.0 / m), like)
-
-
-def row_uniform(like: Tensor, k: int, generator: torch.Generator | None = None, extra: int = 0) -> Tensor:
-    """Uniform draws in [0, 1) of shape (N, k M + extra), M the size of one input of ``like``.
-
-    Row i is one contiguous block of the generator's stream: the first input of a batch gets the
-    same draws as that input attacked alone, for every preset that draws once per run (random start,
-    dithering of the first step, one-step random baselines). Presets that draw at several steps
-    (rand-pixel-T, dither='all') interleave the rows' blocks step by step, so there it does not hold.
-    """
-    n, m = like.shape[0], like[0].numel()
-    return torch.rand(n, k * m + extra, dtype=like.dtype, device=like.device, generator=generator)
-
-
-def row_gaussian(like: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Standard Gaussian draws shaped like ``like``, laid out row by row as :func:`row_uniform`
-    (``torch.randn`` changes algorithm with the tensor size, so its first row depends on N)."""
-    m = like[0].numel()
-    u = row_uniform(like, 2, generator)
-    return _box_muller(u[:, :m].clamp_min(1e-20), u[:, m:]).reshape(like.shape)
-
-
-def _box_muller(a: Tensor, b: Tensor) -> Tensor:
-    return torch.sqrt(-2.0 * torch.log(a)) * torch.cos(2 * math.pi * b)
 
 
 def _project_l1(eta: Tensor, eps: Tensor) -> Tensor:

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from .constraints import Box, LpBall, expand_like
+from .noise import Noise
 from .objectives import Context, Objective
 from .solvers import Solver, Step
 
@@ -107,7 +108,7 @@ class Schedule:
         ball: LpBall,
         box: Box,
         ctx: Context,
-        generator: torch.Generator | None = None,
+        noise: Noise | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Run the loop; return the final eta (N, ...), the number of steps each input took (N,) and
@@ -117,6 +118,8 @@ class Schedule:
         """
         n = x.shape[0]
         T = self.steps
+        if noise is None:
+            noise = Noise.create(None, n, x.device)
         if eps is None and (solver.bounded or self.random_start or self.project or any(self.dither_radii())):
             raise ValueError(f"{solver} with this schedule needs a budget eps")
         alpha = None
@@ -125,14 +128,14 @@ class Schedule:
         scale = 1.0 + self.overshoot
         eta = torch.zeros_like(x)
         if self.random_start:
-            eta = box.clip(x + ball.sample(x, eps, generator)) - x
+            eta = box.clip(x + ball.sample(x, eps, noise)) - x
         done = torch.zeros(n, dtype=torch.bool, device=x.device)
         used = torch.zeros(n, dtype=torch.long, device=x.device)
         state: dict = {}
         for t, radius in enumerate(self.dither_radii()):
             lin = eta
             if radius > 0:
-                lin = eta + ball.sample(x, eps * radius, generator)
+                lin = eta + ball.sample(x, eps * radius, noise)
             x_lin = box.clip(x + scale * lin)
             if self.early_stop:  # one cheap forward decides who is done before any gradient is taken
                 act = (~done).nonzero().squeeze(1)
@@ -165,7 +168,7 @@ class Schedule:
                     )
             push = self.push if (t > 0 and not self.box_aware) else 0.0
             step = Step(x_lin, g, value, alpha if alpha is not None else x.new_zeros(n), ball, forward,
-                        generator, state, box, push)
+                        noise, state, box, push)
             new = eta + solver(step)
             if self.project and eps is not None:
                 new = ball.project(new, eps)

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .constraints import Box, LpBall, Partition, expand_like, row_gaussian, row_uniform
+from .constraints import Box, LpBall, Partition, expand_like
+from .noise import Noise
 
 __all__ = [
     "Step",
@@ -48,7 +49,7 @@ class Step:
         eps: the step's budget per input (N,).
         ball: the lp ball of the attack.
         forward: the model as a map of raw inputs (quadratic solvers use its Jacobian).
-        generator: the attack's random generator.
+        noise: the attack's per-input random numbers (:class:`pertattack.noise.Noise`).
         state: per-run scratch space of the solver (e.g. subsets already used); tensors of shape
             (N,) left there are reported in ``AttackResult.info``.
         box: the box of valid inputs.
@@ -61,7 +62,7 @@ class Step:
     eps: Tensor
     ball: LpBall
     forward: Callable[[Tensor], Tensor]
-    generator: torch.Generator | None = None
+    noise: Noise | None = None
     state: dict = field(default_factory=dict)
     box: Box | None = None
     push: float = 0.0
@@ -149,7 +150,8 @@ class RandomSign(Solver):
     needs_grad = False
 
     def __call__(self, step: Step) -> Tensor:
-        signs = row_uniform(step.x, 1, step.generator).reshape(step.x.shape) < 0.5
+        assert step.noise is not None
+        signs = step.noise.uniform_like(step.x).reshape(step.x.shape) < 0.5
         return expand_like(step.eps, step.x) * (signs.to(step.x.dtype) * 2 - 1)
 
 
@@ -160,7 +162,8 @@ class RandomGaussian(Solver):
     needs_grad = False
 
     def __call__(self, step: Step) -> Tensor:
-        w = row_gaussian(step.x, step.generator)
+        assert step.noise is not None
+        w = step.noise.gaussian_like(step.x)
         return expand_like(step.eps / step.ball.norm(w).clamp_min(1e-12), w) * w
 
 
@@ -179,7 +182,8 @@ class RandomSubset(Solver):
         used = step.state.get("used")
         if used is None:
             used = torch.zeros(n, s, dtype=torch.bool, device=x.device)
-        u = row_uniform(x, 1, step.generator, extra=s)  # one block per input: signs, then subset keys
+        assert step.noise is not None
+        u = step.noise.uniform_like(x, 1, extra=s)  # one block per input: signs, then subset keys
         keys = u[:, -s:].masked_fill(used, -1.0)
         chosen = torch.zeros_like(used).scatter_(1, keys.argmax(dim=1, keepdim=True), True)
         step.state["used"] = used | chosen
@@ -220,7 +224,8 @@ class Quadratic(Solver):
 
         f, x, eps, box = step.forward, step.x, step.eps, step.box
         if self.norm == "l2":
-            eta, sigma = qd.quadratic_l2(f, x, eps, iters=self.iters, tol=self.tol, generator=step.generator,
+            gen = None if step.noise is None else step.noise.generator(x.device)
+            eta, sigma = qd.quadratic_l2(f, x, eps, iters=self.iters, tol=self.tol, generator=gen,
                                         method=self.method, box=box)
             step.state["sigma"] = sigma
             return eta
