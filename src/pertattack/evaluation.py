@@ -33,7 +33,6 @@ import datetime as _dt
 import fcntl
 import hashlib
 import importlib
-import inspect
 import io
 import json
 import math
@@ -403,10 +402,7 @@ def _build_attacks(cfg: EvalConfig) -> list[Any]:
 
 def _call_attack(attack: Any, model: nn.Module, x: Tensor, y: Tensor, eps: list[float], index: Tensor) -> list[Any]:
     """One run of ``attack`` at every eps, seeded per input by its data-set position ``index``."""
-    kw: dict[str, Any] = {"eps": eps}
-    if "index" in inspect.signature(attack.__call__).parameters:  # until the core takes index=
-        kw["index"] = index
-    res = attack(model, x, y, **kw)
+    res = attack(model, x, y, eps=eps, index=index)
     return res if isinstance(res, list) else [res]
 
 

@@ -70,19 +70,21 @@ def _as_attack(attack: Attack | str, overrides: dict[str, Any]) -> Attack:
     return attack.replace(**overrides) if overrides else attack
 
 
-def _fooled_at(model: nn.Module, x: Tensor, y: Tensor, attack: Attack, eps: Sequence[float]) -> tuple[Tensor, Tensor]:
+def _fooled_at(model: nn.Module, x: Tensor, y: Tensor, attack: Attack, eps: Sequence[float],
+               index: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Which inputs are classified correctly (N,), and which of those the attack fools at each eps (E, N).
 
     A minimum-norm attack runs once, unbounded: an input counts as fooled at eps when its
-    perturbation's norm is <= eps. Other attacks run once per eps.
+    perturbation's norm is <= eps. Other attacks run once per eps. ``index``: the inputs'
+    data-set positions, which seed their random draws (see the attack's ``index=``).
     """
     kw = dict(preprocess=attack.params["preprocess"], output=attack.params["output"])
     correct = predict(model, x, **kw) == y
     if attack.minimum_norm:
-        free = attack.replace(eps=None)(model, x, y)
+        free = attack.replace(eps=None)(model, x, y, index=index)
         assert isinstance(free, AttackResult) and free.success is not None
         return correct, torch.stack([free.success & correct & (free.norms <= e) for e in eps])
-    results = attack(model, x, y, eps=list(eps))
+    results = attack(model, x, y, eps=list(eps), index=index)
     assert isinstance(results, list)
     return correct, torch.stack([r.success & correct for r in results])  # type: ignore[operator]
 
@@ -98,13 +100,16 @@ def fooling_curve(model: nn.Module, x: Tensor, y: Tensor, attack: Attack | str, 
 
 
 def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], attack: Attack | str, eps: Sequence[float],
-             *, progress: bool = False, **overrides: Any) -> dict[str, Any]:
+             *, seed: int | None = None, progress: bool = False, **overrides: Any) -> dict[str, Any]:
     """Robust accuracy and fooling ratio at each eps over a whole data set, streamed batch by batch.
 
     Args:
         data: an iterable of ``(x, y)`` batches, e.g. a ``torch.utils.data.DataLoader``.
         attack: an :class:`Attack` or a preset name (with ``overrides``).
         eps: the budgets; a minimum-norm attack (DeepFool) runs once per batch for all of them.
+        seed: the attack's seed. The inputs are numbered in the order ``data`` yields them, and
+            every random draw for input i depends only on (seed, i): the same figures for any
+            batching of the same sequence. None keeps the attack's own seed.
 
     Returns:
         ``n``, ``clean_accuracy`` and, one value per eps, ``robust_accuracy`` (share of all inputs
@@ -112,6 +117,8 @@ def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], attack: At
         fooled), with the list ``eps``.
     """
     a = _as_attack(attack, overrides)
+    if seed is not None:
+        a = a.replace(seed=seed)
     n = 0
     n_correct = 0
     n_fooled = torch.zeros(len(eps), dtype=torch.long)
@@ -121,7 +128,8 @@ def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], attack: At
 
         batches = tqdm(data, desc=f"evaluate {a.name}", unit="batch")
     for x, y in batches:
-        correct, fooled = _fooled_at(model, x, y, a, eps)
+        index = torch.arange(n, n + x.shape[0], device=x.device)
+        correct, fooled = _fooled_at(model, x, y, a, eps, index)
         n += x.shape[0]
         n_correct += int(correct.sum())
         n_fooled += fooled.sum(dim=1).cpu()
