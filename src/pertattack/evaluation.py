@@ -252,7 +252,8 @@ def load_data_spec(spec: str, root: str | None = None, split: str = "test", limi
     if ":" not in spec:
         raise EvaluationError(f"--data {spec!r}: mnist, cifar10, digits or package.module:callable")
     obj = _import_callable(spec, "--data")
-    data = obj() if callable(obj) and not isinstance(obj, (tuple, list)) and not hasattr(obj, "__getitem__") else obj
+    is_data = not isinstance(obj, type) and hasattr(obj, "__getitem__") and hasattr(obj, "__len__")
+    data = obj if is_data or not callable(obj) else obj()
     return DataSource(data, spec, limit)
 
 
