@@ -469,6 +469,7 @@ def _plan(cfg: EvalConfig, out: Path, fp: dict[str, Any], n_batches: int, world:
             raise EvaluationError(f"--out {out} exists, is not empty and has no manifest.json: "
                                   "not a pertattack evaluation folder; use another --out")
         manifest = dict(format=_FORMAT, fingerprint=fp, runs=[])
+        _atomic_write(manifest_path, json.dumps(manifest, indent=2, default=repr).encode())  # claim the folder first
     parts.mkdir(exist_ok=True)
     ranks.mkdir(exist_ok=True)
     for f in ranks.iterdir():  # reports of an earlier (killed) run
@@ -540,8 +541,8 @@ class _Tally:
     def postfix(self, eps: Sequence[float]) -> str:
         if not self.n:
             return ""
-        acc = " ".join(f"{e:g}:{r / self.n:.3f}" for e, r in zip(eps, self.robust, strict=True))
-        return f"clean {self.correct / self.n:.3f} robust {acc}"
+        acc = " ".join(f"@{e:g} {r / self.n:.3f}" for e, r in zip(eps, self.robust, strict=True))
+        return f"clean acc {self.correct / self.n:.3f}, robust acc {acc}"
 
 
 def _rank_files(ranks: Path) -> tuple[dict[int, str], set[int], dict[int, str]]:
@@ -639,7 +640,11 @@ def run_evaluation(cfg: EvalConfig, argv: list[str] | None = None) -> EvalReport
                 _report_failure(out, rank, str(local_error))
                 raise local_error
             if rank != 0:
-                _check_shared(out, rank, plan)
+                try:
+                    _check_shared(out, rank, plan)
+                except EvaluationError as err:
+                    _report_failure(out, rank, str(err))
+                    raise
             mine = plan["pending"][rank::world]
             progress = _Progress(cfg, out / "parts", len(data), world) if rank == 0 else None
             try:
@@ -709,7 +714,7 @@ def _work(cfg: EvalConfig, attacks: list[Any], model: nn.Module, data: DataSourc
         raise
     except BaseException as err:
         text = str(err) if isinstance(err, EvaluationError) else "".join(traceback.format_exception(err)).rstrip()
-        _report_failure(out, rank, f"batch {b}: {text}")
+        _report_failure(out, rank, (f"batch {b}: " if b >= 0 else "") + text)
         raise
     return computed
 
