@@ -17,9 +17,14 @@ start is drawn per input). Rounds alternate the configurations; ``--repeat`` rou
 reported. The machine's load average (1 min) is recorded before and after every run: on a shared
 machine a load above the number of idle cores means the processes competed with others.
 
-``--kill-resume``: a K-process run in which one worker (rank 1) is SIGKILLed after
-``--kill-after`` seconds; torchrun stops the others and exits non-zero. Then the same command again:
-it reports how many batches it reused and computed, and its ``results.csv`` is compared with the
+``cpu_seconds``: user + system CPU time of all the processes of the command (torchrun's workers
+included): the work done, whatever the load. (1-process CPU) / (K-process CPU / K) is the speed-up
+the run would reach on K idle cores if the ranks' work were balanced; the wall-clock speed-up on a
+shared machine is lower.
+
+``--kill-resume``: a K-process run in which one worker (rank 1) is SIGKILLed as soon as
+``--kill-after-batches`` batches are finished; torchrun stops the others and exits non-zero. Then
+the same command again: it reports how many batches it reused and computed, and its ``results.csv`` is compared with the
 uninterrupted run's.
 
 The model: ``--checkpoint`` (default ``~/.cache/pertattack/mnist-lenet5-e1-s0.pt``); if it does not
@@ -34,7 +39,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -67,10 +74,16 @@ def _command(a: argparse.Namespace, procs: int, out: Path) -> list[str]:
             "-m", "pertattack", *_evaluate_args(a, out)]
 
 
-def _run(cmd: list[str]) -> tuple[float, int, str]:
-    t0 = time.perf_counter()
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)  # every waited-for descendant: torchrun's workers too
+    return r.ru_utime + r.ru_stime
+
+
+def _run(cmd: list[str]) -> tuple[float, float, int, str]:
+    """Wall seconds, CPU seconds (all processes of the command), exit code, output."""
+    t0, c0 = time.perf_counter(), _cpu()
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
-    return time.perf_counter() - t0, proc.returncode, proc.stdout + proc.stderr
+    return time.perf_counter() - t0, _cpu() - c0, proc.returncode, proc.stdout + proc.stderr
 
 
 def _ensure_checkpoint(a: argparse.Namespace) -> None:
@@ -107,7 +120,8 @@ def _kill_resume(a: argparse.Namespace, work: Path, reference: Path) -> dict[str
     cmd = _command(a, a.procs, out)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(a.kill_after)
+    while len(list((out / "parts").glob("b*.npz"))) < a.kill_after_batches and proc.poll() is None:
+        time.sleep(0.05)
     victim = _workers(proc.pid).get(1)
     if victim is None:
         proc.kill()
@@ -117,13 +131,14 @@ def _kill_resume(a: argparse.Namespace, work: Path, reference: Path) -> dict[str
     text, _ = proc.communicate(timeout=600)
     first_exit = time.perf_counter() - t0
     done = len(list((out / "parts").glob("b*.npz")))
-    seconds, code, text2 = _run(cmd)
+    seconds, _, code, text2 = _run(cmd)
     if code != 0:
         raise SystemExit(f"the resumed run failed:\n{text2}")
     line = next((ln for ln in text2.splitlines() if " inputs in " in ln), "")
     same = (out / "results.csv").read_bytes() == (reference / "results.csv").read_bytes()
     return dict(killed_after_s=round(killed_at, 1), torchrun_exit_code=proc.returncode,
-                torchrun_exit_after_s=round(first_exit, 1), batches_kept=done, resumed_s=round(seconds, 1),
+                torchrun_exit_after_s=round(first_exit, 1), batches_kept=done,
+                batches_total=math.ceil(a.n / a.batch_size), resumed_s=round(seconds, 1),
                 resumed_report=line.strip(), rows_identical=same)
 
 
@@ -139,7 +154,8 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=2, help="processes of the sharded run")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--kill-resume", action="store_true", help="also kill rank 1 midway and resume")
-    ap.add_argument("--kill-after", type=float, default=8.0, help="seconds after the start of the killed run")
+    ap.add_argument("--kill-after-batches", type=int, default=3,
+                    help="kill rank 1 once this many batches are finished (by either rank)")
     ap.add_argument("--out", type=Path, default=None, help="CSV of the timings")
     a = ap.parse_args()
     _ensure_checkpoint(a)
@@ -151,7 +167,7 @@ def main() -> None:
             for procs in (1, a.procs) if r % 2 == 0 else (a.procs, 1):
                 out = work / f"p{procs}-r{r}"
                 load0 = os.getloadavg()[0]
-                seconds, code, text = _run(_command(a, procs, out))
+                seconds, cpu, code, text = _run(_command(a, procs, out))
                 load1 = os.getloadavg()[0]
                 if code != 0:
                     raise SystemExit(f"{procs} process(es) failed:\n{text}")
@@ -159,7 +175,8 @@ def main() -> None:
                     if (work / "p1-r0" / "results.csv").exists() else None
                 times[procs].append(seconds)
                 rows.append(dict(round=r, processes=procs, threads_per_process=1, n=a.n, attacks=a.attacks, eps=a.eps,
-                                 batch_size=a.batch_size, seconds=round(seconds, 2), load_before=round(load0, 2),
+                                 batch_size=a.batch_size, seconds=round(seconds, 2), cpu_seconds=round(cpu, 2),
+                                 load_before=round(load0, 2),
                                  load_after=round(load1, 2), rows_identical_to_1_process=same))
                 print(rows[-1], flush=True)
         t1, tk = statistics.median(times[1]), statistics.median(times[a.procs])

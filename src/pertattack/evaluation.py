@@ -53,10 +53,12 @@ from torch import Tensor, nn
 
 __all__ = [
     "EvalConfig",
+    "EvalReport",
     "EvaluationError",
     "DataSource",
     "load_model_spec",
     "load_data_spec",
+    "parse_preprocess",
     "run_evaluation",
     "summarize",
     "RESULT_COLUMNS",
@@ -513,7 +515,7 @@ def _lock(out: Path) -> Iterator[None]:
 class _Tally:
     """Rank 0's view of the finished parts: inputs done and robust counts so far (for the bar)."""
 
-    def __init__(self, parts: Path, n_attacks: int, n_eps: int):
+    def __init__(self, parts: Path, n_eps: int):
         self.parts = parts
         self.seen: set[str] = set()
         self.n = 0
@@ -577,7 +579,7 @@ class _Progress:
 
     def __init__(self, cfg: EvalConfig, parts: Path, n_inputs: int, world: int):
         self.eps = [float(e) for e in cfg.eps]
-        self.tally = _Tally(parts, len(cfg.attacks), len(self.eps))
+        self.tally = _Tally(parts, len(self.eps))
         self.tally.scan()
         self.bar = None
         if cfg.progress:
