@@ -327,3 +327,17 @@ def test_torchrun_tears_down_when_a_worker_is_killed(reference, tmp_path):
     assert proc.returncode == 0, text
     assert f"({done} reused, {8 - done} computed" in text
     assert (out / "results.csv").read_bytes() == (reference / "results.csv").read_bytes()
+
+
+def test_progress_bar_and_busy_out(tmp_path, capsys):
+    import fcntl
+
+    out = tmp_path / "out"
+    argv = [a for a in _args(out, extra=("--limit", "26")) if a != "--no-progress"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "26/26" in err and "robust acc @0.05" in err  # rank 0's bar: inputs done, robust accuracy so far
+    with open(out / ".lock", "a+") as f:  # another evaluation holds the folder
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        assert main(argv) == 2
+        assert "in use by another evaluation" in capsys.readouterr().err
