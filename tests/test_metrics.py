@@ -77,23 +77,27 @@ def test_predict_restores_mode_and_batches():
 # ---------------------------------------------------------------------------- fooling curve
 
 
-def test_fooling_curve_of_deepfool_thresholds_its_norms():
-    # affine model: DeepFool's norm is 1.02 d; eps just above d is enough to fool after projection,
-    # but the minimum-norm rule counts an input as fooled at eps only when its norm is <= eps
+def test_fooling_curve_of_deepfool_is_its_projected_result_per_eps():
+    # one rule for every attack: fooled at eps when the model misclassifies x_adv in the eps ball. On an
+    # affine model DeepFool's norm is 1.02 d: projected on a ball of radius just above d it still fools,
+    # so the curve reaches an input at eps slightly below its own norm, never below d.
     w = torch.randn(12, generator=gen(0), dtype=DTYPE)
     model = BinaryAffine(w, 0.1)
     x = rand_x(20, MLP_SHAPE, seed=1, lo=-1, hi=1)
     y = predict(model, x)
     y[:3] = 1 - y[:3]  # three misclassified inputs: never counted
     d = (x @ w + 0.1).abs() / w.norm()
-    grid = sorted({float(v) for v in d * 1.01} | {0.0, 10.0})
+    grid = sorted({float(v) for v in d * 1.01} | {float(v) for v in d * 0.99} | {0.0, 10.0})
     df = get_attack("deepfool", box=(-10, 10))
-    free = df(model, x, y)
     correct = predict(model, x) == y
-    want = [float((free.success & correct & (free.norms <= e)).sum() / correct.sum()) for e in grid]
+    per_eps = df(model, x, y, eps=grid)
+    want = [float((r.success & correct).sum() / correct.sum()) for r in per_eps]
     got = fooling_curve(model, x, y, df, grid)
     assert got == pytest.approx(want, abs=1e-12)
     assert got[0] == 0.0 and got[-1] == 1.0
+    # the exact affine distance d decides: fooled at 1.01 d (norm 1.02 d projected), not at 0.99 d
+    for e, g in zip(grid, got, strict=True):
+        assert g == pytest.approx(float((d[correct] < e).sum()) / float(correct.sum()), abs=1e-6)
 
 
 def test_fooling_curve_of_deepfool_on_a_small_network():
@@ -101,11 +105,16 @@ def test_fooling_curve_of_deepfool_on_a_small_network():
     x = rand_x(30, MLP_SHAPE, seed=2)
     y = predict(model, x)
     y[::7] = (y[::7] + 1) % 4
+    grid = [0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 2.0]
+    per_eps = get_attack("deepfool", p=2.0)(model, x, y, eps=grid)
     free = get_attack("deepfool", p=2.0)(model, x, y)
     correct = predict(model, x) == y
-    grid = [0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 2.0]
-    want = [float((free.success & correct & (free.norms <= e)).sum() / correct.sum()) for e in grid]
-    assert fooling_curve(model, x, y, "deepfool", grid, p=2.0) == pytest.approx(want, abs=1e-12)
+    want = [float((r.success & correct).sum() / correct.sum()) for r in per_eps]
+    got = fooling_curve(model, x, y, "deepfool", grid, p=2.0)
+    assert got == pytest.approx(want, abs=1e-12)
+    # at least every input whose minimal perturbation fits in the ball
+    lower = [float((free.success & correct & (free.norms <= e)).sum() / correct.sum()) for e in grid]
+    assert all(g >= lo for g, lo in zip(got, lower, strict=True))
 
 
 def test_fooling_curve_of_a_bounded_attack_is_the_fooling_ratio_per_eps():

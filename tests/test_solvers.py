@@ -37,11 +37,11 @@ def np_norm(v: np.ndarray, p: float) -> float:
 
 
 def make_step(g: torch.Tensor, eps: float | torch.Tensor, p: float, value: torch.Tensor | None = None,
-              seed: int | None = None) -> Step:
+              seed: int | None = None, partition: Partition | None = None) -> Step:
     n = g.shape[0]
     e = torch.as_tensor(eps, dtype=g.dtype).expand(n).clone()
     return Step(x=torch.zeros_like(g), g=g, value=value, eps=e, ball=LpBall(p), forward=lambda z: z,
-                noise=Noise.create(seed, n, g.device))
+                noise=Noise.create(seed, n, g.device), partition=partition or Partition())
 
 
 def scipy_gnm_value(g: np.ndarray, eps: float, p: float) -> float:
@@ -182,7 +182,7 @@ def test_single_subset_against_brute_force(seed, s, eps):
     ids[:s] = torch.arange(s)  # every subset is non-empty
     g = torch.randn(2, m, generator=gg, dtype=DTYPE)
     part = Partition(ids.tolist())
-    eta = SingleSubset(part)(make_step(g, eps, INF))
+    eta = SingleSubset()(make_step(g, eps, INF, partition=part))
     for i in range(2):
         ei, gi = eta[i].numpy(), g[i].numpy()
         support = np.unique(ids.numpy()[ei != 0])
@@ -196,8 +196,8 @@ def test_single_subset_pixels_of_an_image_and_no_reuse():
     g[0, :, 1, 0] = torch.tensor([1.0, -1.0, 1.0])  # pixel 2: sum 3
     g[0, 0, 0, 1] = -2.5  # pixel 1: sum 2.5
     g[0, 2, 1, 1] = 1.0  # pixel 3: sum 1
-    solver = SingleSubset(Partition("pixel"))
-    step = make_step(g, 0.1, INF)
+    solver = SingleSubset()
+    step = make_step(g, 0.1, INF, partition=Partition("pixel"))
     eta1 = solver(step)
     want = torch.zeros_like(g)
     want[0, :, 1, 0] = -0.1 * torch.tensor([1.0, -1.0, 1.0], dtype=DTYPE)
@@ -234,8 +234,8 @@ def test_random_gaussian_on_the_sphere(p):
 
 def test_random_subset_uses_distinct_subsets():
     x = torch.zeros(2, 3, 2, 2, dtype=DTYPE)
-    solver = RandomSubset(Partition("pixel"))
-    step = make_step(x, 0.3, INF, seed=4)
+    solver = RandomSubset()
+    step = make_step(x, 0.3, INF, seed=4, partition=Partition("pixel"))
     touched = []
     for _ in range(4):
         eta = solver(step)

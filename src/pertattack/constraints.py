@@ -20,6 +20,7 @@ from torch import Tensor
 from .noise import Noise, box_muller
 
 __all__ = [
+    "Constraint",
     "LpBall",
     "Box",
     "Partition",
@@ -267,3 +268,56 @@ class Partition:
         """Coordinate mask (N, ...) of the subsets marked in ``chosen`` (N, S) bool."""
         idx = self.index(like)
         return chosen[:, idx].reshape(like.shape)
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """The set eta lives in, one part of an attack: the lp ball of radius eps, the box of valid inputs
+    (x + eta in [lo, hi]) and, for subset attacks (Section 4), the partition of the coordinates.
+
+    Args:
+        p: the norm of the ball (``inf``, or any real p >= 1).
+        box: ``(lo, hi)`` or a :class:`Box`; None: the model wrapper's box, else [0, 1].
+        partition: the subsets of single-subset solvers: ``"pixel"`` or M subset ids (:class:`Partition`).
+    """
+
+    p: float = math.inf
+    box: Box | tuple | None = None
+    partition: Partition | str | Sequence[int] | Tensor = "pixel"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.p, str):
+            if self.p.lower() not in ("inf", "+inf", "linf"):
+                raise ValueError(f"p must be a number >= 1 or 'inf', got {self.p!r}")
+            object.__setattr__(self, "p", math.inf)
+        if isinstance(self.p, bool) or not isinstance(self.p, (int, float)):
+            raise TypeError(f"p must be a number >= 1 or inf, got {self.p!r}")
+        object.__setattr__(self, "p", LpBall(self.p).p)
+        if self.box is not None and not isinstance(self.box, Box):
+            try:
+                lo, hi = self.box
+            except (TypeError, ValueError):
+                raise ValueError(f"box must be a pair (lo, hi), got {self.box!r}") from None
+            object.__setattr__(self, "box", make_box(lo, hi))
+        if not isinstance(self.partition, Partition):
+            object.__setattr__(self, "partition", Partition(self.partition))
+
+    @property
+    def ball(self) -> LpBall:
+        return LpBall(self.p)
+
+    def __repr__(self) -> str:
+        return f"l{self.p:g} ball"
+
+
+def make_box(lo: float | Tensor, hi: float | Tensor) -> Box:
+    """A :class:`Box`, its bounds checked: finite numbers (or tensors) with lo <= hi."""
+    for name, v in (("lo", lo), ("hi", hi)):
+        t = torch.as_tensor(v)
+        if t.is_complex() or not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
+            raise TypeError(f"box {name} must be a number or a real tensor, got {v!r}")
+        if not torch.isfinite(t.double()).all():
+            raise ValueError(f"box {name} must be finite, got {v!r}")
+    if (torch.as_tensor(lo).double() > torch.as_tensor(hi).double()).any():
+        raise ValueError(f"box: lo must be <= hi, got lo={lo}, hi={hi}")
+    return Box(lo, hi)

@@ -396,7 +396,7 @@ def _build_attacks(cfg: EvalConfig) -> list[Any]:
             raise EvaluationError(f"--attack {name}: {err}") from err
         if not a.objective.classification:
             raise EvaluationError(f"--attack {name} attacks regression models; evaluate measures classifiers")
-        if getattr(a.objective, "base", a.objective).name == "targeted":
+        if a.objective.needs_target:
             raise EvaluationError(f"--attack {name} is targeted (it needs target=...); evaluate runs untargeted "
                                   "attacks")
         attacks.append(a)

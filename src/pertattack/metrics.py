@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .attacks import Attack, AttackResult, get_attack
 from .constraints import LpBall, lp_norm
-from .modelcall import ModelCall, OutputSelector, Preprocess, eval_mode
+from .modelcall import OutputSelector, Preprocess, as_model, eval_mode
 from .objectives import Context, Margin
 
 __all__ = [
@@ -44,8 +44,8 @@ __all__ = [
 def predict(model: nn.Module, x: Tensor, *, preprocess: Preprocess | None = None, output: OutputSelector = None,
             batch_size: int = 1024) -> Tensor:
     """The model's classes for x (N,), in eval mode (restored afterwards), in batches."""
-    fwd = ModelCall(model, preprocess, output)
-    with eval_mode(model), torch.no_grad():
+    fwd = as_model(model, preprocess=preprocess, output=output)
+    with eval_mode(fwd), torch.no_grad():
         return torch.cat([fwd(x[i : i + batch_size]).argmax(dim=1) for i in range(0, x.shape[0], batch_size)])
 
 
@@ -74,16 +74,13 @@ def _fooled_at(model: nn.Module, x: Tensor, y: Tensor, attack: Attack, eps: Sequ
                index: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Which inputs are classified correctly (N,), and which of those the attack fools at each eps (E, N).
 
-    A minimum-norm attack runs once, unbounded: an input counts as fooled at eps when its
-    perturbation's norm is <= eps. Other attacks run once per eps. ``index``: the inputs'
-    data-set positions, which seed their random draws (see the attack's ``index=``).
+    One rule for every attack: an input is fooled at eps when the model misclassifies the attack's
+    x_adv at that eps, which lies in the eps ball (a minimum-norm attack runs once, and its perturbation
+    is projected on each ball and re-evaluated, so it counts at least where its norm is <= eps).
+    ``index``: the inputs' data-set positions, which seed their random draws (the attack's ``index=``).
     """
-    kw = dict(preprocess=attack.params["preprocess"], output=attack.params["output"])
+    kw = dict(preprocess=attack.preprocess, output=attack.output)
     correct = predict(model, x, **kw) == y
-    if attack.minimum_norm:
-        free = attack.replace(eps=None)(model, x, y, index=index)
-        assert isinstance(free, AttackResult) and free.success is not None
-        return correct, torch.stack([free.success & correct & (free.norms <= e) for e in eps])
     results = attack(model, x, y, eps=list(eps), index=index)
     assert isinstance(results, list)
     return correct, torch.stack([r.success & correct for r in results])  # type: ignore[operator]
@@ -91,9 +88,8 @@ def _fooled_at(model: nn.Module, x: Tensor, y: Tensor, attack: Attack, eps: Sequ
 
 def fooling_curve(model: nn.Module, x: Tensor, y: Tensor, attack: Attack | str, eps: Sequence[float],
                   **overrides: Any) -> list[float]:
-    """Fooling ratio at each eps of a grid: one unbounded run of a minimum-norm attack for the whole
-    grid (an input counts as fooled at eps when its perturbation's norm is <= eps), one run per eps
-    otherwise."""
+    """Fooling ratio at each eps of a grid (the rule of :func:`evaluate`: the model misclassifies the
+    attack's x_adv in the eps ball); a minimum-norm attack runs once for the whole grid."""
     correct, fooled = _fooled_at(model, x, y, _as_attack(attack, overrides), eps)
     n_correct = correct.sum().clamp_min(1)
     return [float(f.sum() / n_correct) for f in fooled]
@@ -143,9 +139,9 @@ def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], attack: At
 
 def rho2(model: nn.Module, x: Tensor, y: Tensor | None = None, p: float = math.inf, **kw: Any) -> Tensor:
     """L(x, 0) / norm_q(grad L(x, 0)) per input (Theorem 1), margin on logits; 0 where misclassified."""
-    fwd = ModelCall(model, kw.get("preprocess"), kw.get("output"))
+    fwd = as_model(model, preprocess=kw.get("preprocess"), output=kw.get("output"))
     ball = LpBall(p)
-    with eval_mode(model):
+    with eval_mode(fwd):
         label = y if y is not None else predict(model, x, **kw)
         value, g, _ = Margin().value_and_grad(fwd, x, Context(label=label, ball=ball))
     return value.clamp_min(0) / ball.dual_norm(g).clamp_min(1e-12)
@@ -217,12 +213,12 @@ def psnr_curve(model: nn.Module, x: Tensor, attack: Attack | str, eps: Sequence[
     elif overrides:
         attack = attack.replace(**overrides)
     peak = attack.box.peak
-    fwd = ModelCall(model, attack.params["preprocess"], attack.params["output"])
+    fwd = as_model(model, preprocess=attack.preprocess, output=attack.output)
     truth = x if truth is None else truth
     results = attack(model, x, eps=list(eps))
     assert isinstance(results, list)
     rows: dict[str, list[float]] = {"eps": [], "input_psnr": [], "output_psnr": [], "output_psnr_clean": []}
-    with eval_mode(model), torch.no_grad():
+    with eval_mode(fwd), torch.no_grad():
         clean = fwd(x)
         for e, r in zip(eps, results, strict=True):
             out = fwd(r.x_adv)
@@ -240,8 +236,8 @@ def operator_norm(model: nn.Module, x: Tensor, *, iters: int = 100, tol: float =
     input l2 norm: a robustness figure for regression models."""
     from .operators import top_singular
 
-    fwd = ModelCall(model, kw.get("preprocess"), kw.get("output"))
+    fwd = as_model(model, preprocess=kw.get("preprocess"), output=kw.get("output"))
     gen = None if seed is None else torch.Generator(device=x.device).manual_seed(seed)
-    with eval_mode(model):
+    with eval_mode(fwd):
         sigma, _ = top_singular(fwd, x, iters=iters, tol=tol, generator=gen)
     return sigma.detach()

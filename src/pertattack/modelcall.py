@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ModelCall", "eval_mode", "Preprocess", "OutputSelector"]
+__all__ = ["Model", "ModelCall", "as_model", "eval_mode", "Preprocess", "OutputSelector"]
 
 Preprocess = tuple[float | Sequence[float] | Tensor, float | Sequence[float] | Tensor]
 OutputSelector = int | str | Callable[[Any], Tensor] | None
@@ -41,27 +41,53 @@ def _channel_tensor(v: float | Sequence[float] | Tensor, like: Tensor) -> Tensor
     return t
 
 
-class ModelCall(nn.Module):
-    """``model`` as a map from raw inputs (N, ...) to scores (N, K).
+class Model(nn.Module):
+    """A model wrapped once with what every attack and metric needs to call it (as foolbox's models):
+
+        model = pertattack.Model(net, box=(0, 1), preprocess=(mean, std), output="logits")
+        pertattack.get_attack("pgd", eps=8 / 255)(model, x, y)
+        pertattack.robustness(model, x, y)
 
     Args:
-        model: any ``nn.Module``.
-        preprocess: ``(mean, std)``, scalars or per channel; the model sees (x - mean) / std.
-        output: which part of the model's output holds the scores: an int index (tuple/list output),
+        module: any ``nn.Module``.
+        box: ``(lo, hi)`` of valid raw inputs (scalars or per channel); None: the attack's, else [0, 1].
+        preprocess: ``(mean, std)``, scalars or per channel; the module sees (x - mean) / std, so eps and
+            the box stay in raw input units.
+        output: which part of the module's output holds the scores: an int index (tuple/list output),
             a key (dict output, or an attribute such as ``"logits"``), or a callable.
+
+    The module always receives a tensor of its own (a model that writes into its input cannot change
+    the caller's x), in the dtype the attack was called with.
     """
 
-    def __init__(self, model: nn.Module, preprocess: Preprocess | None = None, output: OutputSelector = None):
+    def __init__(self, module: nn.Module, box: tuple[Any, Any] | None = None, preprocess: Preprocess | None = None,
+                 output: OutputSelector = None):
         super().__init__()
-        self.model = model
+        if isinstance(module, Model):
+            raise TypeError("the module is already a pertattack.Model")
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(module).__name__}")
+        if preprocess is not None:
+            _check_preprocess(preprocess)
+        if output is not None and not (callable(output) or isinstance(output, (int, str))) or isinstance(output, bool):
+            raise TypeError(f"output must be an index, a key or a callable, got {output!r}")
+        from .constraints import make_box
+
+        self.model = module
+        self.box = None if box is None else make_box(*box)
         self.preprocess = preprocess
         self.output = output
+        self.input_dtype: torch.dtype | None = None
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.input_dtype is not None and x.dtype != self.input_dtype:
+            x = x.to(self.input_dtype)
         z = x
         if self.preprocess is not None:
             mean, std = self.preprocess
             z = (x - _channel_tensor(mean, x)) / _channel_tensor(std, x)
+        else:
+            z = x.clone()  # the module may write into its input; never into the caller's tensor
         out = self.model(z)
         sel = self.output
         if callable(sel):
@@ -75,9 +101,73 @@ class ModelCall(nn.Module):
                 f"the model returned {type(out).__name__}, not a tensor; pass output=<index, key or callable> "
                 "to say which part holds the scores"
             )
+        if out.dim() == 0:
+            raise ValueError(f"the model mapped {x.shape[0]} inputs to a scalar output")
         if out.shape[0] != x.shape[0]:
             raise ValueError(f"the model mapped {x.shape[0]} inputs to {out.shape[0]} outputs")
         return out
+
+    def __repr__(self) -> str:
+        parts = [type(self.model).__name__]
+        if self.box is not None:
+            parts.append(f"box=({_short(self.box.lo)}, {_short(self.box.hi)})")
+        if self.preprocess is not None:
+            parts.append("preprocess=(mean, std)")
+        if self.output is not None:
+            parts.append(f"output={self.output!r}")
+        return f"Model({', '.join(parts)})"
+
+
+def ModelCall(model: nn.Module, preprocess: Preprocess | None = None, output: OutputSelector = None) -> Model:  # noqa: N802
+    """``Model(model, preprocess=..., output=...)``: the package's name for it before the wrapper was public."""
+    return Model(model, preprocess=preprocess, output=output)
+
+
+def _short(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) else "per channel"
+
+
+def _check_preprocess(pre: Any) -> None:
+    try:
+        mean, std = pre
+    except (TypeError, ValueError):
+        raise ValueError(f"preprocess must be a pair (mean, std), got {pre!r}") from None
+    for name, v in (("mean", mean), ("std", std)):
+        t = torch.as_tensor(v, dtype=torch.float64)
+        if not torch.isfinite(t).all():
+            raise ValueError(f"preprocess {name} must be finite, got {v!r}")
+    if (torch.as_tensor(std, dtype=torch.float64) <= 0).any():
+        raise ValueError(f"preprocess std must be > 0, got {std!r}")
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(u, v) for u, v in zip(a, b, strict=True))
+    try:
+        ta, tb = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        return a == b
+    return ta.shape == tb.shape and bool(torch.equal(ta, tb))
+
+
+def as_model(model: nn.Module, *, preprocess: Preprocess | None = None, output: OutputSelector = None,
+             box: Any = None) -> Model:
+    """``model`` as a :class:`Model`: a plain module is wrapped with the keywords; a :class:`Model` is
+    used as it is, and a keyword that disagrees with it is an error (no silently different number)."""
+    if isinstance(model, Model):
+        for name, kw, own in (("preprocess", preprocess, model.preprocess), ("output", output, model.output)):
+            if kw is not None and not _same(kw, own):
+                raise ValueError(f"{name}={kw!r} disagrees with the pertattack.Model's {name}={own!r}: "
+                                 "give it once, on the Model")
+        if box is not None and model.box is not None:
+            lo, hi = (box.lo, box.hi) if hasattr(box, "lo") else box
+            if not (_same(lo, model.box.lo) and _same(hi, model.box.hi)):
+                raise ValueError(f"box=({lo}, {hi}) disagrees with the pertattack.Model's box "
+                                 f"({model.box.lo}, {model.box.hi}): give it once, on the Model")
+        return model
+    return Model(model, preprocess=preprocess, output=output)
 
 
 def check_scores(out: Tensor) -> None:
@@ -87,7 +177,8 @@ def check_scores(out: Tensor) -> None:
             f"a classifier must map (N, ...) to scores (N, K) with K >= 2, got output shape {tuple(out.shape)}"
         )
     if not torch.isfinite(out).all():
-        raise ValueError("the model's output contains NaN or inf")
+        bad = (~torch.isfinite(out.reshape(out.shape[0], -1))).any(dim=1).nonzero().flatten().tolist()
+        raise ValueError(f"the model's output at the clean inputs contains NaN or inf (inputs {bad[:10]})")
     rows = out.sum(dim=1)
     if (out >= 0).all() and torch.allclose(rows, torch.ones_like(rows), atol=1e-4):
         warnings.warn(

@@ -42,7 +42,10 @@ __all__ = [
     "DeepFoolObjective",
     "Transfer",
     "Regression",
+    "DLR",
+    "DLRTargeted",
     "OBJECTIVES",
+    "objective_by_name",
 ]
 
 Forward = Callable[[Tensor], Tensor]
@@ -57,12 +60,14 @@ class Context:
         target: (N,) int64 target classes for targeted attacks, else None.
         reference: (N, ...) regression reference y (f(x) when no ground truth is given), else None.
         ball: the attack's lp ball (DeepFool picks its class with the dual norm).
+        extra: per-input tensors (N, ...) an objective keeps for the run (e.g. the target picked by rank).
     """
 
     label: Tensor | None = None
     target: Tensor | None = None
     reference: Tensor | None = None
     ball: LpBall = field(default_factory=lambda: LpBall(math.inf))
+    extra: dict[str, Tensor] = field(default_factory=dict)
 
     def subset(self, idx: Tensor) -> Context:
         """The context of the inputs ``idx`` (an index tensor) only."""
@@ -70,7 +75,8 @@ class Context:
         def take(t: Tensor | None) -> Tensor | None:
             return None if t is None else t[idx]
 
-        return Context(take(self.label), take(self.target), take(self.reference), self.ball)
+        return Context(take(self.label), take(self.target), take(self.reference), self.ball,
+                       {k: v[idx] for k, v in self.extra.items()})
 
 
 def _other_max(scores: Tensor, cls: Tensor) -> Tensor:
@@ -80,17 +86,37 @@ def _other_max(scores: Tensor, cls: Tensor) -> Tensor:
 
 
 class Objective:
-    """Base class: subclasses define :meth:`loss`; gradients come from one backward pass."""
+    """Base class: a subclass defines :meth:`loss` (per input, to minimise); gradients come from one
+    backward pass, so an objective that only defines ``loss`` works with every gradient preset.
+
+    Capabilities (class attributes, never names, decide how an attack treats the objective):
+        classification: the model's outputs are class scores; results get ``success``, ``pred``, ``margin``.
+        needs_target: the call must give ``target=`` (one class per input); success means reaching it.
+    """
 
     name: str = "objective"
     classification: bool = True
+    needs_target: bool = False
 
     def loss(self, out: Tensor, ctx: Context) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def prepare(self, out: Tensor, ctx: Context) -> None:
+        """Called once per run with the clean outputs f(x) (e.g. to pick a target by rank); no-op here."""
+
     def fooled(self, out: Tensor, ctx: Context) -> Tensor:
-        """Whether the model's output ``out`` counts as fooled, (N,) bool (untargeted by default)."""
+        """Whether the model's output ``out`` counts as fooled, (N,) bool: the target reached when the
+        objective needs one, else the class k left."""
+        if self.needs_target:
+            return out.argmax(dim=1) == ctx.target
         return out.argmax(dim=1) != ctx.label
+
+    def margin(self, out: Tensor, ctx: Context) -> Tensor:
+        """The margin reported in ``AttackResult.margin``, negative exactly where :meth:`fooled`:
+        eq. 2's f_k - max_{l != k} f_l, or max_{l != t} f_l - f_t towards a target."""
+        if self.needs_target:
+            return _other_max(out, ctx.target) - out.gather(1, ctx.target[:, None])[:, 0]
+        return out.gather(1, ctx.label[:, None])[:, 0] - _other_max(out, ctx.label)
 
     def value_and_grad(self, forward: Forward, x: Tensor, ctx: Context) -> tuple[Tensor, Tensor, Tensor]:
         """L at x (N,), its gradient in x (N, ...) and the model output at x (detached).
@@ -152,15 +178,13 @@ class Targeted(Objective):
 
     probs: bool = False
     name = "targeted"
+    needs_target = True
 
     def loss(self, out: Tensor, ctx: Context) -> Tensor:
         if ctx.target is None:
             raise ValueError("a targeted attack needs target=... (one class per input)")
         s = _scores(out, self.probs)
         return _other_max(s, ctx.target) - s.gather(1, ctx.target[:, None])[:, 0]
-
-    def fooled(self, out: Tensor, ctx: Context) -> Tensor:
-        return out.argmax(dim=1) == ctx.target
 
 
 @dataclass(repr=False)
@@ -175,6 +199,10 @@ class DeepFoolObjective(Objective):
     candidates: int = 10
     probs: bool = False
     name = "deepfool"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.candidates, bool) or int(self.candidates) != self.candidates or self.candidates < 1:
+            raise ValueError(f"candidates must be a positive integer (classes searched), got {self.candidates!r}")
 
     def loss(self, out: Tensor, ctx: Context) -> Tensor:  # the value at the chosen class
         raise NotImplementedError("DeepFoolObjective computes its value in value_and_grad")
@@ -213,14 +241,34 @@ class Transfer(Objective):
     """
 
     surrogate: nn.Module | None = None
-    base: Objective = field(default_factory=CrossEntropy)
+    base: Objective | str = field(default_factory=CrossEntropy)
     name = "transfer"
 
+    def __post_init__(self) -> None:
+        if isinstance(self.base, str):
+            self.base = objective_by_name(self.base)
+        if not isinstance(self.base, Objective) or isinstance(self.base, Transfer):
+            raise TypeError(f"transfer: base must be an objective (or its name), got {self.base!r}")
+
+    @property
+    def needs_target(self) -> bool:  # type: ignore[override]
+        return self.base.needs_target  # type: ignore[union-attr]
+
+    @property
+    def classification(self) -> bool:  # type: ignore[override]
+        return self.base.classification  # type: ignore[union-attr]
+
+    def prepare(self, out: Tensor, ctx: Context) -> None:
+        self.base.prepare(out, ctx)  # type: ignore[union-attr]
+
     def loss(self, out: Tensor, ctx: Context) -> Tensor:
-        return self.base.loss(out, ctx)
+        return self.base.loss(out, ctx)  # type: ignore[union-attr]
 
     def fooled(self, out: Tensor, ctx: Context) -> Tensor:
-        return self.base.fooled(out, ctx)
+        return self.base.fooled(out, ctx)  # type: ignore[union-attr]
+
+    def margin(self, out: Tensor, ctx: Context) -> Tensor:
+        return self.base.margin(out, ctx)  # type: ignore[union-attr]
 
     def value_and_grad(self, forward: Forward, x: Tensor, ctx: Context) -> tuple[Tensor, Tensor, Tensor]:
         if self.surrogate is None:
@@ -228,7 +276,7 @@ class Transfer(Objective):
         from .modelcall import eval_mode
 
         with eval_mode(self.surrogate):
-            return self.base.value_and_grad(self.surrogate, x, ctx)
+            return self.base.value_and_grad(self.surrogate, x, ctx)  # type: ignore[union-attr]
 
 
 @dataclass(repr=False)
@@ -253,6 +301,65 @@ class Regression(Objective):
         raise TypeError("a regression objective has no notion of fooling; compare outputs with psnr")
 
 
+def _sorted_scores(out: Tensor) -> Tensor:
+    return out.sort(dim=1, descending=True).values
+
+
+@dataclass(repr=False)
+class DLR(Objective):
+    """Difference of logits ratio (Croce and Hein 2020), as a loss to minimise:
+
+        L = (z_k - max_{l != k} z_l) / (z_pi1 - z_pi3 + 1e-12),
+
+    z sorted decreasingly as z_pi1 >= z_pi2 >= ...: the margin of eq. 2 divided by a spread of the
+    scores, so it does not change when the logits are shifted or scaled (no saturation as with
+    cross-entropy). Negative exactly where the model is fooled. Needs K >= 3 classes.
+    """
+
+    name = "dlr"
+
+    def loss(self, out: Tensor, ctx: Context) -> Tensor:
+        if out.shape[1] < 3:
+            raise ValueError(f"the DLR loss needs at least 3 classes, the model has {out.shape[1]}")
+        z = _sorted_scores(out)
+        m = out.gather(1, ctx.label[:, None])[:, 0] - _other_max(out, ctx.label)
+        return m / (z[:, 0] - z[:, 2] + 1e-12)
+
+
+@dataclass(repr=False)
+class DLRTargeted(Objective):
+    """Targeted DLR (Croce and Hein 2020), towards the class of rank ``rank`` in f(x) (2 = the runner-up),
+    as a loss to minimise:
+
+        L = (z_k - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12).
+
+    Success stays untargeted (the class k left): the target only steers the search, as in APGD-T, which
+    runs this for ranks 2..10 on the inputs still robust. Needs K >= 4 classes.
+    """
+
+    rank: int = 2
+    name = "dlr-targeted"
+
+    def __post_init__(self) -> None:
+        if int(self.rank) != self.rank or self.rank < 2:
+            raise ValueError(f"rank must be an integer >= 2 (2 = the runner-up class), got {self.rank!r}")
+
+    def prepare(self, out: Tensor, ctx: Context) -> None:
+        if out.shape[1] < max(4, self.rank):
+            raise ValueError(f"targeted DLR with rank {self.rank} needs at least {max(4, self.rank)} classes, "
+                             f"the model has {out.shape[1]}")
+        ctx.extra["dlr_target"] = out.argsort(dim=1, descending=True)[:, self.rank - 1]
+
+    def loss(self, out: Tensor, ctx: Context) -> Tensor:
+        t = ctx.extra.get("dlr_target")
+        if t is None:
+            raise ValueError("targeted DLR: prepare() was not called with the clean outputs")
+        z = _sorted_scores(out)
+        zk = out.gather(1, ctx.label[:, None])[:, 0]
+        zt = out.gather(1, t[:, None])[:, 0]
+        return (zk - zt) / (z[:, 0] - (z[:, 2] + z[:, 3]) / 2 + 1e-12)
+
+
 OBJECTIVES: dict[str, type[Objective]] = {
     "margin": Margin,
     "cross-entropy": CrossEntropy,
@@ -261,4 +368,17 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "deepfool": DeepFoolObjective,
     "transfer": Transfer,
     "regression": Regression,
+    "dlr": DLR,
+    "dlr-targeted": DLRTargeted,
 }
+
+
+def objective_by_name(name: str) -> Objective:
+    """An objective of the table above, with its default settings."""
+    if name not in OBJECTIVES:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(OBJECTIVES), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown objective {name!r}{hint}; known: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name]()

@@ -1,27 +1,28 @@
-"""Schedules: the one iteration loop of the project (Algorithm 1 and its relatives).
+"""Schedules: the one iteration loop of the project and the policies it is made of (Algorithm 1).
 
-    eta_1 = start (0, or a random point of the ball: Madry's random start)
+    eta = start(x, eps)                                        # zero, or random in the ball
+    alpha = step_size.init(eps, T)                             # eps/T, 2.5 eps/T, APGD's 2 eps, ...
     for t = 1..T:
-        eta~_t  = eta_t + random(eps~_t)                  # dithering of the linearisation point
-        eta*_t  = solver(grad L(x, (1 + overshoot) eta~_t)) with budget alpha
-        eta_t+1 = eta_t + eta*_t   [projected on the eps ball when ``project``]   [kept in the box]
-    return eta_T+1
+        x_lin = x + (1 + overshoot) (eta + random(eps~_t))     # lin_point: dithering (Alg. 1)
+        L, g  = grad L(x_lin)                                  # only inputs still in play (stop)
+        keep.observe(eta, L, fooled)                           # last / best by loss / best by norm
+        alpha, restart = step_size.update(t, keep)             # APGD: halve where progress stalled
+        eta   = update(eta, solver(g, L, alpha, constraint))   # plain or momentum
+        eta   = project(eta)                                   # none / eps ball / FMN's adaptive ball
+    return keep.result(eta)
 
-Presets differ only in these fields:
+Presets are combinations of these policies (attacks.py): Algorithm 1 is Constant(1) steps without
+projection (T steps of eps/T stay in the ball); Madry's PGD a random start, Constant(2.5) steps and
+the eps-ball projection; pgd-paper Algorithm 1 dithered once; DeepFool min-norm steps (unbounded)
+stopped per input when fooled; APGD (Croce and Hein 2020) a random start, Halving step sizes, Momentum
+and the best iterate; FMN (Pintor et al. 2021) Cosine step sizes, an adaptive ball and the smallest
+fooling iterate; Square (Andriushchenko et al. 2020) a score-only solver under the same loop.
 
-* Algorithm 1 (alg1-T, linear-*-T): alpha = eps / T, no projection needed (T steps of norm eps/T
-  stay in the ball by the triangle inequality), dithering per ``dither``.
-* PGD as users know it (Madry et al.): random start in the ball, alpha = 2.5 eps / T, projection.
-* pgd-paper (Table 2, Fig. 3): Algorithm 1 on cross-entropy with eps~_1 = eps, eps~_t = 0 after.
-* DeepFool: min-norm steps (unbounded) until fooled, at most 50, overshoot 0.02, early stop per input.
-
-Every step is batched; inputs that are done are frozen with ``torch.where``, and with
-``early_stop`` the gradients are taken for the inputs still in play only (one no-grad forward per
-step decides which). Keeping x + eta in
-the box after each step only shrinks each coordinate of eta towards 0, so no norm grows. The
-solver sees the gradient on the free coordinates only (:meth:`Box.free_directions`): a step
-along a coordinate already at a face of the box would be clipped away, so the linearised problem is
-solved on ball-and-box (without it DeepFool stalls on images with many saturated pixels).
+Every step is batched; inputs that are done are frozen with ``torch.where``, and gradients are taken for
+the inputs still in play only. The box is handled by three separate switches: ``mask_blocked`` (the
+solver sees the gradient on the free coordinates only, :meth:`Box.free_directions`), ``clip_iterates``
+(x + eta is kept in the box after every step) and ``push`` (classic DeepFool adds a hair to the
+distance of its later min-norm steps so that iterates cannot creep up to the boundary from one side).
 """
 
 from __future__ import annotations
@@ -29,74 +30,539 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .constraints import Box, LpBall, expand_like
+from .constraints import Box, LpBall, Partition, expand_like
 from .noise import Noise
 from .objectives import Context, Objective
 from .solvers import Solver, Step
 
-__all__ = ["Schedule"]
+__all__ = [
+    "Schedule",
+    "Start",
+    "ZeroStart",
+    "RandomStart",
+    "StepSize",
+    "Constant",
+    "Halving",
+    "Cosine",
+    "Update",
+    "Plain",
+    "Momentum",
+    "Dither",
+    "Keep",
+    "KeepLast",
+    "KeepBest",
+    "Stop",
+    "NeverStop",
+    "WhenFooled",
+    "Projection",
+    "NoProjection",
+    "BallProjection",
+    "AdaptiveBall",
+    "apgd_checkpoints",
+]
+
+
+def _number(name: str, value: Any, *, lo: float | None = None, lo_open: bool = False, hi: float | None = None,
+            integer: bool = False) -> None:
+    """Raise a ValueError/TypeError naming ``name`` unless ``value`` is a finite number in range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if integer and int(value) != value:
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo:g}, got {value!r}")
+    if hi is not None and value > hi:
+        raise ValueError(f"{name} must be <= {hi:g}, got {value!r}")
+
+
+@dataclass
+class Loop:
+    """The state of one run that the policies read: per input (N,) unless said otherwise."""
+
+    x: Tensor
+    eps: Tensor | None
+    ball: LpBall
+    box: Box
+    noise: Noise
+    steps: int
+    done: Tensor
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------- start
+
+
+class Start:
+    """Where eta starts."""
+
+    def __call__(self, loop: Loop) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ZeroStart(Start):
+    """eta_1 = 0 (Algorithm 1)."""
+
+    def __call__(self, loop: Loop) -> Tensor:
+        return torch.zeros_like(loop.x)
+
+
+@dataclass(frozen=True)
+class RandomStart(Start):
+    """eta_1 uniform in the eps ball, then clipped to the box (Madry's PGD, APGD)."""
+
+    def __call__(self, loop: Loop) -> Tensor:
+        if loop.eps is None:
+            raise ValueError("a random start needs a budget eps")
+        return loop.box.clip(loop.x + loop.ball.sample(loop.x, loop.eps, loop.noise)) - loop.x
+
+
+# ------------------------------------------------------------------------------------ step size
+
+
+class StepSize:
+    """The budget alpha (N,) of each step. ``update`` may change it after step t and ask for a restart
+    from the best iterate (a (N,) bool mask), as APGD does."""
+
+    def init(self, eps: Tensor | None, steps: int, like: Tensor) -> Tensor | None:  # pragma: no cover
+        raise NotImplementedError
+
+    def update(self, t: int, alpha: Tensor | None, loop: Loop, keep: Keep) -> tuple[Tensor | None, Tensor | None]:
+        return alpha, None
+
+
+@dataclass(frozen=True)
+class Constant(StepSize):
+    """alpha = scale * eps / T (1 for Algorithm 1, 2.5 for Madry's PGD), or alpha = fraction * eps when
+    ``fraction`` is given (1.0 for subset attacks: each step spends the whole budget on its subset).
+    Unbounded (min-norm) solvers get no alpha."""
+
+    scale: float = 1.0
+    fraction: float | None = None
+
+    def __post_init__(self) -> None:
+        _number("step_scale", self.scale, lo=0, lo_open=True)
+        if self.fraction is not None:
+            _number("step", self.fraction, lo=0, lo_open=True)
+
+    def init(self, eps: Tensor | None, steps: int, like: Tensor) -> Tensor | None:
+        if eps is None:
+            return None
+        return eps * self.fraction if self.fraction is not None else eps * (self.scale / steps)
+
+
+def apgd_checkpoints(steps: int) -> list[int]:
+    """The iterations after which APGD may halve its step size (Croce and Hein 2020, Sec. 3.2):
+    w_j = ceil(p_j T), p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)."""
+    ps = [0.0, 0.22]
+    while ps[-1] < 1:
+        ps.append(ps[-1] + max(ps[-1] - ps[-2] - 0.03, 0.06))
+    return sorted({math.ceil(p * steps) for p in ps[1:] if math.ceil(p * steps) < steps})
+
+
+@dataclass(frozen=True)
+class Halving(StepSize):
+    """APGD's step size: alpha = ``init`` eps at first; at each checkpoint w_j (:func:`apgd_checkpoints`)
+    an input's alpha is halved, and it restarts from its best iterate, where
+
+    1. the loss improved at fewer than ``rho`` of the steps since the last checkpoint, or
+    2. alpha was not halved at the last checkpoint and the best loss has not improved since.
+    """
+
+    init_scale: float = 2.0
+    rho: float = 0.75
+
+    def __post_init__(self) -> None:
+        _number("init_scale", self.init_scale, lo=0, lo_open=True)
+        _number("rho", self.rho, lo=0, hi=1)
+
+    def init(self, eps: Tensor | None, steps: int, like: Tensor) -> Tensor | None:
+        if eps is None:
+            raise ValueError("APGD's step sizes need a budget eps")
+        return eps * self.init_scale
+
+    def update(self, t: int, alpha: Tensor | None, loop: Loop, keep: Keep) -> tuple[Tensor | None, Tensor | None]:
+        assert alpha is not None
+        st = loop.state
+        if "checkpoints" not in st:
+            st["checkpoints"] = apgd_checkpoints(loop.steps)
+            st["last_ckpt"] = 0
+            st["halved"] = torch.zeros_like(loop.done)
+            st["best_at_ckpt"] = keep.best_value.clone()
+        if t + 1 not in st["checkpoints"]:
+            return alpha, None
+        since = t + 1 - st["last_ckpt"]
+        few_gains = keep.gains < self.rho * since
+        stalled = ~st["halved"] & (keep.best_value >= st["best_at_ckpt"])
+        halve = (few_gains | stalled) & ~loop.done
+        st["halved"] = halve
+        st["best_at_ckpt"] = keep.best_value.clone()
+        st["last_ckpt"] = t + 1
+        keep.gains.zero_()
+        return torch.where(halve, alpha / 2, alpha), halve
+
+
+@dataclass(frozen=True)
+class Cosine(StepSize):
+    """FMN's step size, in the units of the norm, annealed from ``first`` to ``last`` by a half cosine:
+    alpha_t = last + (first - last) (1 + cos(pi t / T)) / 2. Needs no eps."""
+
+    first: float = 1.0
+    last: float = 0.01
+
+    def __post_init__(self) -> None:
+        _number("first", self.first, lo=0, lo_open=True)
+        _number("last", self.last, lo=0)
+
+    def init(self, eps: Tensor | None, steps: int, like: Tensor) -> Tensor | None:
+        return like.new_full((like.shape[0],), float(self.first))
+
+    def update(self, t: int, alpha: Tensor | None, loop: Loop, keep: Keep) -> tuple[Tensor | None, Tensor | None]:
+        assert alpha is not None
+        a = self.last + (self.first - self.last) * (1 + math.cos(math.pi * t / loop.steps)) / 2
+        return torch.full_like(alpha, a), None
+
+
+# --------------------------------------------------------------------------------------- update
+
+
+class Update:
+    """How the solver's step s is added to eta (before the projection)."""
+
+    def __call__(self, t: int, eta: Tensor, s: Tensor, loop: Loop, project: Callable[[Tensor], Tensor]) -> Tensor:
+        raise NotImplementedError  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class Plain(Update):
+    """eta + s."""
+
+    def __call__(self, t: int, eta: Tensor, s: Tensor, loop: Loop, project: Callable[[Tensor], Tensor]) -> Tensor:
+        return eta + s
+
+
+@dataclass(frozen=True)
+class Momentum(Update):
+    """APGD's momentum: z = P(eta + s); eta' = eta + a (z - eta) + (1 - a)(eta - eta_prev), a = ``momentum``
+    (a plain step at t = 0 and right after a restart)."""
+
+    momentum: float = 0.75
+
+    def __post_init__(self) -> None:
+        _number("momentum", self.momentum, lo=0, hi=1)
+
+    def __call__(self, t: int, eta: Tensor, s: Tensor, loop: Loop, project: Callable[[Tensor], Tensor]) -> Tensor:
+        prev = loop.state.get("eta_prev")
+        z = project(eta + s)
+        loop.state["eta_prev"] = eta
+        if prev is None:
+            return z
+        a = self.momentum
+        return eta + a * (z - eta) + (1 - a) * (eta - prev)
+
+
+# ----------------------------------------------------------------------------- linearisation point
+
+
+@dataclass(frozen=True)
+class Dither:
+    """Dithering radii eps~_t / eps of the linearisation point (Algorithm 1): ``"none"``, ``"first"``
+    (eps~_1 = eps, 0 after: pgd-paper, the linear regression attacks), ``"all"`` (eps / T at every
+    step), or a sequence of T fractions."""
+
+    radii: str | tuple[float, ...] = "none"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.radii, str):
+            object.__setattr__(self, "radii", tuple(float(r) for r in self.radii))
+            if any(not math.isfinite(r) or r < 0 for r in self.radii):
+                raise ValueError(f"dither needs non-negative fractions of eps (finite), got {self.radii!r}")
+        elif self.radii not in ("none", "first", "all"):
+            raise ValueError(f"dither must be 'none', 'first', 'all' or T fractions, got {self.radii!r}")
+
+    def fractions(self, steps: int) -> list[float]:
+        if isinstance(self.radii, str):
+            return {"none": [0.0] * steps, "first": [1.0] + [0.0] * (steps - 1),
+                    "all": [1.0 / steps] * steps}[self.radii]
+        if len(self.radii) != steps:
+            raise ValueError(f"dither needs {steps} non-negative fractions of eps (one per step), got {len(self.radii)}")
+        return list(self.radii)
+
+
+# ----------------------------------------------------------------------------------------- keep
+
+
+class Keep:
+    """What the run returns: it observes every iterate with its loss, gradient and whether it fooled
+    the model. ``best_value`` (N,) and ``gains`` (N,) (steps whose loss improved on the step before,
+    since the last reset) serve APGD's step-size rule."""
+
+    needs_final_check = False
+
+    def start(self, eta: Tensor) -> None:
+        pass
+
+    def observe(self, eta: Tensor, value: Tensor | None, g: Tensor | None, fooled: Tensor | None, ball: LpBall,
+                rows: Tensor) -> None:
+        pass
+
+    def restart(self, mask: Tensor, eta: Tensor, g: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        return eta, g
+
+    def result(self, eta: Tensor) -> Tensor:
+        return eta
+
+
+@dataclass
+class KeepLast(Keep):
+    """The last iterate (Algorithm 1, PGD, DeepFool)."""
+
+
+@dataclass
+class KeepBest(Keep):
+    """The best iterate: by ``"loss"`` (APGD: the lowest loss, and any iterate that fooled the model
+    wins over it) or by ``"norm"`` (FMN: the smallest perturbation that fooled the model; the last
+    iterate where none did)."""
+
+    by: str = "loss"
+    needs_final_check = True
+
+    def __post_init__(self) -> None:
+        if self.by not in ("loss", "norm"):
+            raise ValueError(f"keep: 'loss' or 'norm', got {self.by!r}")
+
+    def start(self, eta: Tensor) -> None:
+        n = eta.shape[0]
+        self.best_value = eta.new_full((n,), math.inf)
+        self.prev_value = eta.new_full((n,), math.inf)
+        self.gains = torch.zeros(n, dtype=torch.long, device=eta.device)
+        self.best_eta = eta.clone()
+        self.best_g: Tensor | None = None
+        self.adv_eta = eta.clone()
+        self.adv = torch.zeros(n, dtype=torch.bool, device=eta.device)
+        self.adv_norm = eta.new_full((n,), math.inf)
+
+    def observe(self, eta: Tensor, value: Tensor | None, g: Tensor | None, fooled: Tensor | None, ball: LpBall,
+                rows: Tensor) -> None:
+        if value is not None:
+            self.gains += (rows & (value < self.prev_value)).long()
+            self.prev_value = torch.where(rows, value, self.prev_value)
+            better = rows & (value < self.best_value)
+            self.best_value = torch.where(better, value, self.best_value)
+            self.best_eta = torch.where(expand_like(better, eta), eta, self.best_eta)
+            if g is not None:
+                self.best_g = g.clone() if self.best_g is None else torch.where(expand_like(better, g), g, self.best_g)
+        if fooled is not None:
+            fooled = fooled & rows
+            if self.by == "norm":
+                norms = ball.norm(eta)
+                take = fooled & (norms < self.adv_norm)
+                self.adv_norm = torch.where(take, norms, self.adv_norm)
+            else:
+                take = fooled & ~self.adv
+            self.adv_eta = torch.where(expand_like(take, eta), eta, self.adv_eta)
+            self.adv = self.adv | fooled
+
+    def restart(self, mask: Tensor, eta: Tensor, g: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        eta = torch.where(expand_like(mask, eta), self.best_eta, eta)
+        if g is not None and self.best_g is not None:
+            g = torch.where(expand_like(mask, g), self.best_g, g)
+        return eta, g
+
+    def result(self, eta: Tensor) -> Tensor:
+        fallback = eta if self.by == "norm" else self.best_eta
+        return torch.where(expand_like(self.adv, eta), self.adv_eta, fallback)
+
+
+# ----------------------------------------------------------------------------------------- stop
+
+
+class Stop:
+    """When an input leaves the loop."""
+
+    active = False  # whether the loop checks at all
+    check_first = False
+
+
+@dataclass(frozen=True)
+class NeverStop(Stop):
+    """Every input runs all T steps."""
+
+
+@dataclass(frozen=True)
+class WhenFooled(Stop):
+    """An input stops once the model is fooled at its iterate. ``check_first``: decide with a no-grad
+    forward before any gradient is taken (DeepFool, whose gradient costs one backward per class);
+    else from the outputs of the gradient's own forward (one backward per step, no extra forward)."""
+
+    check_first: bool = False
+    active = True
+
+
+# ----------------------------------------------------------------------------------- projection
+
+
+class Projection:
+    """What keeps eta in its ball after a step."""
+
+    def radius(self, loop: Loop) -> Tensor | None:
+        return loop.eps
+
+    def observe(self, t: int, loop: Loop, eta: Tensor, value: Tensor | None, g: Tensor | None,
+                fooled: Tensor | None, keep: Keep) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class NoProjection(Projection):
+    """No projection: Algorithm 1's T steps of eps/T stay in the ball by the triangle inequality."""
+
+    def radius(self, loop: Loop) -> Tensor | None:
+        return None
+
+
+@dataclass(frozen=True)
+class BallProjection(Projection):
+    """Projection on the eps ball after every step (PGD, APGD)."""
+
+
+@dataclass(frozen=True)
+class AdaptiveBall(Projection):
+    """FMN's adaptive norm constraint (Pintor et al. 2021): the radius r shrinks to (1 - gamma_t) times
+    min(r, best fooling norm) while the iterate fools the model, grows by (1 + gamma_t) while it does not
+    (before any success: the current norm plus the first-order distance to the boundary, |L| / norm_q(g)),
+    gamma_t annealed from ``gamma`` to ``gamma_final`` by a half cosine. Capped at eps when one is given."""
+
+    gamma: float = 0.05
+    gamma_final: float = 0.001
+
+    def __post_init__(self) -> None:
+        _number("gamma", self.gamma, lo=0, hi=1)
+        _number("gamma_final", self.gamma_final, lo=0, hi=1)
+
+    def radius(self, loop: Loop) -> Tensor | None:
+        return loop.state.get("radius")
+
+    def observe(self, t: int, loop: Loop, eta: Tensor, value: Tensor | None, g: Tensor | None,
+                fooled: Tensor | None, keep: Keep) -> None:
+        assert value is not None and g is not None and fooled is not None
+        gamma = self.gamma_final + (self.gamma - self.gamma_final) * (1 + math.cos(math.pi * t / loop.steps)) / 2
+        r = loop.state.get("radius")
+        if r is None:
+            r = value.new_full(value.shape, math.inf)
+        norms = loop.ball.norm(eta)
+        found = keep.adv if isinstance(keep, KeepBest) else fooled
+        best = keep.adv_norm if isinstance(keep, KeepBest) else norms
+        first = norms + value.abs() / loop.ball.dual_norm(g).clamp_min(1e-12)
+        grown = torch.where(found, r * (1 + gamma), first)
+        r = torch.where(fooled, torch.minimum(r * (1 - gamma), best), grown)
+        lo, hi = loop.box.bounds(loop.x)
+        worst = loop.ball.norm(torch.maximum(loop.x - lo, hi - loop.x))  # no larger ball changes anything
+        r = torch.minimum(r, worst if loop.eps is None else torch.minimum(worst, loop.eps))
+        loop.state["radius"] = torch.where(loop.done, loop.state.get("radius", r), r)
+
+
+# ------------------------------------------------------------------------------------ the driver
+
+
+_ALIASES = ("random_start", "step_scale", "step", "dither", "project", "early_stop", "box_aware")
 
 
 @dataclass(frozen=True)
 class Schedule:
-    """How many steps, their size, where the linearisation point is dithered (Algorithm 1).
+    """How many steps and how each is taken: one driver loop, configured by policies.
 
     Args:
-        steps: T, the number of linearisations (the most, with ``early_stop``).
-        step_scale: alpha = step_scale * eps / T (1 for Algorithm 1, 2.5 for Madry's PGD).
-        step: if given, alpha = step * eps, overriding ``step_scale`` (1.0 for subset attacks).
-        dither: radii eps~_t / eps of the dithering: ``"none"``, ``"first"`` (eps~_1 = eps, 0 after:
-            pgd-paper), ``"all"`` (eps~_t = eps / T at every step), or a sequence of T fractions.
-        random_start: start from a uniform random point of the eps ball (Madry).
-        project: project eta on the eps ball after each step.
-        early_stop: freeze an input once the model is fooled at its linearisation point (DeepFool).
+        steps: T, the number of linearisations (the most, with a stop policy).
+        start: :class:`ZeroStart` or :class:`RandomStart`.
+        step_size: :class:`Constant`, :class:`Halving` (APGD) or :class:`Cosine` (FMN).
+        update: :class:`Plain` or :class:`Momentum` (APGD).
+        lin_point: :class:`Dither`, the dithering radii of the linearisation point (Algorithm 1).
+        keep: :class:`KeepLast` or :class:`KeepBest` (by loss: APGD; by norm: FMN).
+        stop: :class:`NeverStop` or :class:`WhenFooled`.
+        project: :class:`NoProjection`, :class:`BallProjection` or :class:`AdaptiveBall` (FMN).
         overshoot: the linearisation point and the result are x + (1 + overshoot) eta (DeepFool's 0.02).
-        box_aware: solve each linearised problem on ball-and-box: the gradient is zeroed where a step
-            would leave the box (:meth:`Box.free_directions`) and x + eta is kept in the box after each
-            step. False is classic DeepFool: the box only clips the linearisation points and the result,
-            eta accumulates unclipped, and every min-norm step after the first adds ``push`` to its
-            distance (as foolbox does) so that iterates cannot creep up to the boundary from one side.
-            On a LeNet-5 (MNIST) classic DeepFool found 6-8% smaller perturbations in ~3x the steps.
-        push: the distance added to later min-norm steps when not ``box_aware`` (units of the norm).
+        mask_blocked: the solver sees the gradient on the coordinates a step can move only
+            (:meth:`Box.free_directions`): the linearised problem is solved on ball-and-box.
+        clip_iterates: x + eta is kept in the box after every step (else only the linearisation points
+            and the result are clipped, as classic DeepFool does).
+        push: added to the distance of min-norm steps after the first (classic DeepFool: 1e-4).
+
+    Convenience keywords of :meth:`with_` (and of ``get_attack``): ``random_start``, ``step_scale``,
+    ``step``, ``dither``, ``project`` (bool), ``early_stop`` and ``box_aware`` (True: mask_blocked and
+    clip_iterates, no push; False: classic DeepFool's box handling).
     """
 
     steps: int = 1
-    step_scale: float = 1.0
-    step: float | None = None
-    dither: str | Sequence[float] = "none"
-    random_start: bool = False
-    project: bool = False
-    early_stop: bool = False
+    start: Start = field(default_factory=ZeroStart)
+    step_size: StepSize = field(default_factory=Constant)
+    update: Update = field(default_factory=Plain)
+    lin_point: Dither = field(default_factory=Dither)
+    keep: Callable[[], Keep] = KeepLast
+    stop: Stop = field(default_factory=NeverStop)
+    project: Projection = field(default_factory=NoProjection)
     overshoot: float = 0.0
-    box_aware: bool = True
-    push: float = 1e-4
+    mask_blocked: bool = True
+    clip_iterates: bool = True
+    push: float = 0.0
 
     def __post_init__(self) -> None:
-        if int(self.steps) != self.steps or self.steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {self.steps}")
-        if self.overshoot < 0:
-            raise ValueError(f"overshoot must be >= 0, got {self.overshoot}")
-        if self.push < 0:
-            raise ValueError(f"push must be >= 0, got {self.push}")
-        self.dither_radii()
+        if isinstance(self.steps, bool) or not isinstance(self.steps, (int, float)) or not math.isfinite(self.steps) \
+                or int(self.steps) != self.steps or self.steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
+        object.__setattr__(self, "steps", int(self.steps))
+        _number("overshoot", self.overshoot, lo=0)
+        _number("push", self.push, lo=0)
+        for name, kind in (("start", Start), ("step_size", StepSize), ("update", Update), ("lin_point", Dither),
+                           ("stop", Stop), ("project", Projection)):
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(f"schedule {name} must be a {kind.__name__}, got {getattr(self, name)!r}")
+        self.lin_point.fractions(self.steps)
+
+    @classmethod
+    def of(cls, **kw: Any) -> Schedule:
+        """A schedule from fields and convenience keywords: ``Schedule.of(steps=10, dither="first")``."""
+        steps = kw.pop("steps", 1)
+        return cls(steps=steps).with_(**kw) if kw else cls(steps=steps)
 
     def dither_radii(self) -> list[float]:
         """eps~_t / eps for t = 1..T."""
-        T = self.steps
-        if isinstance(self.dither, str):
-            table = {"none": [0.0] * T, "first": [1.0] + [0.0] * (T - 1), "all": [1.0 / T] * T}
-            if self.dither not in table:
-                raise ValueError(f"dither must be 'none', 'first', 'all' or {T} fractions, got {self.dither!r}")
-            return table[self.dither]
-        radii = [float(r) for r in self.dither]
-        if len(radii) != T or any(r < 0 or math.isnan(r) for r in radii):
-            raise ValueError(f"dither needs {T} non-negative fractions of eps, got {self.dither!r}")
-        return radii
+        return self.lin_point.fractions(self.steps)
+
+    def with_(self, **kw: Any) -> Schedule:
+        """A copy with fields or convenience keywords changed (see the class docstring)."""
+        out: dict[str, Any] = {}
+        for k, v in kw.items():
+            if k == "random_start":
+                out["start"] = RandomStart() if _flag(k, v) else ZeroStart()
+            elif k in ("step_scale", "step"):
+                cur = out.get("step_size", self.step_size)
+                base = cur if isinstance(cur, Constant) else Constant()
+                out["step_size"] = replace(base, **{"scale" if k == "step_scale" else "fraction": v})
+            elif k == "dither":
+                out["lin_point"] = v if isinstance(v, Dither) else Dither(v if isinstance(v, str) else tuple(v))
+            elif k == "project" and not isinstance(v, Projection):
+                out["project"] = BallProjection() if _flag(k, v) else NoProjection()
+            elif k == "early_stop":
+                out["stop"] = WhenFooled(check_first=True) if _flag(k, v) else NeverStop()
+            elif k == "box_aware":
+                aware = _flag(k, v)
+                out.update(mask_blocked=aware, clip_iterates=aware, push=0.0 if aware else 1e-4)
+            else:
+                out[k] = v
+        return replace(self, **out)
+
+    @staticmethod
+    def keywords() -> list[str]:
+        return [f.name for f in fields(Schedule)] + list(_ALIASES)
 
     def run(
         self,
@@ -110,6 +576,7 @@ class Schedule:
         ctx: Context,
         noise: Noise | None = None,
         progress: Callable[[int], None] | None = None,
+        partition: Partition | None = None,
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Run the loop; return the final eta (N, ...), the number of steps each input took (N,) and
         the per-input figures the solver reported (e.g. ``sigma`` of quadratic-l2).
@@ -120,67 +587,127 @@ class Schedule:
         T = self.steps
         if noise is None:
             noise = Noise.create(None, n, x.device)
-        if eps is None and (solver.bounded or self.random_start or self.project or any(self.dither_radii())):
+        radii = self.lin_point.fractions(T)
+        needs_eps = (solver.bounded and not isinstance(self.step_size, Cosine)) or isinstance(self.start, RandomStart) \
+            or isinstance(self.project, BallProjection) or any(radii)
+        if eps is None and needs_eps:
             raise ValueError(f"{solver} with this schedule needs a budget eps")
-        alpha = None
-        if eps is not None:
-            alpha = eps * self.step if self.step is not None else eps * (self.step_scale / T)
-        scale = 1.0 + self.overshoot
-        eta = torch.zeros_like(x)
-        if self.random_start:
-            eta = box.clip(x + ball.sample(x, eps, noise)) - x
         done = torch.zeros(n, dtype=torch.bool, device=x.device)
+        loop = Loop(x=x, eps=eps, ball=ball, box=box, noise=noise, steps=T, done=done)
+        alpha = self.step_size.init(eps, T, x)
+        scale = 1.0 + self.overshoot
+        eta = self.start(loop)
+        keep = self.keep()
+        keep.start(eta)
         used = torch.zeros(n, dtype=torch.long, device=x.device)
         state: dict = {}
-        for t, radius in enumerate(self.dither_radii()):
+
+        def project(v: Tensor) -> Tensor:
+            r = self.project.radius(loop)
+            if r is not None:
+                v = ball.project(v, r)
+            if self.clip_iterates:
+                v = (box.clip(x + scale * v) - x) / scale
+            return v
+
+        for t, radius in enumerate(radii):
             lin = eta
             if radius > 0:
+                assert eps is not None
                 lin = eta + ball.sample(x, eps * radius, noise)
             x_lin = box.clip(x + scale * lin)
-            if self.early_stop:  # one cheap forward decides who is done before any gradient is taken
+            if self.stop.active and self.stop.check_first:  # a cheap forward decides who is done first
                 act = (~done).nonzero().squeeze(1)
                 with torch.no_grad():
                     done[act] = objective.fooled(forward(x_lin[act]), ctx.subset(act))
                 if bool(done.all()):
                     break
-            value = g = None
+            value = g = fooled = None
             if solver.needs_grad:
-                if self.early_stop:  # gradients of the inputs still in play only
+                if self.stop.active:  # gradients of the inputs still in play only
                     act = (~done).nonzero().squeeze(1)
-                    v_act, g_act, _ = objective.value_and_grad(forward, x_lin[act], ctx.subset(act))
+                    v_act, g_act, out_act = objective.value_and_grad(forward, x_lin[act], ctx.subset(act))
                     value = x.new_zeros(n).index_copy(0, act, v_act)
                     g = torch.zeros_like(x).index_copy(0, act, g_act)
+                    if objective.classification:
+                        f_act = objective.fooled(out_act, ctx.subset(act))
+                        fooled = torch.zeros_like(done).index_copy(0, act, f_act)
                 else:
-                    value, g, _ = objective.value_and_grad(forward, x_lin, ctx)
-                if self.box_aware:
+                    value, g, out = objective.value_and_grad(forward, x_lin, ctx)
+                    if objective.classification and (keep.needs_final_check or self.stop.active):
+                        fooled = objective.fooled(out, ctx)
+                keep.observe(lin, value, g, fooled, ball, ~done)
+                self.project.observe(t, loop, lin, value, g, fooled, keep)
+                if self.stop.active and not self.stop.check_first and fooled is not None:
+                    done = done | fooled
+                    loop.done = done
+                    if bool(done.all()):
+                        break
+            alpha, restart = self.step_size.update(t, alpha, loop, keep)
+            if restart is not None:  # APGD: back to the best iterate and its gradient; no momentum there
+                eta, g = keep.restart(restart, eta, g)
+                x_lin = box.clip(x + scale * eta)
+                if "eta_prev" in loop.state:
+                    loop.state["eta_prev"] = torch.where(expand_like(restart, eta), eta, loop.state["eta_prev"])
+            if g is not None:
+                if self.mask_blocked:
                     g = box.free_directions(g, x_lin)
-                flat = g.reshape(n, -1).abs().amax(dim=1) == 0
-                if t == 0 and bool((flat & ~done & (alpha != 0 if alpha is not None else True)).any()):
-                    warnings.warn(
-                        "the gradient of the objective is exactly zero for some inputs at the first step"
-                        + (
-                            "; a regression objective with y = f(x) is flat at eta = 0: dither the first"
-                            " linearisation point (dither='first' or 'all')"
-                            if not objective.classification
-                            else " (saturated model or gradient masking?)"
-                        ),
-                        stacklevel=4,
-                    )
-            push = self.push if (t > 0 and not self.box_aware) else 0.0
-            step = Step(x_lin, g, value, alpha if alpha is not None else x.new_zeros(n), ball, forward,
-                        noise, state, box, push)
-            new = eta + solver(step)
-            if self.project and eps is not None:
-                new = ball.project(new, eps)
-            if self.box_aware:
-                new = (box.clip(x + scale * new) - x) / scale
+                if t == 0:
+                    _warn_if_flat(g, done, alpha, objective)
+            push = self.push if t > 0 else 0.0
+            step = Step(x_lin, g, value, alpha if alpha is not None else x.new_zeros(n), ball, forward, noise, state,
+                        box, push, partition if partition is not None else Partition(), x, t, T, objective, ctx)
+            s = solver(step)
+            new = project(self.update(t, eta, s, loop, project))
             active = ~done
             eta = torch.where(expand_like(active, eta), new, eta)
             used = used + active.long()
+            if "fooled" in state:  # a score-based solver reports which new iterates fool the model
+                fooled_now = state.pop("fooled")
+                keep.observe(eta, None, None, fooled_now, ball, active)
+                if self.stop.active:
+                    done = done | fooled_now
+                    loop.done = done
             if progress is not None:
                 progress(1)
+            if self.stop.active and bool(done.all()):
+                break
+        if keep.needs_final_check:
+            with torch.no_grad():
+                x_last = box.clip(x + scale * eta)
+                out = forward(x_last)
+                value = objective.loss(out, ctx)
+                fooled = objective.fooled(out, ctx) if objective.classification else None
+            keep.observe(eta, value, None, fooled, ball, ~done)
+        eta = keep.result(eta)
         eta = box.clip(x + scale * eta) - x
         if eps is not None:  # exact budget, whatever the float rounding of T steps
             eta = box.clip(x + ball.project(eta, eps)) - x
         info = {k: v for k, v in state.items() if isinstance(v, Tensor) and v.shape == (n,)}
         return eta, used, info
+
+
+def _warn_if_flat(g: Tensor, done: Tensor, alpha: Tensor | None, objective: Objective) -> None:
+    flat = g.reshape(g.shape[0], -1).abs().amax(dim=1) == 0
+    if bool((flat & ~done & (alpha != 0 if alpha is not None else True)).any()):
+        warnings.warn(
+            "the gradient of the objective is exactly zero for some inputs at the first step"
+            + (
+                "; a regression objective with y = f(x) is flat at eta = 0: dither the first"
+                " linearisation point (dither='first' or 'all')"
+                if not objective.classification
+                else " (saturated model or gradient masking?)"
+            ),
+            stacklevel=5,
+        )
+
+
+def _flag(name: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"{name} must be True or False, got {v!r}")
+    return v
+
+
+def dither_fractions(dither: str | Sequence[float], steps: int) -> list[float]:
+    """eps~_t / eps for t = 1..T (see :class:`Dither`)."""
+    return Dither(dither if isinstance(dither, str) else tuple(dither)).fractions(steps)

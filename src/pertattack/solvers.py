@@ -16,14 +16,16 @@ Quadratic solvers for regression (eq. 13-21) live in :mod:`pertattack.quadratic`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from .constraints import Box, LpBall, Partition, expand_like
+from .constraints import Box, Constraint, LpBall, Partition, expand_like
 from .noise import Noise
+from .objectives import Context, Objective
 
 __all__ = [
     "Step",
@@ -54,6 +56,10 @@ class Step:
             (N,) left there are reported in ``AttackResult.info``.
         box: the box of valid inputs.
         push: added to the distance of a min-norm step (classic DeepFool's later steps).
+        partition: the subsets of the constraint (subset solvers).
+        x0: the clean inputs x (N, ...).
+        t, steps: this step's number (from 0) and the schedule's T.
+        objective, ctx: the attack's objective and its context (score-based solvers evaluate it).
     """
 
     x: Tensor
@@ -66,18 +72,35 @@ class Step:
     state: dict = field(default_factory=dict)
     box: Box | None = None
     push: float = 0.0
+    partition: Partition = field(default_factory=Partition)
+    x0: Tensor | None = None
+    t: int = 0
+    steps: int = 1
+    objective: Objective | None = None
+    ctx: Context | None = None
 
 
 class Solver:
     """Base class. ``needs_grad`` tells the schedule whether to compute L and g; ``bounded`` whether
-    the step's norm is the budget (False for min-norm steps, whose size the objective decides)."""
+    the step's norm is the budget (False for min-norm steps, whose size the objective decides);
+    ``norms`` the p of the balls it solves exactly (None: any p >= 1); ``subsets`` whether it works on
+    the constraint's partition. :meth:`check` refuses a constraint the solver does not solve."""
 
     name = "solver"
     needs_grad = True
     bounded = True
+    norms: tuple[float, ...] | None = None
+    subsets = False
+    hint = ""
 
     def __call__(self, step: Step) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def check(self, constraint: Constraint) -> None:
+        """Raise a ValueError, saying what to use instead, when this solver does not solve ``constraint``."""
+        if self.norms is not None and constraint.p not in self.norms:
+            ps = " or ".join("inf" if math.isinf(q) else f"{q:g}" for q in self.norms)
+            raise ValueError(f"solver {self.name} solves p = {ps}, not p = {constraint.p:g}" + self.hint)
 
     def __repr__(self) -> str:
         return self.name
@@ -119,27 +142,29 @@ class MinNorm(Solver):
         return -expand_like(scale, step.g) * step.ball.steepest(step.g)
 
 
-@dataclass(repr=False)
 class SingleSubset(Solver):
     """Single-subset attack, eq. 23: s* = argmax_s sum_{i in S_s} abs(g_i), eta = -eps sign(g) on S_s*.
 
     Subsets chosen at earlier steps of the same run are excluded (``state['used']``), so T calls
-    touch T distinct subsets (linear-pixel-T). The budget is per coordinate (p = inf inside the subset).
+    touch T distinct subsets (linear-pixel-T). The budget is per coordinate: the constraint's p is inf.
     """
 
-    partition: Partition = field(default_factory=Partition)
     name = "single-subset"
+    norms = (math.inf,)
+    subsets = True
+    hint = " (eq. 23 bounds each coordinate of the chosen subset by eps: use p=inf)"
 
     def __call__(self, step: Step) -> Tensor:
         assert step.g is not None
-        sums = self.partition.subset_sums(step.g.abs())  # (N, S)
+        partition = step.partition
+        sums = partition.subset_sums(step.g.abs())  # (N, S)
         used = step.state.get("used")
         if used is None:
             used = torch.zeros_like(sums, dtype=torch.bool)
         best = sums.masked_fill(used, -1.0).argmax(dim=1, keepdim=True)
         chosen = torch.zeros_like(used).scatter_(1, best, True)
         step.state["used"] = used | chosen
-        mask = self.partition.mask(chosen, step.g)
+        mask = partition.mask(chosen, step.g)
         return -expand_like(step.eps, step.g) * step.g.sign() * mask
 
 
@@ -148,6 +173,8 @@ class RandomSign(Solver):
 
     name = "random-sign"
     needs_grad = False
+    norms = (math.inf,)
+    hint = " (Bernoulli +-eps entries fill the l-inf ball; random-gaussian draws for other p)"
 
     def __call__(self, step: Step) -> Tensor:
         assert step.noise is not None
@@ -167,18 +194,20 @@ class RandomGaussian(Solver):
         return expand_like(step.eps / step.ball.norm(w).clamp_min(1e-12), w) * w
 
 
-@dataclass(repr=False)
 class RandomSubset(Solver):
     """Random baseline for subset attacks: +-eps entries on one random, not yet used subset per call
     (rand-pixel-T after T calls)."""
 
-    partition: Partition = field(default_factory=Partition)
     name = "random-subset"
     needs_grad = False
+    norms = (math.inf,)
+    subsets = True
+    hint = " (+-eps entries on a subset: use p=inf)"
 
     def __call__(self, step: Step) -> Tensor:
         x = step.x
-        n, s = x.shape[0], self.partition.size(x)
+        partition = step.partition
+        n, s = x.shape[0], partition.size(x)
         used = step.state.get("used")
         if used is None:
             used = torch.zeros(n, s, dtype=torch.bool, device=x.device)
@@ -188,7 +217,7 @@ class RandomSubset(Solver):
         chosen = torch.zeros_like(used).scatter_(1, keys.argmax(dim=1, keepdim=True), True)
         step.state["used"] = used | chosen
         signs = u[:, :-s].reshape(x.shape) < 0.5
-        return expand_like(step.eps, x) * (signs.to(x.dtype) * 2 - 1) * self.partition.mask(chosen, x)
+        return expand_like(step.eps, x) * (signs.to(x.dtype) * 2 - 1) * partition.mask(chosen, x)
 
 
 @dataclass(repr=False)
@@ -205,15 +234,34 @@ class Quadratic(Solver):
     """
 
     norm: str = "l2"
-    partition: Partition = field(default_factory=Partition)
-    iters: int = 100
+    power_iters: int = 100
     tol: float = 1e-6
-    method: str = "lanczos"
+    svd_method: str = "lanczos"
     needs_grad = False
 
     def __post_init__(self) -> None:
         if self.norm not in ("l2", "l1", "linf", "subset"):
             raise ValueError(f"quadratic solver norm must be l2, l1, linf or subset, got {self.norm!r}")
+        if isinstance(self.power_iters, bool) or int(self.power_iters) != self.power_iters or self.power_iters < 1:
+            raise ValueError(f"power_iters must be a positive integer, got {self.power_iters!r}")
+        if not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol) and self.tol >= 0):
+            raise ValueError(f"tol must be a finite number >= 0, got {self.tol!r}")
+        if self.svd_method not in ("lanczos", "power"):
+            raise ValueError(f"svd_method must be 'lanczos' or 'power', got {self.svd_method!r}")
+
+    @property
+    def norms(self) -> tuple[float, ...]:  # type: ignore[override]
+        return {"l2": (2.0,), "l1": (1.0,), "linf": (math.inf,), "subset": (math.inf,)}[self.norm]
+
+    @property
+    def subsets(self) -> bool:  # type: ignore[override]
+        return self.norm == "subset"
+
+    @property
+    def hint(self) -> str:  # type: ignore[override]
+        other = {2.0: "quadratic-l2", 1.0: "quadratic-l1", math.inf: "quadratic-linf"}
+        return f" (eq. {dict(l2=14, l1=15, linf=20, subset='19-21')[self.norm]}; the presets " + ", ".join(
+            f"{v} (p={k:g})" for k, v in other.items()) + " solve the others)"
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -225,12 +273,12 @@ class Quadratic(Solver):
         f, x, eps, box = step.forward, step.x, step.eps, step.box
         if self.norm == "l2":
             gen = None if step.noise is None else step.noise.generator(x.device)
-            eta, sigma = qd.quadratic_l2(f, x, eps, iters=self.iters, tol=self.tol, generator=gen,
-                                        method=self.method, box=box)
+            eta, sigma = qd.quadratic_l2(f, x, eps, iters=self.power_iters, tol=self.tol, generator=gen,
+                                        method=self.svd_method, box=box)
             step.state["sigma"] = sigma
             return eta
         if self.norm == "l1":
             return qd.quadratic_l1(f, x, eps, box=box)
         if self.norm == "linf":
             return qd.quadratic_linf(f, x, eps, box=box)
-        return qd.quadratic_subset(f, x, eps, self.partition, box=box)
+        return qd.quadratic_subset(f, x, eps, step.partition, box=box)
