@@ -330,3 +330,18 @@ def test_metric_arguments_are_checked():
             fooling_curve(model, x, y, "fgsm", grid)
     with pytest.raises(ValueError, match="eps must be a non-empty sequence"):
         evaluate(model, [(x, y)], "fgsm", [])
+
+
+def test_evaluate_seed_is_per_input():
+    """pgd draws a random start: with seed=, the figures do not depend on how the data are batched,
+    and equal one call on the whole set (inputs numbered in the order the data yield them)."""
+    model = MLP().eval()
+    x = rand_x(30, MLP_SHAPE, seed=12)
+    y = predict(model, x)
+    eps = [0.05, 0.2]
+    kw = dict(steps=3)
+    runs = [evaluate(model, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=bs), "pgd",
+                     eps, seed=3, **kw) for bs in (7, 30)]
+    assert runs[0] == runs[1]
+    np.testing.assert_allclose(runs[0]["fooling_ratio"], fooling_curve(model, x, y, "pgd", eps, seed=3, **kw),
+                               atol=1e-6)

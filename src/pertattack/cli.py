@@ -354,6 +354,78 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                            epochs=args.epochs, device=device)
 
 
+# --- pertattack evaluate (issue 8): the command; the engine is pertattack.evaluation ------------------------------
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Robustness of a model over a data set: one row per (input, attack, eps); resumable; torchrun shards it."""
+    from .evaluation import EvalConfig, EvaluationError, parse_preprocess, run_evaluation
+
+    try:
+        p = None if args.p is None else _value(args.p)
+        if p is not None and not isinstance(p, (int, float)):
+            raise EvaluationError(f"--p takes a number or inf, got {args.p!r}")
+        output = args.model_output
+        cfg = EvalConfig(
+            model=args.model, data=args.data, attacks=tuple(a.strip() for a in args.attack.split(",") if a.strip()),
+            eps=tuple(_eps_list(args.eps)), out=args.out, root=args.root, split=args.split,
+            p=None if p is None else float(p), limit=args.limit, batch_size=args.batch_size, seed=args.seed,
+            device=args.device, preprocess=None if args.preprocess is None else parse_preprocess(args.preprocess),
+            model_output=int(output) if output is not None and output.lstrip("-").isdigit() else output,
+            dtype=args.dtype,
+            overrides=_overrides(args.set), progress=not args.no_progress, timeout=args.timeout,
+        )
+        report = run_evaluation(cfg, argv=list(sys.argv))
+    except EvaluationError as err:
+        print(f"pertattack evaluate: error: {err}", file=sys.stderr)
+        return 2
+    if report.rank == 0:
+        print(f"{report.n_inputs} inputs in {report.n_batches} batches ({report.batches_reused} reused, "
+              f"{report.batches_computed} computed, {report.world_size} process(es)); wrote {report.out}/results.csv, "
+              "summary.csv, summary.md, manifest.json")
+        for r in report.summary:
+            print(f"  {r['attack']:<14} eps {r['eps']:<8g} robust accuracy {r['robust_accuracy']:.4f}  "
+                  f"fooling ratio {r['fooling_ratio']:.4f}")
+    return 0
+
+
+def _add_evaluate(sub: Any) -> None:
+    # Under `torchrun ... -m pertattack evaluate ...`, torchrun's parser also reads these options and
+    # takes abbreviations: none may be a prefix of a torchrun option (tests/test_evaluation.py checks).
+    p = sub.add_parser(
+        "evaluate", help="robustness of a model on a whole data set: resumable, sharded with torchrun",
+        description="One row per (input, attack, eps) in OUT/results.csv, a summary in OUT/summary.csv and "
+                    "summary.md. Run it again to resume. Sharded over processes and machines with "
+                    "`torchrun --nproc-per-node K -m pertattack evaluate ...`.")
+    p.add_argument("--model", required=True, help="checkpoint of `pertattack train`, or package.module:callable "
+                   "returning an nn.Module")
+    p.add_argument("--data", required=True, help="mnist (any folder of MNIST-format IDX files), cifar10, digits, "
+                   "or package.module:callable returning a Dataset of (x, y) or a pair of tensors (x, y)")
+    p.add_argument("--root", default=None, help="folder of the mnist / cifar10 files")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--attack", required=True, help="preset name(s), comma-separated, e.g. pgd,deepfool")
+    p.add_argument("--eps", required=True, help="budget(s), comma-separated")
+    p.add_argument("--p", default=None, help="norm of every attack (1, 2, inf); default: each preset's own")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N inputs")
+    p.add_argument("--batch-size", type=int, default=256, help="inputs per batch (the unit of resumption)")
+    p.add_argument("--seed", type=int, default=0, help="random draws for input i depend only on (seed, i)")
+    p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when CUDA is there, else cpu")
+    p.add_argument("--out", required=True, help="output folder (every rank must see it)")
+    p.add_argument("--preprocess", default=None, metavar="MEAN/STD",
+                   help="normalisation inside the model call, e.g. 0.1307/0.3081 or m1,m2,m3/s1,s2,s3")
+    p.add_argument("--model-output", default=None, help="index or key of the logits in a tuple/dict output")
+    p.add_argument("--dtype", default=None, choices=["float32", "float64"],
+                   help="run model and inputs in this dtype (float64: rows identical across batch sizes)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="attack overrides, e.g. steps=100")
+    p.add_argument("--timeout", type=float, default=1800.0,
+                   help="seconds without a finished batch after which a silent rank counts as dead")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
+
+# --- end of pertattack evaluate ------------------------------------------------------------------------------------
+
+
 def _data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="mnist", choices=["mnist", "cifar10", "digits"])
     p.add_argument("--root", default=None,
@@ -427,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     _device_argument(p)
     _debug_argument(p, argparse.SUPPRESS)
     p.set_defaults(func=cmd_reproduce)
+    _add_evaluate(sub)
     return parser
 
 

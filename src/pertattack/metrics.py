@@ -104,17 +104,19 @@ def _as_attack(attack: Attack | str, overrides: dict[str, Any]) -> Attack:
     return attack.replace(**overrides) if overrides else attack
 
 
-def _fooled_at(model: nn.Module, x: Tensor, y: Tensor, attack: Attack, eps: Sequence[float]) -> tuple[Tensor, Tensor]:
+def _fooled_at(model: nn.Module, x: Tensor, y: Tensor, attack: Attack, eps: Sequence[float],
+               index: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Which inputs are classified correctly (N,), and which of those the attack fools at each eps (E, N).
 
     One rule for every attack: an input is fooled at eps when the model misclassifies the attack's
     x_adv at that eps, which lies in the eps ball (a minimum-norm attack runs once, and its perturbation
     is projected on each ball and re-evaluated, so it counts at least where its norm is <= eps).
+    ``index``: the inputs' data-set positions, which seed their random draws (the attack's ``index=``).
     """
     _check_eps_grid(eps)
     kw = dict(preprocess=attack.preprocess, output=attack.output)
     correct = predict(model, x, **kw) == y
-    results = attack(model, x, y, eps=list(eps))
+    results = attack(model, x, y, eps=list(eps), index=index)
     assert isinstance(results, list)
     return correct, torch.stack([r.success & correct for r in results])  # type: ignore[operator]
 
@@ -137,13 +139,16 @@ def fooling_curve(model: nn.Module, x: Tensor, y: Tensor, attack: Attack | str, 
 
 
 def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], attack: Attack | str, eps: Sequence[float],
-             *, progress: bool = False, **overrides: Any) -> dict[str, Any]:
+             *, seed: int | None = None, progress: bool = False, **overrides: Any) -> dict[str, Any]:
     """Robust accuracy and fooling ratio at each eps over a whole data set, streamed batch by batch.
 
     Args:
         data: an iterable of ``(x, y)`` batches, e.g. a ``torch.utils.data.DataLoader``.
         attack: an :class:`Attack` or a preset name (with ``overrides``).
         eps: the budgets; a minimum-norm attack (DeepFool) runs once per batch for all of them.
+        seed: the attack's seed. The inputs are numbered in the order ``data`` yields them, and
+            every random draw for input i depends only on (seed, i): the same figures for any
+            batching of the same sequence. None keeps the attack's own seed.
 
     Returns:
         ``n``, ``clean_accuracy`` and, one value per eps, ``robust_accuracy`` (share of all inputs
@@ -156,6 +161,8 @@ def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], attack: At
     """
     a = _as_attack(attack, overrides)
     _check_eps_grid(eps)
+    if seed is not None:
+        a = a.replace(seed=seed)
     n = 0
     n_correct = 0
     n_fooled = torch.zeros(len(eps), dtype=torch.long)
@@ -165,7 +172,8 @@ def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], attack: At
 
         batches = tqdm(data, desc=f"evaluate {a.name}", unit="batch")
     for x, y in batches:
-        correct, fooled = _fooled_at(model, x, y, a, eps)
+        index = torch.arange(n, n + x.shape[0], device=x.device)
+        correct, fooled = _fooled_at(model, x, y, a, eps, index)
         n += x.shape[0]
         n_correct += int(correct.sum())
         n_fooled += fooled.sum(dim=1).cpu()
