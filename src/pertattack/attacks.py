@@ -39,6 +39,7 @@ from .objectives import Context, Objective, objective_by_name
 from .result import AttackResult, concat_results
 from .schedule import (
     AdaptiveBall,
+    AdaptiveSphere,
     BallProjection,
     Cosine,
     Halving,
@@ -183,9 +184,15 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
                     "stays untargeted. apgd-t runs R = 2..10 as a cascade",
                     dict(_APGD, objective="dlr-targeted", steps=100)),
     "fmn": ("FMN (Pintor et al. 2021): minimum-norm, 100 steps on the margin, an adaptive ball that shrinks while "
-            "fooled and grows while not, step sizes cosine-annealed, the smallest fooling iterate kept; p = inf or 2",
-            dict(objective="margin", solver="gnm", steps=100, step_size=Cosine(1.0, 0.01), keep=KeepBest("norm"),
+            "fooled and grows while not, normalised-gradient steps cosine-annealed from 1 to 0.01, the smallest "
+            "fooling iterate kept; p = inf or 2",
+            dict(objective="margin", solver=GNM(2.0), steps=100, step_size=Cosine(1.0, 0.01), keep=KeepBest("norm"),
                  project=AdaptiveBall(), mask_blocked=False)),
+    "ddn": ("DDN (Rony et al. 2019): minimum-norm, 100 steps of the normalised cross-entropy gradient, "
+            "cosine-annealed, eta rescaled onto a sphere whose radius shrinks by 5% while fooled and grows by 5% "
+            "while not; the smallest fooling iterate kept; p = 2",
+            dict(objective="cross-entropy", solver=GNM(2.0), p=2.0, steps=100, step_size=Cosine(1.0, 0.01),
+                 keep=KeepBest("norm"), project=AdaptiveSphere(), mask_blocked=False)),
     # Regression (Sections 3-4): maximise norm_2(y - f(x + eta))^2, y = f(x) unless given.
     "quadratic-l2": ("Regression, eq. 14: eps times the top right singular vector of J (Lanczos, "
                      "matrix-free); info['sigma'] = norm(J)_{2->2}", dict(_REG, solver="quadratic-l2", p=2.0)),
@@ -415,7 +422,7 @@ class Attack:
     def minimum_norm(self) -> bool:
         """True for minimum-norm attacks (DeepFool's unbounded steps, FMN's adaptive ball): they need no
         eps, and one run serves every eps (projected on each ball and re-evaluated)."""
-        return not self.solver.bounded or isinstance(self.schedule.project, AdaptiveBall)
+        return not self.solver.bounded or isinstance(self.schedule.project, (AdaptiveBall, AdaptiveSphere))
 
     def box_for(self, model: Any, box: Any = None) -> Box:
         """The box of a call: the call's ``box=``, else the model wrapper's, else the attack's, else [0, 1]."""
