@@ -187,12 +187,12 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             "fooled and grows while not, normalised-gradient steps cosine-annealed from 1 to 0.01, the smallest "
             "fooling iterate kept; p = inf or 2",
             dict(objective="margin", solver=GNM(2.0), steps=100, step_size=Cosine(1.0, 0.01), keep=KeepBest("norm"),
-                 project=AdaptiveBall(), mask_blocked=False)),
+                 project=AdaptiveBall())),
     "ddn": ("DDN (Rony et al. 2019): minimum-norm, 100 steps of the normalised cross-entropy gradient, "
             "cosine-annealed, eta rescaled onto a sphere whose radius shrinks by 5% while fooled and grows by 5% "
             "while not; the smallest fooling iterate kept; p = 2",
             dict(objective="cross-entropy", solver=GNM(2.0), p=2.0, steps=100, step_size=Cosine(1.0, 0.01),
-                 keep=KeepBest("norm"), project=AdaptiveSphere(), mask_blocked=False)),
+                 keep=KeepBest("norm"), project=AdaptiveSphere())),
     # Regression (Sections 3-4): maximise norm_2(y - f(x + eta))^2, y = f(x) unless given.
     "quadratic-l2": ("Regression, eq. 14: eps times the top right singular vector of J (Lanczos, "
                      "matrix-free); info['sigma'] = norm(J)_{2->2}", dict(_REG, solver="quadratic-l2", p=2.0)),

@@ -203,9 +203,13 @@ def rho2(model: nn.Module, x: Tensor, y: Tensor | None = None, p: float = math.i
 
 
 def robustness(model: nn.Module, x: Tensor, y: Tensor, p: float = math.inf, *, batch_size: int = 500,
-               **kw: Any) -> dict[str, float]:
+               method: str = "deepfool", **kw: Any) -> dict[str, float]:
     """Table 3 of the paper for one classifier: test error, rho1, rho2 and the smallest eps at which
     DeepFool fools more than 99% of the correctly classified inputs.
+
+    ``method``: the minimum-norm attack behind rho1 and eps_99: ``"deepfool"`` (the paper's), or the
+    stronger ``"fmn"`` / ``"ddn"`` (smaller perturbations, so smaller rho1: a tighter upper bound on the
+    distance to the boundary). The ``deepfool_success`` key is that attack's success rate.
 
     Returns a dict with keys ``test_error``, ``rho1``, ``rho2``, ``eps_99``, ``deepfool_success``.
     ``eps_99`` is inf when DeepFool never fools 99% of them. When no input is classified correctly,
@@ -221,7 +225,9 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, p: float = math.inf, *, b
     if not bool(correct.any()):
         _undefined("rho1, rho2, eps_99 and the DeepFool success rate")
         return dict(test_error=1.0, rho1=math.nan, rho2=math.nan, eps_99=math.nan, deepfool_success=math.nan)
-    df = get_attack("deepfool", p=p, batch_size=batch_size, **kw)
+    df = get_attack(method, p=p, batch_size=batch_size, **kw)
+    if not getattr(df, "minimum_norm", False):
+        raise ValueError(f"robustness needs a minimum-norm attack for rho1 (deepfool, fmn, ddn), got {method!r}")
     res = df(model, x, y)
     assert isinstance(res, AttackResult) and res.success is not None
     xc = x[correct]
