@@ -309,3 +309,17 @@ def test_schedule_validates_its_policies():
     with pytest.raises(ValueError, match="step_scale"):
         Constant(scale=0.0)
     assert isinstance(get_attack("pgd").schedule.start, RandomStart)
+
+
+def test_restarts_rerun_only_the_inputs_still_robust():
+    model = MLP(k=4, seed=8).eval()
+    x = rand_x(30, MLP_SHAPE, seed=9)
+    y = model(x).argmax(1)
+    one = get_attack("apgd-ce", eps=0.05, steps=5, seed=0)(model, x, y)
+    three = get_attack("apgd-ce", eps=0.05, steps=5, seed=0, restarts=3)(model, x, y)
+    assert bool((three.success | ~one.success).all())  # never weaker than the first run
+    torch.testing.assert_close(three.x_adv[one.success], one.x_adv[one.success], rtol=0, atol=0)
+    assert (three.steps[~one.success] > one.steps[~one.success]).all()  # the robust ones ran again
+    assert (three.norms <= 0.05 + 1e-12).all()
+    with pytest.raises(ValueError, match="restarts"):
+        get_attack("apgd-ce", restarts=0)
