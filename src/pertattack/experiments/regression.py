@@ -15,7 +15,8 @@ __all__ = ["FIG4A_ATTACKS", "FIG4B_ATTACKS", "FIG4C_ATTACKS", "run_fig4"]
 
 FIG4A_ATTACKS = ["rand-l2", "linear-l2-1", "linear-l2-10", "linear-l2-20", "quadratic-l2"]
 FIG4B_ATTACKS = ["rand-linf", "linear-linf-1", "linear-linf-10", "linear-linf-20", "quadratic-linf"]
-FIG4C_ATTACKS = ["linear-pixel-1", "linear-pixel-10", "rand-pixel-1", "rand-pixel-10"]
+FIG4C_ATTACKS = ["linear-pixel-1", "linear-pixel-10", "linear-pixel-100", "rand-pixel-1", "rand-pixel-10",
+                 "rand-pixel-100"]
 #: the paper's x axis: input PSNR from 10 to 40 dB
 INPUT_PSNR = [10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0]
 #: Figure 4(c)'s x axis: the budget of each touched pixel's channels, 0.1 to 0.7
