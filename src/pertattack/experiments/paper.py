@@ -2,8 +2,10 @@
 
 Models are trained once (Adam, cross-entropy or MSE, seeded) and cached in
 :func:`~pertattack.experiments.common.cache_dir`; attacks run on the first ``n`` test images.
-The CIFAR-10 experiments (fig3c, fig3d) need the CIFAR-10 files and, to train NIN and DenseNet-40
-in reasonable time, a GPU (``--device cuda``); ``all`` skips them when the data is missing.
+The CIFAR-10 experiments (fig3c, fig3d, fig4c; the CIFAR-10 parts of fig1, fig2b, table3) need the CIFAR-10
+files ($PERTATTACK_CIFAR10) and, to train NIN and DenseNet-40 in reasonable time, a GPU (``--device cuda``);
+the colorization experiments (fig2c, fig4d) need the STL-10 binary files ($PERTATTACK_STL10, or --root when
+run alone). ``all`` skips what has no data, saying what to provide; every run writes REPORT.md in --out.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from ..data import CIFAR10_CLASSES, load_cifar10, load_mnist
 from ..training import accuracy, reconstruction_mse, train_autoencoder, train_classifier
 from .classification import run_fig3, run_table3
 from .common import cached_model
-from .regression import FIG4A_ATTACKS, FIG4B_ATTACKS, FIG4C_ATTACKS, PIXEL_EPS, run_fig4
+from .regression import FIG4A_ATTACKS, FIG4B_ATTACKS, FIG4C_ATTACKS, FIG4D_ATTACKS, PIXEL_EPS, run_fig4
 
 __all__ = ["reproduce", "EXPERIMENTS", "classifier", "autoencoder", "mnist_autoencoder"]
 
@@ -287,6 +289,94 @@ def _fig1(*, out: Path, n: int, root: str | None, seed: int, epochs: int, device
     return {"models": models, "note": note}
 
 
+#: width of the colorization network trained here (the published one is 64: too slow to train on a CPU)
+COLOR_WIDTH = 16
+
+
+def _stl_root(root: str | None) -> str | None:
+    """``root`` when it holds the STL-10 binary files (a single STL-10 item run with --root), else None:
+    the default STL-10 root ($PERTATTACK_STL10)."""
+    from pathlib import Path as _P
+
+    if root and any((_P(root) / sub / "test_X.bin").is_file() for sub in ("", "stl10_binary")):
+        return root
+    return None
+
+
+def colorization_model(root: str | None, epochs: int, seed: int, device: str = "cpu"):
+    """The colorization network (width :data:`COLOR_WIDTH`, no fusion) trained on the STL-10 train split
+    (grey luma -> RGB, MSE), cached."""
+    from ..data import load_stl10, to_gray
+
+    def train(model):
+        x, _ = load_stl10(root, "train")
+        train_autoencoder(model, to_gray(x), target=x, epochs=epochs, batch_size=64, lr=1e-3, seed=seed,
+                          progress=True)
+
+    return cached_model("colorization", f"stl10-colorization-w{COLOR_WIDTH}-e{epochs}-s{seed}", train, seed=seed,
+                        device=device, width=COLOR_WIDTH)
+
+
+def _stl10_setup(root: str | None, n: int, epochs: int, seed: int, device: str, limit: int):
+    from ..data import load_stl10, to_gray
+
+    root = _stl_root(root)
+    load_stl10(root, "test", limit=1)  # FileNotFoundError (what to provide) before any training
+    t0 = time.perf_counter()
+    model = colorization_model(root, max(epochs, 10), seed, device)
+    took = time.perf_counter() - t0
+    x_te, _ = load_stl10(root, "test")
+    x_te = x_te.to(device)
+    mse = reconstruction_mse(model, to_gray(x_te), x_te)
+    print(f"colorization (STL-10): test MSE {mse:.5f}")
+    idx = torch.randperm(x_te.shape[0], generator=torch.Generator().manual_seed(seed))[: min(n, limit)]
+    rgb = x_te[idx]
+    info = {"test_mse": float(mse), "epochs": max(epochs, 10), "width": COLOR_WIDTH, "fusion": "off",
+            "load_or_train_s": round(took, 1)}
+    return model, to_gray(rgb), rgb, info
+
+
+def _fig4d(*, out: Path, n: int, root: str | None, seed: int, epochs: int, device: str) -> dict:
+    """Figure 4(d): output PSNR (against the true colour image) vs input PSNR, l-inf attacks on the grey input
+    of the STL-10 colorization network."""
+    model, gray, rgb, info = _stl10_setup(root, n, epochs, seed, device, 20)
+    run_fig4(model, gray, FIG4D_ATTACKS, math.inf, out / "fig4d", "STL-10 colorization, l-inf", seed=seed,
+             truth=rgb)
+    print(f"wrote {out / 'fig4d'}.csv (+ .png with matplotlib)")
+    return {"models": {"colorization (stl10)": info}, "note": f"{gray.shape[0]} random test images"}
+
+
+#: Figure 2(c)'s input PSNR (not stated in the paper: inputs "nearly identical")
+FIG2C_PSNR = 30.0
+
+
+def _fig2c(*, out: Path, n: int, root: str | None, seed: int, epochs: int, device: str) -> dict:
+    """Figure 2(c): linear-linf-20 against random l-inf noise of the same size on the colorization network."""
+    from ..attacks import get_attack
+    from ..metrics import eps_for_psnr, psnr
+    from .common import plot_images, write_csv
+
+    model, gray, rgb, info = _stl10_setup(root, n, epochs, seed, device, 6)
+    eps = eps_for_psnr(FIG2C_PSNR, math.inf, gray[0].numel())
+    adv = get_attack("linear-linf-20", eps=eps, seed=seed)(model, gray).x_adv
+    rnd = get_attack("rand-linf", eps=eps, seed=seed)(model, gray).x_adv
+    with torch.no_grad():
+        clean, out_adv, out_rnd = model(gray), model(adv), model(rnd)
+    cols = {"in_psnr_adv": psnr(adv, gray), "in_psnr_random": psnr(rnd, gray), "out_psnr_adv": psnr(out_adv, rgb),
+            "out_psnr_random": psnr(out_rnd, rgb), "out_psnr_clean": psnr(clean, rgb)}
+    write_csv(out / "fig2c.csv", ["image", *cols], [[i, *[float(c[i]) for c in cols.values()]]
+                                                    for i in range(gray.shape[0])])
+    g3 = lambda t: t.expand(-1, 3, -1, -1)  # noqa: E731
+    plot_images(out / "fig2c.png", {"colour": rgb, "grey input": g3(gray), "output": clean.clamp(0, 1),
+                                    "linear-linf-20": g3(adv), "its output": out_adv.clamp(0, 1),
+                                    "random": g3(rnd), "its output ": out_rnd.clamp(0, 1)},
+                captions=[f"{float(a):.1f} / {float(b):.1f} dB" for a, b in zip(cols["out_psnr_adv"],
+                                                                               cols["out_psnr_random"], strict=True)],
+                title=f"STL-10 colorization, l-inf eps = {eps:.4f} (input PSNR {FIG2C_PSNR:g} dB): "
+                      "output PSNR adversarial / random")
+    return {"models": {"colorization (stl10)": info}, "note": f"{gray.shape[0]} random test images, eps {eps:.4f}"}
+
+
 EXPERIMENTS = {
     "fig1": ("Algorithm 1 example images: LeNet-5 on MNIST (and NIN on CIFAR-10 when its files are there)", _fig1),
     "fig3a": ("fooling ratio vs eps (p = inf), FCNN 784-150-100-10 on MNIST",
@@ -308,4 +398,6 @@ EXPERIMENTS = {
               _fig4("mnist", FIG4B_ATTACKS, math.inf, "fig4b", "MNIST autoencoder, l-inf")),
     "fig4c": ("output PSNR vs eps, multiple-pixel attacks, CIFAR-10 fully connected autoencoder (20 test images)",
               _fig4("cifar10", FIG4C_ATTACKS, math.inf, "fig4c", "CIFAR-10 autoencoder, pixels", PIXEL_EPS)),
+    "fig2c": ("example images: STL-10 colorization network on linear-linf-20 vs random noise", _fig2c),
+    "fig4d": ("output vs input PSNR, l-inf attacks, STL-10 colorization network (20 test images)", _fig4d),
 }
