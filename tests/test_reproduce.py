@@ -114,3 +114,25 @@ def test_report_checks_claims_on_csv(tmp_path):
     assert "Alg1 outperforms FGSM: **does not hold**" in b
     assert "| fig3a | ran | 5/5 |" in rep and "| fig4d | skipped |" in rep
     assert "provide the STL-10 binary files" in rep and "| fig4a | not run |" in rep
+
+
+@pytest.mark.filterwarnings("ignore:the gradient of the objective is exactly zero")
+def test_robustness_counts_the_inputs_rho1_drops():
+    """DeepFool cannot move an input where the margin's gradient is zero: rho1 leaves it out, and says so."""
+    import torch
+    from torch import nn
+
+    from pertattack.metrics import robustness
+
+    class Flat(nn.Module):
+        def forward(self, x):
+            z = x.reshape(x.shape[0], -1).sum(dim=1, keepdim=True)
+            return torch.cat([torch.relu(z - 2.0), torch.full_like(z, 0.5)], dim=1)
+
+    x = torch.full((6, 4), 0.25)  # sum 1: logits (0, 0.5), class 1, zero gradient: DeepFool fails
+    x[3:] = 0.9  # sum 3.6: logits (1.6, 0.5), class 0, DeepFool crosses the boundary
+    y = torch.tensor([1, 1, 1, 0, 0, 0])
+    row = robustness(Flat(), x, y, p=2.0)
+    assert row["deepfool_failed"] == 3.0 and row["deepfool_success"] == 0.5
+    # rho1 is the mean over the fooled half only: distance (3.6 - 2.5) / 2 over norm_2(x) = 1.8
+    assert row["rho1"] == pytest.approx(1.1 / 2 / 1.8, rel=0.05)

@@ -148,7 +148,14 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, p: float = math.inf, *, b
     """Table 3 of the paper for one classifier: test error, rho1, rho2 and the smallest eps at which
     DeepFool fools more than 99% of the correctly classified inputs.
 
-    Returns a dict with keys ``test_error``, ``rho1``, ``rho2``, ``eps_99``, ``deepfool_success``.
+    rho1 is DeepFool's (and the paper's) mean of norm_p(r(x)) / norm_p(x) over the correctly classified inputs
+    that DeepFool *fools*: an input on which it fails (no boundary crossed within its step cap) has no minimal
+    perturbation and is dropped from the mean, which can make rho1 look smaller (less robust) than it is.
+    ``deepfool_failed`` counts those inputs and ``deepfool_success`` is the share fooled; eps_99 treats a
+    failure as an infinite distance.
+
+    Returns a dict with keys ``test_error``, ``rho1``, ``rho2``, ``eps_99``, ``deepfool_success`` and
+    ``deepfool_failed`` (the number of correctly classified inputs rho1 leaves out).
     """
     correct = predict(model, x, **kw) == y
     if not bool(correct.any()):
@@ -167,7 +174,7 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, p: float = math.inf, *, b
     k = math.floor(0.99 * dist.numel())  # more than 99% fooled: k+1 smallest distances
     eps99 = float(dist[min(k, dist.numel() - 1)])
     return dict(test_error=float(1 - correct.float().mean()), rho1=rho1, rho2=r2n, eps_99=eps99,
-                deepfool_success=float(ok.float().mean()))
+                deepfool_success=float(ok.float().mean()), deepfool_failed=float((~ok).sum()))
 
 
 def psnr(a: Tensor, b: Tensor, peak: float = 1.0) -> Tensor:
