@@ -89,10 +89,20 @@ def reproduce(experiment: str, *, out: Path, n: int = 1000, root: str | None = N
                 raise
             print(f"skipped {name}: {err}")
             continue
-        record(out, name, dict(status="ran", command=command, time_s=time.perf_counter() - t0, **info))
+        record(out, name, dict(status="ran", command=command, time_s=time.perf_counter() - t0,
+                               machine=_machine(device), **info))
         write_report(out)
     print(f"wrote {out / 'REPORT.md'}")
     return 0
+
+
+def _machine(device: str) -> str:
+    import os
+    import platform
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{platform.machine()}, {os.cpu_count()} CPUs (load average {load:.1f} at the end), torch "
+            f"{torch.__version__}, {torch.get_num_threads()} intra-op threads, device {device}")
 
 
 def _timed_classifier(dataset: str, name: str, root: str | None, epochs: int, seed: int, device: str

@@ -298,7 +298,7 @@ def write_report(out: Path) -> Path:
             summary.append(f"| {name} | skipped | | |")
             continue
         body += [f"*Command:* `{rec.get('command', '')}`  ", f"*Time:* {rec.get('time_s', math.nan):.1f} s"
-                 f" ({rec.get('when', '')})", ""]
+                 f" ({rec.get('when', '')})" + (f"  \n*Machine:* {rec['machine']}" if rec.get("machine") else ""), ""]
         for m, info in rec.get("models", {}).items():
             body.append(f"- model {m}: " + ", ".join(f"{k} {_fmt(v) if isinstance(v, float) else v}"
                                                     for k, v in info.items()))
