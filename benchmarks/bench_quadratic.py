@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         f"load average {os.getloadavg()[0]:.1f}; batch {args.batch}; power: {args.iters} iterations; "
         f"lanczos: tol {args.tol:g}, cap {args.iters}"
     )
-    cols = ["M", "input", "model", "method", "batch", "iters", "time_s", "peak_mib", "grow_mib", "sigma_mean",
+    cols = ["M", "input", "model", "method", "batch", "tol", "iters", "time_s", "peak_mib", "grow_mib", "sigma_mean",
             "rel_diff", "note"]
     rows = []
     for m in sizes:
@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["note"] = "error: " + res["error"]
                 rows.append(row)
                 continue
+            if method.startswith("lanczos"):
+                row["tol"] = f"{args.tol:g}"
             row.update(iters=res["iters"], time_s=f"{res['time_s']:.3f}", peak_mib=f"{res['peak_mib']:.0f}",
                        grow_mib=f"{res['grow_mib']:.0f}", note=res["note"])
             if res["sigma"]:
