@@ -77,7 +77,9 @@ def test_build_model_seed_leaves_global_rng() -> None:
 
 
 def test_build_model_unknown_name() -> None:
-    with pytest.raises(ValueError, match=r"unknown model 'lenet'.*Did you mean 'lenet5'.*Available: colorization, conv-ae, "):
+    with pytest.raises(ValueError,
+                       match=r"unknown model 'lenet'.*Did you mean 'lenet5'.*Available: colorization, conv-ae, "):
         build_model("lenet")
-    with pytest.raises(ValueError, match="Available: colorization, conv-ae, densenet40, fc-ae, fcnn, lenet5, nin, smallcnn"):
+    with pytest.raises(ValueError,
+                       match="Available: colorization, conv-ae, densenet40, fc-ae, fcnn, lenet5, nin, smallcnn"):
         build_model("resnet50")
