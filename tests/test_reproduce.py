@@ -23,6 +23,15 @@ needs_mnist = pytest.mark.skipif(not (MNIST / "t10k-images-idx3-ubyte.gz").exist
                                  and not (MNIST / "t10k-images-idx3-ubyte").exists(), reason="MNIST files not present")
 
 
+def _tag(dataset: str, name: str, epochs: int, root: str | None = None) -> str:
+    """The cache file name ``reproduce`` looks for (with a digest of the training data where the code names
+    its cache files that way)."""
+    if hasattr(paper, "cache_tag"):
+        x, y = paper.LOADERS[dataset](root, "train")
+        return f"{paper.cache_tag(dataset, name, epochs, 0, x, y)}.pt"
+    return f"{dataset}-{name}-e{epochs}-s0.pt"
+
+
 def _rows(path: Path) -> list[list[str]]:
     with open(path, newline="") as fh:
         return list(csv.reader(fh))
@@ -44,7 +53,7 @@ def test_fig1_shows_fooled_images_and_report(cache, tmp_path):
     x, y = load_mnist(MNIST, "train", limit=2000)
     model = build_model("fcnn", seed=0)  # a quickly trained FCNN stands in under LeNet-5's cache tag
     train_classifier(model, x, y, epochs=1, batch_size=64, seed=0)
-    save_model(cache / "mnist-lenet5-e1-s0.pt", model, "fcnn")
+    save_model(cache / _tag("mnist", "lenet5", 1, str(MNIST)), model, "fcnn")
     out = tmp_path / "res"
     paper.reproduce("fig1", out=out, n=40, root=str(MNIST), epochs=1)
     rows = _rows(out / "fig1.csv")
@@ -61,9 +70,9 @@ def test_fig1_shows_fooled_images_and_report(cache, tmp_path):
 
 @needs_mnist
 def test_fig2b_and_table3_smallest(cache, tmp_path):
-    save_model(cache / "mnist-fc-ae-e10-s0.pt", build_model("fc-ae", seed=0), "fc-ae")
+    save_model(cache / _tag("mnist", "fc-ae", 10, str(MNIST)), build_model("fc-ae", seed=0), "fc-ae")
     for m in ("fcnn", "lenet5"):
-        save_model(cache / f"mnist-{m}-e1-s0.pt", build_model(m, seed=0), m)
+        save_model(cache / _tag("mnist", m, 1, str(MNIST)), build_model(m, seed=0), m)
     out = tmp_path / "res"
     paper.reproduce("fig2b", out=out, n=3, root=str(MNIST), epochs=1)
     rows = _rows(out / "fig2b.csv")
@@ -157,11 +166,11 @@ def test_cifar10_parts_on_a_synthetic_folder(cache, tmp_path, monkeypatch):
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
     monkeypatch.setenv("PERTATTACK_CIFAR10", str(tmp_path / "cifar"))
     kw = {"in_shape": (3, 32, 32), "code": 16, "hidden": 32}
-    save_model(cache / "cifar10-fc-ae-e10-s0.pt", build_model("fc-ae", seed=0, **kw), "fc-ae", **kw)
+    save_model(cache / _tag("cifar10", "fc-ae", 10), build_model("fc-ae", seed=0, **kw), "fc-ae", **kw)
     small = {"in_shape": (3, 32, 32), "hidden": (8,)}
     stand_in = build_model("fcnn", seed=1, **small)
     for m in ("nin", "densenet40"):
-        save_model(cache / f"cifar10-{m}-e1-s0.pt", stand_in, "fcnn", **small)
+        save_model(cache / _tag("cifar10", m, 1), stand_in, "fcnn", **small)
     # test labels = the stand-in's predictions but one, so that it classifies 4 of 5 correctly
     from pertattack.data import load_cifar10
     from pertattack.metrics import predict
@@ -171,7 +180,7 @@ def test_cifar10_parts_on_a_synthetic_folder(cache, tmp_path, monkeypatch):
     test = {b"data": pickle.loads((folder / "test_batch").read_bytes())[b"data"], b"labels": pred.tolist()}
     (folder / "test_batch").write_bytes(pickle.dumps(test, protocol=2))
     for m in ("fcnn", "lenet5"):
-        save_model(cache / f"mnist-{m}-e1-s0.pt", build_model(m, seed=0), m)
+        save_model(cache / _tag("mnist", m, 1, str(MNIST)), build_model(m, seed=0), m)
     out = tmp_path / "res"
     paper.reproduce("fig2b", out=out, n=2, root=str(MNIST), epochs=1)
     rec = json.loads((out / "report.json").read_text())["fig2b"]
