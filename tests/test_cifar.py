@@ -460,6 +460,7 @@ def test_reproduce_fig4c_on_synthetic_cifar10(tmp_path: Path, monkeypatch: pytes
     assert main(["reproduce", "fig4c", "--out", str(tmp_path / "res"), "--n", "3", "--root", str(tmp_path / "data"),
                  "--epochs", "1", "--device", "cpu"]) == 0
     rows = list(csv.reader(open(tmp_path / "res" / "fig4c.csv")))
-    assert {r[0] for r in rows[1:]} == {"linear-pixel-1", "linear-pixel-10", "rand-pixel-1", "rand-pixel-10"}
+    assert {r[0] for r in rows[1:]} == {"linear-pixel-1", "linear-pixel-10", "linear-pixel-100", "rand-pixel-1",
+                                        "rand-pixel-10", "rand-pixel-100"}
     assert sorted({float(r[1]) for r in rows[1:]}) == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
     assert (tmp_path / "res" / "fig4c.png").exists()

@@ -489,8 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
     _debug_argument(p, argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("reproduce", help="reproduce a figure or table of the paper (CSV + PNG)")
-    p.add_argument("experiment", help="fig2a, fig3a, fig3b, fig3c, fig3d, table3, fig4a, fig4b, fig4c, or all")
+    p = sub.add_parser("reproduce", help="reproduce a figure or table of the paper (CSV + PNG + REPORT.md)")
+    p.add_argument("experiment",
+                   help="fig1, fig2a, fig2b, fig2c, fig3a, fig3b, fig3c, fig3d, table3, fig4a, fig4b, fig4c, fig4d, "
+                        "or all")
     p.add_argument("--out", default="results")
     p.add_argument("--n", type=int, default=1000, help="test images to attack")
     p.add_argument("--root", default=None, help="data folder (MNIST, or CIFAR-10 for fig3c/fig3d)")

@@ -209,12 +209,18 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, p: float = math.inf, *, b
 
     ``method``: the minimum-norm attack behind rho1 and eps_99: ``"deepfool"`` (the paper's), or the
     stronger ``"fmn"`` / ``"ddn"`` (smaller perturbations, so smaller rho1: a tighter upper bound on the
-    distance to the boundary). The ``deepfool_success`` key is that attack's success rate.
+    distance to the boundary). The ``deepfool_*`` keys describe that attack.
 
-    Returns a dict with keys ``test_error``, ``rho1``, ``rho2``, ``eps_99``, ``deepfool_success``.
-    ``eps_99`` is inf when DeepFool never fools 99% of them. When no input is classified correctly,
-    every key but ``test_error`` (then 1.0) is NaN, with one :class:`UndefinedMetricWarning`; rho1 is
-    NaN (with the warning) also when DeepFool fools none of them.
+    rho1 is DeepFool's (and the paper's) mean of norm_p(r(x)) / norm_p(x) over the correctly classified inputs
+    that DeepFool *fools*: an input on which it fails (no boundary crossed within its step cap) has no minimal
+    perturbation and is dropped from the mean, which can make rho1 look smaller (less robust) than it is.
+    ``deepfool_failed`` counts those inputs and ``deepfool_success`` is the share fooled; eps_99 treats a
+    failure as an infinite distance.
+
+    Returns a dict with keys ``test_error``, ``rho1``, ``rho2``, ``eps_99``, ``deepfool_success`` and
+    ``deepfool_failed`` (the number of correctly classified inputs rho1 leaves out). When no input is
+    classified correctly, every key but ``test_error`` (then 1.0) is NaN, with one
+    :class:`UndefinedMetricWarning`; rho1 is NaN (with the warning) also when DeepFool fools none of them.
 
     Raises:
         ValueError: an empty batch.
@@ -224,7 +230,8 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, p: float = math.inf, *, b
     correct = predict(model, x, **kw) == y
     if not bool(correct.any()):
         _undefined("rho1, rho2, eps_99 and the DeepFool success rate")
-        return dict(test_error=1.0, rho1=math.nan, rho2=math.nan, eps_99=math.nan, deepfool_success=math.nan)
+        return dict(test_error=1.0, rho1=math.nan, rho2=math.nan, eps_99=math.nan, deepfool_success=math.nan,
+                    deepfool_failed=math.nan)
     df = get_attack(method, p=p, batch_size=batch_size, **kw)
     if not getattr(df, "minimum_norm", False):
         raise ValueError(f"robustness needs a minimum-norm attack for rho1 (deepfool, fmn, ddn), got {method!r}")
@@ -244,7 +251,7 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, p: float = math.inf, *, b
     k = math.floor(0.99 * dist.numel())  # more than 99% fooled: k+1 smallest distances
     eps99 = float(dist[min(k, dist.numel() - 1)])
     return dict(test_error=float(1 - correct.float().mean()), rho1=rho1, rho2=r2n, eps_99=eps99,
-                deepfool_success=float(ok.float().mean()))
+                deepfool_success=float(ok.float().mean()), deepfool_failed=float((~ok).sum()))
 
 
 def psnr(a: Tensor, b: Tensor, peak: float = 1.0) -> Tensor:

@@ -1,4 +1,5 @@
-"""Data loaders: MNIST-format IDX files, CIFAR-10 (python version) and the scikit-learn 8x8 digits.
+"""Data loaders: MNIST-format IDX files, CIFAR-10 (python version), STL-10 (binary) and the scikit-learn 8x8
+digits.
 
 Every loader returns ``(x, y)``: x float32 of shape (N, C, H, W) with values in [0, 1] (the
 default attack box), y int64 of shape (N,).
@@ -27,6 +28,7 @@ from .idx import (
     read_idx,
     write_idx,
 )
+from .stl10 import STL10_CLASSES, STL10_URL, default_stl10_root, load_stl10, to_gray, write_stl10
 
 __all__ = [
     "CIFAR10_BATCHES",
@@ -46,4 +48,10 @@ __all__ = [
     "load_mnist",
     "read_idx",
     "write_idx",
+    "STL10_CLASSES",
+    "STL10_URL",
+    "default_stl10_root",
+    "load_stl10",
+    "to_gray",
+    "write_stl10",
 ]
