@@ -111,6 +111,7 @@ KEYWORDS: dict[str, tuple[str, str]] = {
     "tol": ("solver", "quadratic-l2: relative tolerance on the top singular value"),
     "svd_method": ("solver", "quadratic-l2: 'lanczos' or 'power'"),
     "queries": ("solver", "square: the score queries per input (one per step)"),
+    "reuse": ("solver", "single-subset: a subset may be chosen again (its coordinates re-decided within eps)"),
     "p_init": ("solver", "square: the initial share of the input changed by one square"),
     # schedule settings
     "steps": ("schedule", "T, the number of steps (linearisations)"),
@@ -562,6 +563,8 @@ class Attack:
             if ref.shape != out0.shape:
                 raise ValueError(f"y has shape {tuple(ref.shape)}, the model's outputs {tuple(out0.shape)}")
             ctx.reference = ref
+            if y is not None and not torch.equal(ref, out0):
+                ctx.extra["truth"] = ref  # eq. 12 (solvers that use the model's Jacobian need it)
         progress = bar.update if bar is not None else None
 
         def run(e: Tensor | None, noise: Noise) -> tuple[Tensor, Tensor, dict[str, Tensor]]:

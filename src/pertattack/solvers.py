@@ -152,14 +152,24 @@ class MinNorm(Solver):
         return -expand_like(scale, step.g) * step.ball.steepest(step.g)
 
 
+@dataclass(repr=False)
 class SingleSubset(Solver):
     """Single-subset attack, eq. 23: s* = argmax_s sum_{i in S_s} abs(g_i), eta = -eps sign(g) on S_s*.
 
     Subsets chosen at earlier steps of the same run are excluded (``state['used']``), so T calls
     touch T distinct subsets (linear-pixel-T). The budget is per coordinate: the constraint's p is inf.
+
+    ``reuse=True`` is the paper's variant where a subset may be chosen again: every subset stays a
+    candidate, and a subset chosen again only re-decides its own coordinates within [-eps, eps] (its
+    signs may flip; it never exceeds its budget), so T steps touch at most T distinct subsets.
     """
 
+    reuse: bool = False
     name = "single-subset"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.reuse, bool):
+            raise TypeError(f"reuse must be True or False, got {self.reuse!r}")
     norms = (math.inf,)
     subsets = True
     hint = " (eq. 23 bounds each coordinate of the chosen subset by eps: use p=inf)"
@@ -171,11 +181,19 @@ class SingleSubset(Solver):
         used = step.state.get("used")
         if used is None:
             used = torch.zeros_like(sums, dtype=torch.bool)
-        best = sums.masked_fill(used, -1.0).argmax(dim=1, keepdim=True)
+        best = (sums if self.reuse else sums.masked_fill(used, -1.0)).argmax(dim=1, keepdim=True)
         chosen = torch.zeros_like(used).scatter_(1, best, True)
         step.state["used"] = used | chosen
         mask = partition.mask(chosen, step.g)
-        return -expand_like(step.eps, step.g) * step.g.sign() * mask
+        e = expand_like(step.eps, step.g)
+        if not self.reuse:
+            return -e * step.g.sign() * mask
+        done = step.state.get("eta_subsets", torch.zeros_like(step.g))  # what earlier steps put there
+        # the linearised problem on the chosen subset's box [-eps, eps]: -eps sign(g) there, whatever it held
+        target = torch.where(step.g != 0, -e * step.g.sign(), done)
+        s = (target - done) * mask
+        step.state["eta_subsets"] = done + s
+        return s
 
 
 class RandomSign(Solver):
@@ -238,7 +256,9 @@ class Quadratic(Solver):
     ``norm``: ``"l2"`` (eq. 14, top right singular vector; the top singular value, the operator norm
     norm(J)_{2->2}, goes to ``state['sigma']``), ``"l1"`` (eq. 15, largest column), ``"linf"`` (the
     greedy of eq. 20) or ``"subset"`` (eq. 19-21, the greedy inside the best subset). The sign of
-    +-eta is the one that distorts the output more. Needs no gradient of the objective. ``method``:
+    +-eta is the one that distorts the output more. With a ground truth y != f(x) (``y=`` of the call),
+    quadratic-l2 solves eq. 12, max norm_2(f(x) - y + J eta)^2 (:func:`pertattack.quadratic.quadratic_l2_truth`);
+    the other norms refuse it. Needs no gradient of the objective. ``method``:
     ``"lanczos"`` (default; reaches tol in 40-70 iterations at M = 3,072-27,648 where 100 power
     iterations stay ~0.5% off sigma, benchmarks/bench_quadratic.py) or ``"power"``.
     """
@@ -281,6 +301,13 @@ class Quadratic(Solver):
         from . import quadratic as qd
 
         f, x, eps, box = step.forward, step.x, step.eps, step.box
+        truth = None if step.ctx is None else step.ctx.extra.get("truth")
+        if truth is not None:  # eq. 12: a ground truth y != f(x) was given
+            if self.norm != "l2":
+                raise ValueError(f"a ground truth y is solved for (eq. 12) by quadratic-l2 only; {self.name} solves "
+                                 "eq. 13 (y = f(x)): call it without y, or use quadratic-l2 / the linear presets")
+            gen = None if step.noise is None else step.noise.generator(x.device)
+            return qd.quadratic_l2_truth(f, x, truth, eps, iters=self.power_iters, tol=self.tol, generator=gen)
         if self.norm == "l2":
             gen = None if step.noise is None else step.noise.generator(x.device)
             eta, sigma = qd.quadratic_l2(f, x, eps, iters=self.power_iters, tol=self.tol, generator=gen,
