@@ -134,8 +134,10 @@ class MinNorm(Solver):
     """Prop. 1, eq. 9: the smallest eta (in norm_p) with L + eta^T g <= 0.
 
     eta* = -(L / norm_q(g)^q) sign(g) abs(g)^(q-1) = -(L / norm_q(g)) u(g); its norm is
-    L / norm_q(g). Inputs with L < 0 (already fooled) get eta* = 0; an exact tie L = 0 gets the
-    step of L = ``tie_push``, else iterating (DeepFool) would stay on the boundary forever.
+    L / norm_q(g). (The paper's eq. 9 misprints the exponent of abs(g); the form used here is the
+    one whose norm is L / norm_q(g), Theorem 1, checked against scipy in tests/test_solvers.py.)
+    Inputs with L < 0 (already fooled) get eta* = 0; an exact tie L = 0 gets the step of
+    L = ``tie_push``, else iterating (DeepFool) would stay on the boundary forever.
     """
 
     name = "min-norm"
