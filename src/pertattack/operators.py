@@ -297,7 +297,13 @@ def _lanczos(lin: Linearization, q: Tensor, iters: int, tol: float) -> Tensor:
         if j > 0:
             off = torch.diag_embed(betas[:, :j], offset=1)
             t = t + off + off.transpose(1, 2)
-        theta, y = torch.linalg.eigh(t)
+        # a NaN/inf Jacobian (a model NaN near x): that input's vector is NaN (the attack reports it), the
+        # others go on; eigh would fail on the whole batch
+        bad = ~done & ~torch.isfinite(t).flatten(1).all(dim=1)
+        if bool(bad.any()):
+            result = torch.where(bad.unsqueeze(1), torch.full_like(result, float("nan")), result)
+            done = done | bad
+        theta, y = torch.linalg.eigh(torch.where(torch.isfinite(t), t, torch.zeros_like(t)))
         top, ytop = theta[:, -1], y[:, :, -1]
         res = betas[:, j] * ytop[:, -1].abs()
         # invariant Krylov space (up to rounding): the top Ritz pair is exact
