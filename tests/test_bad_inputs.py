@@ -446,12 +446,41 @@ def test_nan_models(name: str, kind: str) -> None:
         warnings.simplefilter("always")
         res = run_checked(name, model, x, attack=attack, **args)
     messages = [str(w.message) for w in caught]
+    uses_model_derivatives = name in CASCADES or name != "transfer" and (  # transfer: the surrogate's gradients
+        attack.solver.needs_grad or attack.solver.name.startswith("quadratic"))
+    if kind == "nan-grad" and uses_model_derivatives:
+        assert any("NaN" in m for m in messages), f"NaN gradients went unreported: {messages}"
     if kind == "nan-away":
         moved = (res.x_adv != x).reshape(N, -1).any(dim=1)
         if res.success is not None:
             assert not bool((res.success & moved).any()), "an input at a NaN output counted as fooled"
         if bool(moved.any()) or any("NaN" in m for m in messages):
             assert any("NaN" in m for m in messages), f"no warning about NaN output: {messages}"
+
+
+class NaNAwayFrom(nn.Module):
+    """NaN wherever the first input coordinate leaves [0.2, 0.8] (finite at the inputs of x_in)."""
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        self.base = base
+
+    def forward(self, z: Tensor) -> Tensor:
+        out = self.base(z)
+        ok = (z[:, 0] > 0.2) & (z[:, 0] < 0.8)
+        return torch.where(ok[:, None], out, torch.full_like(out, NAN))
+
+
+def test_nan_in_restart_reported() -> None:
+    """NaN met in a restart (a new random start) is reported as in the first run: failed, with a warning."""
+    base = MLP(m=M, k=K)
+    x = x_in().clone()
+    x[:, 0] = 0.5
+    model = NaNAwayFrom(base)
+    attack = make("pgd", steps=1, restarts=3, random_start=True)
+    with pytest.warns(UserWarning, match="NaN"):
+        res = run_checked("pgd", model, x, 0.5, attack=attack)
+    assert not bool(res.success.any())
 
 
 # ------------------------------------------------------------------------------------ 5. in-place models

@@ -568,10 +568,13 @@ class Attack:
                     break
                 idx = robust.nonzero().squeeze(1)
                 sub_noise = Noise(noise.seed, noise.index[idx], noise.counter)
-                eta_r, steps_r, _ = self.schedule.run(fwd, x[idx], None if e is None else e[idx], obj, self.solver,
-                                                      self.ball, box, ctx.subset(idx), sub_noise, progress,
-                                                      self.constraint.partition)  # type: ignore[arg-type]
+                eta_r, steps_r, info_r = self.schedule.run(fwd, x[idx], None if e is None else e[idx], obj,
+                                                           self.solver, self.ball, box, ctx.subset(idx), sub_noise,
+                                                           progress, self.constraint.partition)  # type: ignore[arg-type]
                 noise.counter = sub_noise.counter
+                if "nonfinite" in info_r:  # NaN/inf met in a restart: reported like the first run's
+                    nf = info.get("nonfinite", torch.zeros(x.shape[0], dtype=torch.bool, device=x.device))
+                    info = {**info, "nonfinite": nf.index_copy(0, idx, nf[idx] | info_r["nonfinite"])}
                 eta = eta.index_copy(0, idx, eta_r)
                 steps = steps.index_add(0, idx, steps_r)
             return eta, steps, info

@@ -239,7 +239,7 @@ class DeepFoolObjective(Objective):
                 diff = fk - s.gather(1, cand[:, j : j + 1])[:, 0]
                 (g,) = torch.autograd.grad(diff.sum(), xg, retain_graph=j < c - 1)
                 d = diff.detach().abs() / ctx.ball.dual_norm(g).clamp_min(1e-12)
-                better = d < best_d
+                better = (d < best_d) | d.isnan()  # a NaN gradient is kept, so the attack can report it
                 best_d = torch.where(better, d, best_d)
                 best_L = torch.where(better, diff.detach(), best_L)
                 best_g = torch.where(better.view(-1, *([1] * (x.dim() - 1))), g, best_g)
