@@ -6,24 +6,23 @@ exactly, x_adv in the box, norm_p(x_adv - x) <= eps computed in float64 from the
 ``res.eps`` the budget asked for, ``success`` equal to a fresh evaluation of the model, no parameter
 ``.grad``, every submodule's mode restored).
 
-Cases per category (``CASE_COUNTS``; ``test_case_counts`` recomputes them from the tables below, so this
-docstring cannot drift from the tests):
+The 28 presets are ``list_attacks()``'s names (``*-T`` with T = 3, ``apgd-dlrt-2``, the cascades ``apgd-t``
+with T = 3 and ``auto`` as it is). Cases per category (``test_case_counts`` recomputes them from the tables
+below and compares them with this table; ``python tests/test_bad_inputs.py`` prints them):
 
-====================  =====  =============================================================
-category              cases  what
-====================  =====  =============================================================
-bad-keyword            see   every preset x every bad get_attack keyword value (error naming it)
-bad-call               see   every preset x bad calls (x, y, target, eps, box, index)
-eps-rule               see   every preset: float / 0-d tensor / ndarray / (N,) tensor / list
-nan-model              see   every preset x models NaN at x + eta, NaN at x, NaN gradients
-inplace-model          see   every preset x models writing into their input
-low-precision          see   every preset x {float16, bfloat16}; gradient presets in float32, p = 1
-regression-y           see   every regression preset x bad reference y
-steepest               see   p in {1, 1.5, 2, 3, inf} x gradient norms 1e-20 .. 1e20 x dtypes
-hypothesis             see   budget and box of fit_budget and of attacks, random draws
-====================  =====  =============================================================
-
-(The numbers are printed by ``python tests/test_bad_inputs.py``.)
+=============  =====  ==================================================================================
+category       cases  what
+=============  =====  ==================================================================================
+bad-keyword     3248  every preset x 115 bad get_attack keyword values, and an unknown keyword
+bad-call         778  every preset x bad calls (x, y, target, per-input eps, box, index); 1-output models
+eps-rule         168  every preset: float / 0-d tensor / 0-d array / (N,) tensor / (N,) array / list
+nan-model        123  every preset x {NaN away from x, NaN at x, inf at x, NaN gradients}; regression
+inplace-model    114  every preset x {x.sub_ in forward, in-place first layer} x {one batch, chunks}
+low-precision    304  every preset x {float16, bfloat16} x 2 eps; gradient presets x p in {1, 1.5, 2, inf}
+regression-y      50  every regression preset x bad reference y (NaN, inf, dtype, shape)
+steepest          96  p in {1, 1.5, 2, 3, inf} x gradient norms 1e-20 .. 1e20 x {float64, float32}
+hypothesis        85  budget and box of fit_budget (60 draws) and of whole attacks (25 draws)
+=============  =====  ==================================================================================
 """
 
 from __future__ import annotations
@@ -678,9 +677,9 @@ def case_counts() -> dict[str, int]:
     """The number of (preset, condition) cases each category tries."""
     return {
         "bad-keyword": len(BAD_KEYWORDS) * len(PRESETS) + len(PRESETS),
-        "bad-call": len(BAD_CALL_CASES) + len(CLASSIFICATION),
+        "bad-call": len(BAD_CALL_CASES) + len(CLASSIFICATION) + 2,
         "eps-rule": len(PRESETS) * len(EPS_FORMS),
-        "nan-model": len(PRESETS) * len(NAN_MODELS) + len(REGRESSION),
+        "nan-model": len(PRESETS) * len(NAN_MODELS) + len(REGRESSION) + 1,
         "inplace-model": len(PRESETS) * len(INPLACE) * 2 + 2,
         "low-precision": len(PRESETS) * 2 * 2 + len(GRADIENT_P1) * 4 * 3,
         "regression-y": len(REGRESSION) * len(REG_Y),
@@ -690,9 +689,10 @@ def case_counts() -> dict[str, int]:
 
 
 def test_case_counts() -> None:
-    counts = case_counts()
-    assert all(v > 0 for v in counts.values())
-    assert counts["bad-keyword"] >= len(PRESETS) * 100
+    """The module docstring's table is what the tables of this module hold."""
+    documented = dict(re.findall(r"^([a-z-]+) +(\d+)  ", __doc__ or "", flags=re.M))
+    assert {k: int(v) for k, v in documented.items()} == case_counts()
+    assert len(PRESETS) == 28
 
 
 if __name__ == "__main__":
