@@ -7,8 +7,9 @@ exactly, x_adv in the box, norm_p(x_adv - x) <= eps computed in float64 from the
 ``.grad``, every submodule's mode restored).
 
 The 28 presets are ``list_attacks()``'s names (``*-T`` with T = 3, ``apgd-dlrt-2``, the cascades ``apgd-t``
-with T = 3 and ``auto`` as it is). Cases per category (``test_case_counts`` recomputes them from the tables
-below and compares them with this table; ``python tests/test_bad_inputs.py`` prints them):
+with T = 3 and ``auto`` as it is; auto's eps-rule, in-place and low-precision cases are marked slow). Cases
+per category (``test_case_counts`` recomputes them from the tables below and compares them with this table;
+``python tests/test_bad_inputs.py`` prints them):
 
 =============  =====  ==================================================================================
 category       cases  what
@@ -74,6 +75,8 @@ def _is_regression(name: str) -> bool:
 
 
 REGRESSION = [n for n in SINGLE if _is_regression(n)]
+# "auto" runs its members' full 100 steps (it takes no steps=): opt-in (-m slow) where a test runs it often
+PRESETS_RUN = [pytest.param(n, marks=pytest.mark.slow) if n == "auto" else n for n in PRESETS]
 CLASSIFICATION = [n for n in PRESETS if n not in REGRESSION]
 
 
@@ -355,7 +358,7 @@ def test_cascade_fewer_classes() -> None:
 EPS_FORMS = ["float", "tensor0", "ndarray0", "tensorN", "ndarrayN", "list"]
 
 
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", PRESETS_RUN)
 def test_eps_one_rule(name: str) -> None:
     """A number, a 0-d tensor and a 0-d array are one budget; an (N,) tensor and the same (N,) array are one
     budget per input (identical results); only a list means several budgets."""
@@ -506,7 +509,7 @@ INPLACE = ["sub_", "first-layer"]
 
 
 @pytest.mark.parametrize("kind", INPLACE)
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", PRESETS_RUN)
 def test_inplace_models(name: str, kind: str) -> None:
     """x is never modified and eta == x_adv - x, whatever the model does to its input (one batch, chunks)."""
     base = base_model(name)
@@ -526,7 +529,7 @@ def test_inplace_surrogate() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", PRESETS_RUN)
 def test_low_precision_budget(name: str, dtype: torch.dtype) -> None:
     """float16/bfloat16 inputs and model: x_adv in the input's dtype, the budget exact in float64,
     res.eps the eps asked for (not rounded to the dtype)."""
