@@ -15,7 +15,9 @@ per category (``test_case_counts`` recomputes them from the tables below and com
 category       cases  what
 =============  =====  ==================================================================================
 bad-keyword     3248  every preset x 115 bad get_attack keyword values, and an unknown keyword
-bad-call         778  every preset x bad calls (x, y, target, per-input eps, box, index); 1-output models
+bad-call         834  every preset x bad calls (x, y, target, per-input eps, box, index); 1-output models
+edge             216  every preset but auto x {eps 0, 1e3, 1e-30, per-input with 0, N = 1, x on the box's
+                      faces, another box, batch_size 1}
 eps-rule         168  every preset: float / 0-d tensor / 0-d array / (N,) tensor / (N,) array / list
 nan-model        123  every preset x {NaN away from x, NaN at x, inf at x, NaN gradients}; regression
 inplace-model    114  every preset x {x.sub_ in forward, in-place first layer} x {one batch, chunks}
@@ -278,6 +280,8 @@ def _bad_calls(name: str) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
         ("box", lambda: dict(box=(0.0, NAN))),
         ("box", lambda: dict(box=(1.0, 0.0))),
         ("box", lambda: dict(box=(0.0,))),
+        ("box", lambda: dict(box=(torch.zeros(5), torch.ones(5)))),
+        ("box", lambda: dict(box=(torch.zeros(3, 1, 1), torch.ones(3, 1, 1)))),
         ("index", lambda: dict(index=torch.arange(N + 1))),
         ("index", lambda: dict(index=torch.zeros(N))),
     ]
@@ -351,6 +355,42 @@ def test_cascade_fewer_classes() -> None:
                            eps=0.05, seed=0)
     res = c(model, x)
     check_invariants(res, "cascade", model, x, x.clone(), 0.05)
+
+
+def _faces() -> Tensor:
+    x = x_in().clone()
+    x[:, :4] = 0.0
+    x[:, 4:8] = 1.0
+    return x
+
+
+EDGES: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+    ("eps 0", lambda: dict(eps=0.0)),
+    ("eps 1e3", lambda: dict(eps=1e3)),
+    ("eps 1e-30", lambda: dict(eps=1e-30)),
+    ("per-input eps with zeros", lambda: dict(eps=torch.tensor([0.0, 0.1, 0.0, 0.2], dtype=DTYPE))),
+    ("one input", lambda: dict(x=x_in()[:1])),
+    ("x on the faces of the box", lambda: dict(x=_faces())),
+    ("another box", lambda: dict(x=x_in() * 5 - 2, box=(-2.0, 3.0))),
+    ("batch_size 1", lambda: dict(batch_size=1)),
+]
+
+
+@pytest.mark.parametrize("name", [n for n in PRESETS if n != "auto"])
+def test_edge_conditions(name: str) -> None:
+    """Legal but extreme calls: every invariant holds."""
+    model = base_model(name)
+    for label, build in EDGES:
+        kw = {"x": x_in(), "eps": eps_for(name), **build()}
+        x, eps, box = kw.pop("x"), kw.pop("eps"), kw.pop("box", None)
+        attack = make(name, model, **kw)
+        args = call_args(name, model, x)
+        before = modes(model)
+        res = attack(model, x, eps=eps, box=box, **args)
+        check_invariants(res, name, model, x, x.clone(), eps, y=args.get("y"), target=args.get("target"),
+                         modes_before=before, box=box or (0.0, 1.0))
+        if isinstance(eps, float) and eps == 0.0:
+            assert torch.equal(res.x_adv, x), label
 
 
 # ----------------------------------------------------------------------------------------- 3. eps rule
@@ -681,6 +721,7 @@ def case_counts() -> dict[str, int]:
     return {
         "bad-keyword": len(BAD_KEYWORDS) * len(PRESETS) + len(PRESETS),
         "bad-call": len(BAD_CALL_CASES) + len(CLASSIFICATION) + 2,
+        "edge": (len(PRESETS) - 1) * len(EDGES),
         "eps-rule": len(PRESETS) * len(EPS_FORMS),
         "nan-model": len(PRESETS) * len(NAN_MODELS) + len(REGRESSION) + 1,
         "inplace-model": len(PRESETS) * len(INPLACE) * 2 + 2,

@@ -206,6 +206,15 @@ class Box:
         if not torch.isfinite(x).all():
             raise ValueError(f"{name} contains NaN or inf")
         lo, hi = self.bounds(x)
+        one = tuple(x.shape[1:])
+        for side, t in (("lo", lo), ("hi", hi)):
+            try:
+                ok = torch.broadcast_shapes(t.shape, one) == one
+            except RuntimeError:
+                ok = False
+            if not ok:
+                raise ValueError(f"box {side} of shape {tuple(t.shape)} does not broadcast to one input of shape "
+                                 f"{one} (per-channel bounds of (N, C, H, W) inputs have shape (C, 1, 1))")
         if (x < lo).any() or (x > hi).any():
             raise ValueError(
                 f"{name} lies outside the box [{float(lo.min())}, {float(hi.max())}] "
