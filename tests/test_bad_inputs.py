@@ -23,7 +23,8 @@ nan-model        123  every preset x {NaN away from x, NaN at x, inf at x, NaN g
 inplace-model    114  every preset x {x.sub_ in forward, in-place first layer} x {one batch, chunks}
 low-precision    304  every preset x {float16, bfloat16} x 2 eps; gradient presets x p in {1, 1.5, 2, inf}
 regression-y      50  every regression preset x bad reference y (NaN, inf, dtype, shape)
-steepest          96  p in {1, 1.5, 2, 3, inf} x gradient norms 1e-20 .. 1e20 x {float64, float32}
+steepest         141  p in {1, 1.5, 2, 3, inf} x gradient norms 1e-20 .. 1e20 x {steepest float64, float32,
+                      min-norm step}; tiny balls
 hypothesis        85  budget and box of fit_budget (60 draws) and of whole attacks (25 draws)
 =============  =====  ==================================================================================
 """
@@ -655,6 +656,24 @@ def test_steepest_scale_invariant(p: float, dtype: torch.dtype) -> None:
         assert torch.allclose(inner[:2], dual[:2], rtol=10 * tol, atol=0)
 
 
+@pytest.mark.parametrize("p", STEEP_P, ids=lambda p: f"p{p:g}")
+def test_min_norm_step_scale_invariant(p: float) -> None:
+    """DeepFool's min-norm step (eq. 9) has norm L / norm_q(g) at every gradient scale (no 1e-12 floor), and the
+    dual norm neither under- nor overflows in float32."""
+    ball = LpBall(p)
+    g0 = torch.randn(2, 9, generator=gen(6), dtype=torch.float64)
+    for s in STEEP_SCALES:
+        g = g0 * s
+        value = torch.tensor([0.3, 2.0], dtype=torch.float64) * s  # L scales with g: the step does not change
+        step = pertattack.solvers.MinNorm()(pertattack.solvers.Step(x=torch.zeros_like(g), g=g, value=value,
+                                                                    eps=torch.zeros(2), ball=ball, forward=None))
+        got = ball.norm(step)
+        ref = torch.tensor([0.3, 2.0], dtype=torch.float64) / lp_norm(g0, ball.q)
+        assert torch.allclose(got, ref, rtol=1e-12, atol=0), (s, got, ref)
+        g32 = g.float()
+        assert torch.allclose(ball.dual_norm(g32).double() / s, lp_norm(g0, ball.q), rtol=1e-5, atol=0), s
+
+
 def test_gnm_step_size_tiny_gradient() -> None:
     """The example of the issue: p = 2, gradient norm 1e-13, the GNM step is eps (it was 0.76 eps)."""
     g = torch.randn(2, 50, generator=gen(0), dtype=torch.float64)
@@ -727,7 +746,7 @@ def case_counts() -> dict[str, int]:
         "inplace-model": len(PRESETS) * len(INPLACE) * 2 + 2,
         "low-precision": len(PRESETS) * 2 * 2 + len(GRADIENT_P1) * 4 * 3,
         "regression-y": len(REGRESSION) * len(REG_Y),
-        "steepest": len(STEEP_P) * 2 * len(STEEP_SCALES) + 1 + len(STEEP_P),
+        "steepest": len(STEEP_P) * 3 * len(STEEP_SCALES) + 1 + len(STEEP_P),
         "hypothesis": 60 + 25,
     }
 

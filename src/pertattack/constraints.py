@@ -96,8 +96,13 @@ class LpBall:
         return lp_norm(eta, self.p)
 
     def dual_norm(self, g: Tensor) -> Tensor:
-        """norm_q of each input's gradient, shape (N,)."""
-        return lp_norm(g, self.q)
+        """norm_q of each input's gradient, shape (N,); computed on g divided by its largest entry, so tiny
+        or huge gradients (1e-20 .. 1e20, float32 too) neither underflow nor overflow."""
+        flat = g.reshape(g.shape[0], -1)
+        if math.isinf(self.q) or self.q == 1:
+            return lp_norm(flat, self.q)
+        m = _row_max(flat)
+        return lp_norm(flat / m, self.q) * m[:, 0]
 
     def steepest(self, g: Tensor) -> Tensor:
         """The unit Hölder maximiser u(g): norm_p(u) = 1 and u^T g = norm_q(g) (eq. 6 without -eps).

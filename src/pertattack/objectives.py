@@ -238,7 +238,9 @@ class DeepFoolObjective(Objective):
             for j in range(c):  # loop over candidate ranks, each batched over all inputs
                 diff = fk - s.gather(1, cand[:, j : j + 1])[:, 0]
                 (g,) = torch.autograd.grad(diff.sum(), xg, retain_graph=j < c - 1)
-                d = diff.detach().abs() / ctx.ball.dual_norm(g).clamp_min(1e-12)
+                dn = ctx.ball.dual_norm(g)  # no floor: the closest class by the exact rho1 ratio
+                d = torch.where(dn == 0, torch.full_like(dn, math.inf),
+                                diff.detach().abs() / torch.where(dn == 0, torch.ones_like(dn), dn))
                 better = (d < best_d) | d.isnan()  # a NaN gradient is kept, so the attack can report it
                 best_d = torch.where(better, d, best_d)
                 best_L = torch.where(better, diff.detach(), best_L)

@@ -139,7 +139,9 @@ class MinNorm(Solver):
         # An exact tie (L == 0 in floating point) is a fixed point of the step: cross it by a hair
         # (1e-4 in the units of L, as foolbox's DeepFool does for every step).
         value = torch.where(step.value == 0, torch.full_like(value, self.tie_push), value)
-        scale = value / step.ball.dual_norm(step.g).clamp_min(1e-12) + step.push
+        dn = step.ball.dual_norm(step.g)  # exact: no floor, the step keeps its size at any gradient scale
+        scale = torch.where(dn > 0, value / torch.where(dn > 0, dn, torch.ones_like(dn)), torch.zeros_like(dn))
+        scale = scale + step.push
         return -expand_like(scale, step.g) * step.ball.steepest(step.g)
 
 
