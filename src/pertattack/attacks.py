@@ -496,6 +496,7 @@ class Attack:
             raise ValueError(f"attack {self.name!r} needs a budget: pass eps=... (in the units of the box)")
         x_in = _check_input(x, the_box)
         n = x_in.shape[0]
+        _check_rows(n, y=y, target=target, eps=eps_list)  # before chunking: a slice would hide a wrong length
         work = torch.float32 if x_in.dtype in (torch.float16, torch.bfloat16) else x_in.dtype
         xw = x_in.to(work)
         bs = self.batch_size or n
@@ -580,10 +581,13 @@ class Attack:
                     break
                 idx = robust.nonzero().squeeze(1)
                 sub_noise = Noise(noise.seed, noise.index[idx], noise.counter)
-                eta_r, steps_r, _ = self.schedule.run(fwd, x[idx], None if e is None else e[idx], obj, self.solver,
-                                                      self.ball, box, ctx.subset(idx), sub_noise, progress,
-                                                      self.constraint.partition)  # type: ignore[arg-type]
+                eta_r, steps_r, info_r = self.schedule.run(fwd, x[idx], None if e is None else e[idx], obj,
+                                                           self.solver, self.ball, box, ctx.subset(idx), sub_noise,
+                                                           progress, self.constraint.partition)  # type: ignore[arg-type]
                 noise.counter = sub_noise.counter
+                if "nonfinite" in info_r:  # NaN/inf met in a restart: reported like the first run's
+                    nf = info.get("nonfinite", torch.zeros(x.shape[0], dtype=torch.bool, device=x.device))
+                    info = {**info, "nonfinite": nf.index_copy(0, idx, nf[idx] | info_r["nonfinite"])}
                 eta = eta.index_copy(0, idx, eta_r)
                 steps = steps.index_add(0, idx, steps_r)
             return eta, steps, info
@@ -604,15 +608,20 @@ class Attack:
     def _result(self, fwd: Model, x: Tensor, eta: Tensor, eps: Tensor | None, ctx: Context, steps: Tensor,
                 info: dict[str, Tensor], box: Box, dtype: torch.dtype, eps_asked: Any) -> AttackResult:
         bad = ~torch.isfinite(eta.reshape(eta.shape[0], -1)).all(dim=1)
+        if "nonfinite" in info:  # NaN/inf in the objective or its gradient at some step (schedule.run)
+            bad = bad | info["nonfinite"]
+            info = {k: v for k, v in info.items() if k != "nonfinite"}
         if bool(bad.any()):
-            warnings.warn(f"the attack produced NaN or inf for inputs {bad.nonzero().flatten().tolist()[:10]} "
-                          "(NaN gradients of the model?): they are returned unperturbed and marked as failed",
-                          stacklevel=4)
+            warnings.warn(f"NaN or inf in the model's output or its gradient during the attack for inputs "
+                          f"{bad.nonzero().flatten().tolist()[:10]}: they are returned unperturbed and marked as "
+                          "failed", stacklevel=4)
             eta = torch.where(bad.reshape(-1, *([1] * (eta.dim() - 1))), torch.zeros_like(eta), eta)
         x_out = x.to(dtype)
-        x_adv = fit_budget(x_out, x + eta, eps, self.ball, box)
-        eta_out = x_adv - x_out
+        # the budget as asked (float64), not as rounded to the working dtype: the norm of the returned
+        # x_adv - x, computed exactly, is at most what the user asked for
         eps_report = None if eps is None else _eps_report(eps_asked, x.shape[0], x.device)
+        x_adv = fit_budget(x_out, x + eta, eps_report, self.ball, box)
+        eta_out = x_adv - x_out
         success = pred = margin = None
         if self.objective.classification:
             with torch.no_grad():
@@ -624,6 +633,13 @@ class Attack:
             if not bool(finite.all()):
                 warnings.warn(f"the model's output at x_adv is NaN or inf for inputs "
                               f"{(~finite).nonzero().flatten().tolist()[:10]}: marked as not fooled", stacklevel=4)
+        else:  # regression: no success flag, but a NaN output at x_adv is never silent
+            with torch.no_grad():
+                out = fwd(x_adv)
+            finite = torch.isfinite(out.reshape(out.shape[0], -1)).all(dim=1)
+            if not bool(finite.all()):
+                warnings.warn(f"the model's output at x_adv is NaN or inf for inputs "
+                              f"{(~finite).nonzero().flatten().tolist()[:10]}", stacklevel=4)
         return AttackResult(x_adv=x_adv, eta=eta_out, norms=self.ball.norm(eta_out.to(x.dtype)), success=success,
                             eps=eps_report, label=ctx.label, pred=pred, steps=steps, p=self.ball.p, margin=margin,
                             info=info)
@@ -654,6 +670,9 @@ def fit_budget(x: Tensor, x_adv: Tensor, eps: Tensor | None, ball: LpBall, box: 
         away = (cand.double() - x.double()).abs() > (shrunk - x.double()).abs()
         cand = torch.where(away, torch.nextafter(cand, x), cand)
         out = torch.where(over.reshape(-1, *([1] * (x.dim() - 1))), cand, out)
+    still = ball.norm(out.double() - x.double()) > e64
+    if bool(still.any()):  # never seen; the budget is a promise, so x itself rather than a row over it
+        out = torch.where(still.reshape(-1, *([1] * (x.dim() - 1))), x, out)
     return out
 
 
@@ -692,6 +711,18 @@ def _eps_list(eps: EpsLike) -> tuple[list[float | Tensor | None], bool]:
     if not vals or any(not math.isfinite(e) or e < 0 for e in vals):
         raise ValueError(f"eps must be a non-empty list of finite values >= 0, got {eps}")
     return list(vals), True
+
+
+def _check_rows(n: int, **args: Any) -> None:
+    """y, target and per-input eps must have one row per input (checked before the inputs are chunked)."""
+    for name, v in args.items():
+        vals = v if name == "eps" else [v]
+        for t in vals:
+            if isinstance(t, (Tensor, np.ndarray)) and t.ndim >= 1 and t.shape[0] != n:
+                if t.ndim > 1:
+                    raise ValueError(f"{name} must have {n} rows (one per input), got shape {tuple(t.shape)}")
+                want = "be a scalar or have shape" if name == "eps" else "have shape"
+                raise ValueError(f"{name} must {want} ({n},) (one entry per input), got {tuple(t.shape)}")
 
 
 def _check_input(x: Tensor, box: Box) -> Tensor:

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .attacks import _COMPOSITES, EpsLike, _eps_list, get_attack
-from .modelcall import as_model, eval_mode
+from .attacks import _COMPOSITES, EpsLike, _check_input, _check_rows, _eps_list, get_attack
+from .modelcall import as_model, check_scores, eval_mode
+from .noise import Noise
 from .result import AttackResult
 
 __all__ = ["Cascade", "cascade"]
@@ -100,9 +101,13 @@ class Cascade:
         eps_list, many = _eps_list(eps)
         if eps_list == [None]:
             raise ValueError(f"cascade {self.name!r} needs a budget: pass eps=...")
+        first = self.attacks[0]
+        while isinstance(first, Cascade):
+            first = first.attacks[0]
+        x = _check_input(x, first.box_for(model, box))  # the user's mistakes named before any member runs
         n = x.shape[0]
-        if index is None:
-            index = torch.arange(n, device=x.device)
+        _check_rows(n, y=y, eps=eps_list)
+        index = Noise.create(0, n, x.device, index).index
         fwd = as_model(model, preprocess=self.preprocess, output=self.output)
         if y is None:  # one label for every member: the model's prediction on x
             with eval_mode(fwd), torch.no_grad():
@@ -114,7 +119,9 @@ class Cascade:
              index: Tensor) -> AttackResult:
         n = x.shape[0]
         with eval_mode(fwd), torch.no_grad():
-            k = fwd(x[:1]).shape[1]
+            out0 = fwd(x[:1])
+        check_scores(out0)
+        k = out0.shape[1]
         res: AttackResult | None = None
         who = torch.full((n,), -1, dtype=torch.long, device=x.device)
         todo = torch.arange(n, device=x.device)
@@ -127,12 +134,15 @@ class Cascade:
             e = eps[todo] if isinstance(eps, Tensor) and eps.dim() == 1 else eps
             r = member(model, x[todo], y[todo], eps=e, box=box, index=index[todo])
             assert isinstance(r, AttackResult) and r.success is not None
+            first = res is None  # the first member that ran (earlier ones may not apply) fills every row
             if res is None:
                 res = _empty_like(r, n, todo)
-            _put(res, r, todo, take=torch.ones_like(r.success) if j == 0 else r.success)
+            _put(res, r, todo, take=torch.ones_like(r.success) if first else r.success)
             who[todo[r.success]] = j
             todo = todo[~r.success]
-        assert res is not None
+        if res is None:
+            raise ValueError(f"no member of cascade {self.name!r} applies to a model with {k} classes (the model's "
+                             "output)")
         res.info["attack"] = who
         res.attack = self.name
         return res

@@ -338,7 +338,14 @@ def _lanczos(lin: Linearization, q: Tensor, iters: int, tol: float, basis: int |
         hd = h.double()
         t[:, : j + 1, j] = hd
         t[:, j, : j + 1] = hd
-        theta, y = torch.linalg.eigh(t[:, : j + 1, : j + 1])
+        tj = t[:, : j + 1, : j + 1]
+        # a NaN/inf Jacobian (a model NaN near x): that input's vector is NaN (the attack reports it), the
+        # others go on; eigh would fail on the whole batch
+        bad = ~done & ~torch.isfinite(tj).flatten(1).all(dim=1)
+        if bool(bad.any()):
+            result = torch.where(bad.unsqueeze(1), torch.full_like(result, float("nan")), result)
+            done = done | bad
+        theta, y = torch.linalg.eigh(torch.where(torch.isfinite(tj), tj, torch.zeros_like(tj)))
         top, ytop = theta[:, -1], y[:, :, -1]
         res = b.double() * ytop[:, -1].abs()
         # invariant Krylov space (up to rounding): the top Ritz pair is exact

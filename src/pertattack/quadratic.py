@@ -27,6 +27,13 @@ from .operators import LANCZOS_BASIS, Linearization, Map, column_norms, top_sing
 __all__ = ["quadratic_l2", "quadratic_l2_truth", "quadratic_l1", "quadratic_linf", "quadratic_subset", "resolve_sign"]
 
 
+def _nan_where_nonfinite(eta: Tensor, figures: Tensor) -> Tensor:
+    """eta with NaN rows where the Jacobian figures of that input (column norms, Gram blocks) are NaN or inf:
+    a model that is NaN near x gives no silent choice of coordinates; the attack reports those inputs."""
+    bad = ~torch.isfinite(figures.reshape(figures.shape[0], -1)).all(dim=1)
+    return torch.where(expand_like(bad, eta), torch.full_like(eta, float("nan")), eta)
+
+
 def resolve_sign(
     f: Map, x: Tensor, eta: Tensor, *, out: Tensor | None = None, box: Box | None = None
 ) -> Tensor:
@@ -137,7 +144,7 @@ def quadratic_l1(
     norms = column_norms(lin, chunk=chunk)
     k = norms.argmax(dim=1, keepdim=True)
     eta = lin.x.new_zeros(lin.n, lin.m).scatter_(1, k, e.unsqueeze(1)).reshape(lin.x.shape)
-    return resolve_sign(f, lin.x, eta, out=lin.out, box=box)
+    return _nan_where_nonfinite(resolve_sign(f, lin.x, eta, out=lin.out, box=box), norms)
 
 
 def quadratic_linf(
@@ -161,7 +168,7 @@ def quadratic_linf(
     order = torch.sort(norms, dim=1, descending=True, stable=True).indices
     rho, _ = _greedy_running(lin, order, chunk)
     eta = lin.x.new_zeros(lin.n, lin.m).scatter_(1, order, rho) * e.unsqueeze(1)
-    return resolve_sign(f, lin.x, eta.reshape(lin.x.shape), out=lin.out, box=box)
+    return _nan_where_nonfinite(resolve_sign(f, lin.x, eta.reshape(lin.x.shape), out=lin.out, box=box), norms)
 
 
 def quadratic_subset(
@@ -204,18 +211,18 @@ def quadratic_subset(
     z = table.shape[1]
     use_gram = (z <= chunk) if gram is None else gram
     if z == 1:
-        norms = column_norms(lin, chunk=chunk)
+        norms = figures = column_norms(lin, chunk=chunk)
         sq = lin.x.new_zeros(n, table.shape[0]).index_add_(1, sid, norms.square())
         best = sq.argmax(dim=1)
         rho = lin.x.new_ones(n, 1)
     elif use_gram:
-        g = _subset_grams(lin, table, valid, chunk)  # (N, S, Z, Z)
+        g = figures = _subset_grams(lin, table, valid, chunk)  # (N, S, Z, Z)
         rho_all, val = _greedy_gram(g)
         rho_all = rho_all * valid.to(rho_all.dtype)
         best = val.argmax(dim=1)
         rho = rho_all[torch.arange(n, device=best.device), best]
     else:
-        norms = column_norms(lin, chunk=chunk)
+        norms = figures = column_norms(lin, chunk=chunk)
         best_val = lin.x.new_full((n,), -1.0)
         best = torch.zeros(n, dtype=torch.long, device=lin.x.device)
         rho = lin.x.new_zeros(n, z)
@@ -234,7 +241,7 @@ def quadratic_subset(
     coords = table[best]  # (N, Z)
     eta = lin.x.new_zeros(n, m).scatter_(1, coords, rho * valid[best].to(rho.dtype))
     eta = (eta * e.unsqueeze(1)).reshape(lin.x.shape)
-    return resolve_sign(f, lin.x, eta, out=lin.out, box=box)
+    return _nan_where_nonfinite(resolve_sign(f, lin.x, eta, out=lin.out, box=box), figures)
 
 
 def _greedy_running(lin: Linearization, order: Tensor, chunk: int) -> tuple[Tensor, Tensor]:

@@ -285,7 +285,10 @@ class Dither:
 
     def __post_init__(self) -> None:
         if not isinstance(self.radii, str):
-            object.__setattr__(self, "radii", tuple(float(r) for r in self.radii))
+            try:
+                object.__setattr__(self, "radii", tuple(float(r) for r in self.radii))
+            except (TypeError, ValueError):
+                raise TypeError(f"dither must be 'none', 'first', 'all' or T fractions, got {self.radii!r}") from None
             if any(not math.isfinite(r) or r < 0 for r in self.radii):
                 raise ValueError(f"dither needs non-negative fractions of eps (finite), got {self.radii!r}")
         elif self.radii not in ("none", "first", "all"):
@@ -566,6 +569,8 @@ class Schedule:
         object.__setattr__(self, "steps", int(self.steps))
         _number("overshoot", self.overshoot, lo=0)
         _number("push", self.push, lo=0)
+        _flag("mask_blocked", self.mask_blocked)
+        _flag("clip_iterates", self.clip_iterates)
         for name, kind in (("start", Start), ("step_size", StepSize), ("update", Update), ("lin_point", Dither),
                            ("keep", Keep), ("stop", Stop), ("project", Projection)):
             if not isinstance(getattr(self, name), kind):
@@ -593,7 +598,7 @@ class Schedule:
                 base = cur if isinstance(cur, Constant) else Constant()
                 out["step_size"] = replace(base, **{"scale" if k == "step_scale" else "fraction": v})
             elif k == "dither":
-                out["lin_point"] = v if isinstance(v, Dither) else Dither(v if isinstance(v, str) else tuple(v))
+                out["lin_point"] = v if isinstance(v, Dither) else Dither(v if isinstance(v, str) else _seq(k, v))
             elif k == "project" and not isinstance(v, Projection):
                 out["project"] = BallProjection() if _flag(k, v) else NoProjection()
             elif k == "early_stop":
@@ -670,15 +675,21 @@ class Schedule:
                 if self.stop.active:  # gradients of the inputs still in play only
                     act = (~done).nonzero().squeeze(1)
                     v_act, g_act, out_act = objective.value_and_grad(forward, x_lin[act], ctx.subset(act))
-                    value = x.new_zeros(n).index_copy(0, act, v_act)
-                    g = torch.zeros_like(x).index_copy(0, act, g_act)
+                    value = x.new_zeros(n).index_copy(0, act, v_act.to(x.dtype))
+                    g = torch.zeros_like(x).index_copy(0, act, g_act.to(x.dtype))
                     if objective.classification:
                         f_act = objective.fooled(out_act, ctx.subset(act))
                         fooled = torch.zeros_like(done).index_copy(0, act, f_act)
                 else:
                     value, g, out = objective.value_and_grad(forward, x_lin, ctx)
+                    value, g = value.to(x.dtype), g.to(x.dtype)
                     if objective.classification and (keep.needs_final_check or self.stop.active):
                         fooled = objective.fooled(out, ctx)
+                # NaN/inf in L or its gradient (a model NaN away from x, a NaN gradient): the input is
+                # reported (info['nonfinite']) and the attack returns it unperturbed, marked as failed
+                bad = ~done & ~(torch.isfinite(value) & torch.isfinite(g.reshape(n, -1)).all(dim=1))
+                if bool(bad.any()):
+                    state["nonfinite"] = state.get("nonfinite", torch.zeros_like(done)) | bad
                 keep.observe(lin, value, g, fooled, ball, ~done)
                 self.project.observe(t, loop, lin, value, g, fooled, keep)
                 if self.stop.active and not self.stop.check_first and fooled is not None:
@@ -743,6 +754,13 @@ def _warn_if_flat(g: Tensor, done: Tensor, alpha: Tensor | None, objective: Obje
             ),
             stacklevel=5,
         )
+
+
+def _seq(name: str, v: Any) -> tuple:
+    try:
+        return tuple(v)
+    except TypeError:
+        raise TypeError(f"{name} must be 'none', 'first', 'all' or T fractions, got {v!r}") from None
 
 
 def _flag(name: str, v: Any) -> bool:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ._validate import integer
 from .constraints import Box, Constraint, LpBall, Partition, expand_like
 from .noise import Noise
 from .objectives import Context, Objective
@@ -150,7 +151,9 @@ class MinNorm(Solver):
         # An exact tie (L == 0 in floating point) is a fixed point of the step: cross it by a hair
         # (1e-4 in the units of L, as foolbox's DeepFool does for every step).
         value = torch.where(step.value == 0, torch.full_like(value, self.tie_push), value)
-        scale = value / step.ball.dual_norm(step.g).clamp_min(1e-12) + step.push
+        dn = step.ball.dual_norm(step.g)  # exact: no floor, the step keeps its size at any gradient scale
+        scale = torch.where(dn > 0, value / torch.where(dn > 0, dn, torch.ones_like(dn)), torch.zeros_like(dn))
+        scale = scale + step.push
         return -expand_like(scale, step.g) * step.ball.steepest(step.g)
 
 
@@ -274,9 +277,9 @@ class Quadratic(Solver):
     def __post_init__(self) -> None:
         if self.norm not in ("l2", "l1", "linf", "subset"):
             raise ValueError(f"quadratic solver norm must be l2, l1, linf or subset, got {self.norm!r}")
-        if isinstance(self.power_iters, bool) or int(self.power_iters) != self.power_iters or self.power_iters < 1:
-            raise ValueError(f"power_iters must be a positive integer, got {self.power_iters!r}")
-        if not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol) and self.tol >= 0):
+        self.power_iters = integer("power_iters", self.power_iters)
+        if isinstance(self.tol, bool) or not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol)
+                                              and self.tol >= 0):
             raise ValueError(f"tol must be a finite number >= 0, got {self.tol!r}")
         if self.svd_method not in ("lanczos", "power"):
             raise ValueError(f"svd_method must be 'lanczos' or 'power', got {self.svd_method!r}")
