@@ -88,7 +88,8 @@ def peer_autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> tuple
         print("pyautoattack not installed: skipped", file=sys.stderr)
         return None
     aa = AutoAttack(model, eps=eps, norm="Linf", version="standard", seed=0)
-    return timed(lambda: aa.run_standard_evaluation(x, y, batch_size=len(x)))
+    out, sec = timed(lambda: aa.run_standard_evaluation(x, y, batch_size=len(x)))
+    return (out[0] if isinstance(out, tuple) else out), sec
 
 
 def peer_minnorm(model: nn.Module, x: Tensor, y: Tensor, p: float, steps: int) -> dict[str, tuple[Tensor, float]]:
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--eps", default="0.1,0.2")
     ap.add_argument("--queries", type=int, default=1000, help="square's query budget")
-    ap.add_argument("--parts", default="apgd,auto,square,fmn", help="which comparisons to run")
+    ap.add_argument("--parts", default="apgd,auto,square,fmn",
+                    help="which comparisons to run (apgd, auto, auto-ours, auto-peer, square, fmn)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="CSV file")
     args = ap.parse_args(argv)
@@ -158,9 +160,10 @@ def main(argv: list[str] | None = None) -> int:
                 if peer:
                     add(mname, f"square-{args.queries}", "torchattacks", eps, math.inf,
                         robust_accuracy(model, peer[0], y), peer[1])
-            if "auto" in parts:
+            if parts & {"auto", "auto-ours"}:
                 xa, s = ours("auto", model, x, y, eps=eps)
                 add(mname, "auto", "pertattack", eps, math.inf, robust_accuracy(model, xa, y), s)
+            if parts & {"auto", "auto-peer"}:
                 peer = peer_autoattack(model, x, y, eps)
                 if peer:
                     add(mname, "auto", "autoattack-standard", eps, math.inf, robust_accuracy(model, peer[0], y),
