@@ -26,3 +26,19 @@ def flag(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return value
+
+
+def did_you_mean(name: str, known: list[str], cutoff: float = 0.6) -> str:
+    """' (did you mean a, b?)' for the close matches of ``name`` among ``known``, else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=3, cutoff=cutoff)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def from_table(table: dict[str, Any], name: Any, what: str, extra: str = "") -> Any:
+    """A new default instance of ``table[name]``, or a ValueError naming ``what`` and the close matches."""
+    if not isinstance(name, str) or name not in table:
+        hint = did_you_mean(name, list(table)) if isinstance(name, str) else ""
+        raise ValueError(f"unknown {what} {name!r}{hint}; known: {', '.join(table)}{extra}")
+    return table[name]()

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._validate import from_table
 from .constraints import Box, Constraint, LpBall, as_batch_eps
 from .modelcall import Model, as_model, check_scores, eval_mode
 from .noise import Noise
@@ -71,11 +72,7 @@ SOLVERS: dict[str, Any] = {
 
 def solver_by_name(name: str) -> Solver:
     """A solver of the table :data:`SOLVERS`, with its default settings."""
-    if name not in SOLVERS:
-        close = difflib.get_close_matches(name, list(SOLVERS), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"unknown solver {name!r}{hint}; known: {', '.join(SOLVERS)} (or pass a Solver instance)")
-    return SOLVERS[name]()
+    return from_table(SOLVERS, name, "solver", " (or pass a Solver instance)")
 
 
 # Every keyword get_attack takes, with its meaning: one table, shown by help(get_attack) and checked by a

@@ -403,10 +403,6 @@ OBJECTIVES: dict[str, type[Objective]] = {
 
 def objective_by_name(name: str) -> Objective:
     """An objective of the table above, with its default settings."""
-    if name not in OBJECTIVES:
-        import difflib
+    from ._validate import from_table
 
-        close = difflib.get_close_matches(name, list(OBJECTIVES), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"unknown objective {name!r}{hint}; known: {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[name]()
+    return from_table(OBJECTIVES, name, "objective", " (or pass an Objective instance)")
