@@ -19,6 +19,7 @@ CASES = [
     ("fc-ae", {"in_shape": (3, 4, 4), "code": 8}, (2, 3, 4, 4), (2, 3, 4, 4)),
     ("conv-ae", {}, (2, 3, 96, 96), (2, 3, 96, 96)),
     ("conv-ae", {"channels": 1, "width": 8}, (2, 1, 28, 12), (2, 1, 28, 12)),
+    ("colorization", {"width": 4}, (2, 1, 32, 24), (2, 3, 32, 24)),
 ]
 
 
@@ -35,7 +36,7 @@ def test_output_shapes(name: str, kwargs: dict, in_shape: tuple[int, ...], out_s
 
 def test_registry_covers_every_model() -> None:
     """Every registered model has a shape case above."""
-    assert set(MODELS) == {"fcnn", "lenet5", "smallcnn", "nin", "densenet40", "fc-ae", "conv-ae"}
+    assert set(MODELS) == {"fcnn", "lenet5", "smallcnn", "nin", "densenet40", "fc-ae", "conv-ae", "colorization"}
     assert {n for n, *_ in CASES} == set(MODELS)
 
 
@@ -76,7 +77,9 @@ def test_build_model_seed_leaves_global_rng() -> None:
 
 
 def test_build_model_unknown_name() -> None:
-    with pytest.raises(ValueError, match=r"unknown model 'lenet'.*Did you mean 'lenet5'.*Available: conv-ae, "):
+    with pytest.raises(ValueError,
+                       match=r"unknown model 'lenet'.*Did you mean 'lenet5'.*Available: colorization, conv-ae, "):
         build_model("lenet")
-    with pytest.raises(ValueError, match="Available: conv-ae, densenet40, fc-ae, fcnn, lenet5, nin, smallcnn"):
+    with pytest.raises(ValueError,
+                       match="Available: colorization, conv-ae, densenet40, fc-ae, fcnn, lenet5, nin, smallcnn"):
         build_model("resnet50")

@@ -209,3 +209,54 @@ def test_float32_and_bad_arguments() -> None:
         top_singular(lambda z: model(z), x, method="svd")
     with pytest.raises(ValueError):
         column_norms(lambda z: model(z), x, chunk=0)
+
+
+def test_restarted_lanczos_matches_full_basis_at_small_size() -> None:
+    """Thick restart with a 4-vector basis (many restarts) gives the full-basis Lanczos sigma on a conv net."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.ConvTranspose2d(8, 3, 4, stride=2,
+                                                                                              padding=1)).to(DT)
+    x = torch.rand(3, 3, 12, 12, dtype=DT, generator=gen(2))
+    f = lambda z: net(z)  # noqa: E731
+    full, vf = top_singular(f, x, iters=400, tol=1e-10, generator=gen(1), basis=None)
+    ref = torch.linalg.matrix_norm(jacobian(f, x), ord=2)
+    torch.testing.assert_close(full, ref, rtol=1e-9, atol=0.0)
+    for basis in (4, 7, 20):
+        sigma, v = top_singular(f, x, iters=400, tol=1e-10, generator=gen(1), basis=basis)
+        torch.testing.assert_close(sigma, full, rtol=1e-9, atol=0.0)
+        cos = (v * vf).reshape(3, -1).sum(dim=1).abs()
+        torch.testing.assert_close(cos, torch.ones(3, dtype=DT), rtol=0.0, atol=1e-6)
+    with pytest.raises(ValueError):
+        top_singular(f, x, basis=1)
+
+
+def test_restarted_lanczos_memory_is_the_basis_not_the_iterations() -> None:
+    """With basis b the Lanczos keeps (b + 1) N M floats however many iterations run."""
+    a = torch.from_numpy(with_spectrum(50, 60, list(np.linspace(1.0, 0.9, 20)), seed=5))
+    x = torch.zeros(1, 60, dtype=DT)
+    sizes = []
+    real = torch.Tensor.new_zeros
+
+    def spy(t: Tensor, *shape, **kw):  # record the basis allocation
+        out = real(t, *shape, **kw)
+        sizes.append(out.numel())
+        return out
+
+    torch.Tensor.new_zeros = spy  # type: ignore[method-assign]
+    try:
+        top_singular(lambda z: z @ a.T, x, iters=200, tol=0.0, generator=gen(0), basis=5)
+    finally:
+        torch.Tensor.new_zeros = real  # type: ignore[method-assign]
+    assert max(sizes) == 6 * 60
+
+
+def test_jv_by_transposed_vjp_equals_forward_mode() -> None:
+    model = conv(1)
+    x = torch.rand(3, 2, 6, 6, generator=gen(4))
+    v = torch.randn(3, 2, 6, 6, generator=gen(5))
+    lin = Linearization(lambda z: model(z), x)
+    a = lin.jv(v)
+    assert lin._jv_mode == "transpose"
+    _, b = torch.func.jvp(lambda z: model(z), (x,), (v,))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert no_grads(model)

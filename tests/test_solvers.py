@@ -244,3 +244,27 @@ def test_random_subset_uses_distinct_subsets():
         assert torch.equal(eta[eta != 0].abs(), torch.full(((eta != 0).sum(),), 0.3, dtype=DTYPE))
         touched.append(pix)
     assert (torch.stack(touched).sum(dim=0) == 1).all()  # 4 calls: every one of the 4 pixels once
+
+
+def test_single_subset_with_reuse_chooses_again_within_its_budget():
+    # pixel 2 has by far the largest gradient: without reuse the next steps move to other pixels,
+    # with reuse pixel 2 is chosen again and no coordinate ever exceeds eps
+    g = torch.zeros(1, 3, 2, 2, dtype=DTYPE)
+    g[0, :, 1, 0] = torch.tensor([5.0, -5.0, 5.0])
+    g[0, 0, 0, 1] = -1.0
+    step = make_step(g, 0.1, INF, partition=Partition("pixel"))
+    solver = SingleSubset(reuse=True)
+    total = torch.zeros_like(g)
+    for _ in range(3):
+        total = total + solver(step)
+    want = torch.zeros_like(g)
+    want[0, :, 1, 0] = -0.1 * torch.tensor([1.0, -1.0, 1.0], dtype=DTYPE)
+    torch.testing.assert_close(total, want, rtol=0, atol=1e-15)  # chosen three times, still -eps sign(g)
+    # the gradient flips on pixel 2: choosing it again flips its signs, still within [-eps, eps]
+    step.g = -g
+    total = total + solver(step)
+    torch.testing.assert_close(total, -want, rtol=0, atol=1e-15)
+    no_reuse = SingleSubset()
+    step2 = make_step(g, 0.1, INF, partition=Partition("pixel"))
+    t2 = no_reuse(step2) + no_reuse(step2)
+    assert (t2 != 0).any(dim=1).sum() == 2  # two distinct pixels

@@ -6,9 +6,11 @@ objective x a constraint x a solver x a schedule. Start with :func:`get_attack` 
 """
 
 from .attacks import Attack, AttackResult, get_attack, list_attacks
-from .constraints import Box, LpBall, Partition
+from .cascade import Cascade, cascade
+from .constraints import Box, Constraint, LpBall, Partition
 from .data import load_cifar10, load_digits, load_mnist
 from .metrics import (
+    UndefinedMetricWarning,
     eps_for_psnr,
     evaluate,
     fooling_curve,
@@ -21,6 +23,9 @@ from .metrics import (
     robustness,
 )
 from .modelcall import Model, ModelCall, eval_mode
+from .objectives import Objective
+from .schedule import Schedule
+from .solvers import Solver
 
 __version__ = "0.1.0"
 
@@ -28,10 +33,17 @@ __all__ = [
     "Attack",
     "AttackResult",
     "Box",
+    "Cascade",
+    "Constraint",
     "LpBall",
     "Model",
     "ModelCall",
+    "Objective",
+    "Schedule",
+    "Solver",
+    "cascade",
     "Partition",
+    "UndefinedMetricWarning",
     "eps_for_psnr",
     "eval_mode",
     "evaluate",

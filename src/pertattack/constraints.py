@@ -96,8 +96,13 @@ class LpBall:
         return lp_norm(eta, self.p)
 
     def dual_norm(self, g: Tensor) -> Tensor:
-        """norm_q of each input's gradient, shape (N,)."""
-        return lp_norm(g, self.q)
+        """norm_q of each input's gradient, shape (N,); computed on g divided by its largest entry, so tiny
+        or huge gradients (1e-20 .. 1e20, float32 too) neither underflow nor overflow."""
+        flat = g.reshape(g.shape[0], -1)
+        if math.isinf(self.q) or self.q == 1:
+            return lp_norm(flat, self.q)
+        m = _row_max(flat)
+        return lp_norm(flat / m, self.q) * m[:, 0]
 
     def steepest(self, g: Tensor) -> Tensor:
         """The unit Hölder maximiser u(g): norm_p(u) = 1 and u^T g = norm_q(g) (eq. 6 without -eps).
@@ -112,14 +117,14 @@ class LpBall:
         elif self.p == 1:
             idx = flat.abs().argmax(dim=1, keepdim=True)
             u = torch.zeros_like(flat).scatter_(1, idx, flat.gather(1, idx).sign())
-        elif self.p == 2:
-            u = flat / flat.norm(dim=1, keepdim=True).clamp_min(_TINY)
         else:
-            q = self.q
-            # Scale by the max first: abs(g)^(q-1) overflows for large q and small |g|.
-            scale = flat.abs().amax(dim=1, keepdim=True).clamp_min(_TINY)
-            a = (flat.abs() / scale) ** (q - 1.0)
-            u = flat.sign() * a / lp_norm(a, self.p).unsqueeze(1).clamp_min(_TINY)
+            # Divide by the largest entry first (scale invariance: u(c g) = u(g) for every c > 0, at
+            # gradient norms from 1e-20 to 1e20; no floor on the norm, no overflow of abs(g)^(q-1) or of
+            # squares). The largest entry of ``a`` is then 1, so norm_p(a) >= 1 on every row that is not 0.
+            a = flat.abs() / _row_max(flat)
+            if self.p != 2:
+                a = a ** (self.q - 1.0)
+            u = flat.sign() * a / lp_norm(a, self.p).unsqueeze(1).clamp_min(1.0)
         return u.reshape(g.shape)
 
     def project(self, eta: Tensor, eps: Tensor) -> Tensor:
@@ -134,7 +139,9 @@ class LpBall:
         if self.p == 1:
             return _project_l1(eta, eps)
         norms = expand_like(self.norm(eta), eta)
-        factor = torch.where(norms > e, e / norms.clamp_min(_TINY), torch.ones_like(norms))
+        # norms > e >= 0 wherever the factor is used: no floor needed (a floor would shrink tiny balls)
+        factor = torch.where(norms > e, e / torch.where(norms > 0, norms, torch.ones_like(norms)),
+                             torch.ones_like(norms))
         return eta * factor
 
     def sample(self, like: Tensor, radius: Tensor, noise: Noise) -> Tensor:
@@ -155,6 +162,12 @@ class LpBall:
             d = box_muller(a, b)
         d = d / lp_norm(d, self.p).clamp_min(_TINY).unsqueeze(1)
         return d.reshape(like.shape) * expand_like(radius * r ** (1.0 / m), like)
+
+
+def _row_max(flat: Tensor) -> Tensor:
+    """max_i abs(flat_i) per row, shape (N, 1); 1 on rows that are 0 (NaN propagates)."""
+    m = flat.abs().amax(dim=1, keepdim=True) if flat.shape[1] else flat.new_ones(flat.shape[0], 1)
+    return torch.where(m == 0, torch.ones_like(m), m)
 
 
 def _project_l1(eta: Tensor, eps: Tensor) -> Tensor:
@@ -198,6 +211,15 @@ class Box:
         if not torch.isfinite(x).all():
             raise ValueError(f"{name} contains NaN or inf")
         lo, hi = self.bounds(x)
+        one = tuple(x.shape[1:])
+        for side, t in (("lo", lo), ("hi", hi)):
+            try:
+                ok = torch.broadcast_shapes(t.shape, one) == one
+            except RuntimeError:
+                ok = False
+            if not ok:
+                raise ValueError(f"box {side} of shape {tuple(t.shape)} does not broadcast to one input of shape "
+                                 f"{one} (per-channel bounds of (N, C, H, W) inputs have shape (C, 1, 1))")
         if (x < lo).any() or (x > hi).any():
             raise ValueError(
                 f"{name} lies outside the box [{float(lo.min())}, {float(hi.max())}] "
@@ -233,6 +255,21 @@ class Partition:
     """
 
     groups: str | Sequence[int] | Tensor = "pixel"
+
+    def __post_init__(self) -> None:
+        g = self.groups
+        if isinstance(g, str):
+            if g != "pixel":
+                raise ValueError(f"unknown partition {g!r}; use 'pixel' or a list of subset ids")
+            return
+        try:
+            t = torch.as_tensor(g)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"partition must be 'pixel' or a sequence of integer subset ids, got {g!r}") from None
+        if t.dtype == torch.bool or t.is_floating_point() or t.is_complex() or t.numel() == 0:
+            raise TypeError(f"partition must be 'pixel' or a non-empty sequence of integer subset ids, got {g!r}")
+        if bool((t < 0).any()):
+            raise ValueError("partition ids must be >= 0")
 
     def index(self, like: Tensor) -> Tensor:
         """Subset id of each coordinate of one flattened input, shape (M,), int64, values 0..S-1."""
@@ -313,7 +350,10 @@ class Constraint:
 def make_box(lo: float | Tensor, hi: float | Tensor) -> Box:
     """A :class:`Box`, its bounds checked: finite numbers (or tensors) with lo <= hi."""
     for name, v in (("lo", lo), ("hi", hi)):
-        t = torch.as_tensor(v)
+        try:
+            t = torch.as_tensor(v)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"box {name} must be a number or a real tensor, got {v!r}") from None
         if t.is_complex() or not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
             raise TypeError(f"box {name} must be a number or a real tensor, got {v!r}")
         if not torch.isfinite(t.double()).all():

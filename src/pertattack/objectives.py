@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ._validate import flag, integer
 from .constraints import LpBall
 
 __all__ = [
@@ -104,6 +105,10 @@ class Objective:
     def prepare(self, out: Tensor, ctx: Context) -> None:
         """Called once per run with the clean outputs f(x) (e.g. to pick a target by rank); no-op here."""
 
+    def usable(self, num_classes: int) -> bool:
+        """Whether the objective is defined for a model with this many classes (cascades skip it if not)."""
+        return True
+
     def fooled(self, out: Tensor, ctx: Context) -> Tensor:
         """Whether the model's output ``out`` counts as fooled, (N,) bool: the target reached when the
         objective needs one, else the class k left."""
@@ -146,6 +151,9 @@ class Margin(Objective):
     probs: bool = False
     name = "margin"
 
+    def __post_init__(self) -> None:
+        flag("probs", self.probs)
+
     def loss(self, out: Tensor, ctx: Context) -> Tensor:
         s = _scores(out, self.probs)
         return s.gather(1, ctx.label[:, None])[:, 0] - _other_max(s, ctx.label)
@@ -168,6 +176,9 @@ class Score(Objective):
     probs: bool = False
     name = "score"
 
+    def __post_init__(self) -> None:
+        flag("probs", self.probs)
+
     def loss(self, out: Tensor, ctx: Context) -> Tensor:
         return _scores(out, self.probs).gather(1, ctx.label[:, None])[:, 0]
 
@@ -179,6 +190,9 @@ class Targeted(Objective):
     probs: bool = False
     name = "targeted"
     needs_target = True
+
+    def __post_init__(self) -> None:
+        flag("probs", self.probs)
 
     def loss(self, out: Tensor, ctx: Context) -> Tensor:
         if ctx.target is None:
@@ -201,8 +215,8 @@ class DeepFoolObjective(Objective):
     name = "deepfool"
 
     def __post_init__(self) -> None:
-        if isinstance(self.candidates, bool) or int(self.candidates) != self.candidates or self.candidates < 1:
-            raise ValueError(f"candidates must be a positive integer (classes searched), got {self.candidates!r}")
+        self.candidates = integer("candidates", self.candidates)
+        flag("probs", self.probs)
 
     def loss(self, out: Tensor, ctx: Context) -> Tensor:  # the value at the chosen class
         raise NotImplementedError("DeepFoolObjective computes its value in value_and_grad")
@@ -224,8 +238,10 @@ class DeepFoolObjective(Objective):
             for j in range(c):  # loop over candidate ranks, each batched over all inputs
                 diff = fk - s.gather(1, cand[:, j : j + 1])[:, 0]
                 (g,) = torch.autograd.grad(diff.sum(), xg, retain_graph=j < c - 1)
-                d = diff.detach().abs() / ctx.ball.dual_norm(g).clamp_min(1e-12)
-                better = d < best_d
+                dn = ctx.ball.dual_norm(g)  # no floor: the closest class by the exact rho1 ratio
+                d = torch.where(dn == 0, torch.full_like(dn, math.inf),
+                                diff.detach().abs() / torch.where(dn == 0, torch.ones_like(dn), dn))
+                better = (d < best_d) | d.isnan()  # a NaN gradient is kept, so the attack can report it
                 best_d = torch.where(better, d, best_d)
                 best_L = torch.where(better, diff.detach(), best_L)
                 best_g = torch.where(better.view(-1, *([1] * (x.dim() - 1))), g, best_g)
@@ -245,8 +261,13 @@ class Transfer(Objective):
     name = "transfer"
 
     def __post_init__(self) -> None:
+        if self.surrogate is not None and not isinstance(self.surrogate, nn.Module):
+            raise TypeError(f"transfer: surrogate must be a torch.nn.Module, got {self.surrogate!r}")
         if isinstance(self.base, str):
-            self.base = objective_by_name(self.base)
+            try:
+                self.base = objective_by_name(self.base)
+            except ValueError as e:
+                raise ValueError(f"transfer: base: {e}") from None
         if not isinstance(self.base, Objective) or isinstance(self.base, Transfer):
             raise TypeError(f"transfer: base must be an objective (or its name), got {self.base!r}")
 
@@ -273,10 +294,12 @@ class Transfer(Objective):
     def value_and_grad(self, forward: Forward, x: Tensor, ctx: Context) -> tuple[Tensor, Tensor, Tensor]:
         if self.surrogate is None:
             raise ValueError("the transfer objective needs surrogate=<nn.Module>")
-        from .modelcall import eval_mode
+        from .modelcall import as_model, eval_mode
 
-        with eval_mode(self.surrogate):
-            return self.base.value_and_grad(self.surrogate, x, ctx)  # type: ignore[union-attr]
+        surrogate = as_model(self.surrogate)  # a tensor of its own: it may write into its input
+        surrogate.input_dtype = next((q.dtype for q in self.surrogate.parameters() if q.is_floating_point()), None)
+        with eval_mode(surrogate):
+            return self.base.value_and_grad(surrogate, x, ctx)  # type: ignore[union-attr]
 
 
 @dataclass(repr=False)
@@ -318,6 +341,9 @@ class DLR(Objective):
 
     name = "dlr"
 
+    def usable(self, num_classes: int) -> bool:
+        return num_classes >= 3
+
     def loss(self, out: Tensor, ctx: Context) -> Tensor:
         if out.shape[1] < 3:
             raise ValueError(f"the DLR loss needs at least 3 classes, the model has {out.shape[1]}")
@@ -341,8 +367,10 @@ class DLRTargeted(Objective):
     name = "dlr-targeted"
 
     def __post_init__(self) -> None:
-        if int(self.rank) != self.rank or self.rank < 2:
-            raise ValueError(f"rank must be an integer >= 2 (2 = the runner-up class), got {self.rank!r}")
+        self.rank = integer("rank (2 = the runner-up class)", self.rank, lo=2)
+
+    def usable(self, num_classes: int) -> bool:
+        return num_classes >= max(4, self.rank)
 
     def prepare(self, out: Tensor, ctx: Context) -> None:
         if out.shape[1] < max(4, self.rank):
@@ -375,10 +403,6 @@ OBJECTIVES: dict[str, type[Objective]] = {
 
 def objective_by_name(name: str) -> Objective:
     """An objective of the table above, with its default settings."""
-    if name not in OBJECTIVES:
-        import difflib
+    from ._validate import from_table
 
-        close = difflib.get_close_matches(name, list(OBJECTIVES), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"unknown objective {name!r}{hint}; known: {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[name]()
+    return from_table(OBJECTIVES, name, "objective", " (or pass an Objective instance)")

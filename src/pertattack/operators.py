@@ -31,6 +31,7 @@ __all__ = [
     "vjp",
     "jtj",
     "top_singular",
+    "canonical_sign",
     "column_norms",
     "jacobian",
 ]
@@ -38,6 +39,8 @@ __all__ = [
 Map = Callable[[Tensor], Tensor]
 
 _TINY = 1e-30
+#: Lanczos basis size of :func:`top_singular` (thick restart beyond it): memory (basis + 1) N M floats
+LANCZOS_BASIS = 20
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -69,6 +72,8 @@ class Linearization:
         self.f = f
         self.x = x.detach()
         self._vjp_fn: Callable[[Tensor], tuple[Tensor, ...]] | None = None
+        self._jv_fn: Callable[[Tensor], tuple[Tensor, ...]] | None = None
+        self._jv_mode = "transpose"
         self._out: Tensor | None = None
 
     @property
@@ -100,10 +105,35 @@ class Linearization:
         self._vjp_fn = fn
 
     def jv(self, v: Tensor) -> Tensor:
-        """J_i v_i for every i: v shaped like x -> shaped like f(x). One jvp."""
+        """J_i v_i for every i: v shaped like x -> shaped like f(x).
+
+        u -> J^T u is linear, so J v is its vjp at cotangent v: the vjp of the cached vjp closure (built once,
+        one more backward pass) gives J v for the cost of one backward pass of the backward graph. Measured on
+        a conv autoencoder at 3x480x680 on one CPU thread: 0.40 s against 0.64 s for ``torch.func.jvp``, same
+        result to the last bit. Where the model has an operation without a double backward, J v falls back
+        to one ``torch.func.jvp`` (forward mode) per call.
+        """
+        v = v.to(self.x.dtype)
+        if self._jv_mode == "transpose":
+            try:
+                if self._jv_fn is None:
+                    fn = self._vjp_closure()
+                    with torch.no_grad():
+                        _, self._jv_fn = _vjp(lambda c: fn(c)[0], torch.zeros_like(self.out))
+                with torch.no_grad():
+                    (t,) = self._jv_fn(v)
+                return t
+            except RuntimeError:
+                self._jv_mode, self._jv_fn = "jvp", None
         with torch.no_grad():
-            _, t = _jvp(self.f, (self.x,), (v.to(self.x.dtype),))
+            _, t = _jvp(self.f, (self.x,), (v,))
         return t
+
+    def _vjp_closure(self) -> Callable[[Tensor], tuple[Tensor, ...]]:
+        if self._vjp_fn is None:
+            self._build_vjp()
+        assert self._vjp_fn is not None
+        return self._vjp_fn
 
     def jtu(self, u: Tensor) -> Tensor:
         """J_i^T u_i for every i: u shaped like f(x) -> shaped like x. One vjp (backward pass)."""
@@ -174,7 +204,8 @@ def top_singular(
     iters: int = 100,
     tol: float = 1e-6,
     generator: torch.Generator | None = None,
-    method: str = "power",
+    method: str = "lanczos",
+    basis: int | None = LANCZOS_BASIS,
 ) -> tuple[Tensor, Tensor]:
     """Top singular value and right singular vector of each J_i, matrix-free on J_i^T J_i.
 
@@ -189,9 +220,11 @@ def top_singular(
     Methods:
         ``"power"``: power iteration v <- J^T J v / norm. Memory O(N (M + K)) plus one forward's
             activations; converges like (sigma_2 / sigma_1)^(2t).
-        ``"lanczos"``: Lanczos on J^T J with full reorthogonalisation, the top Ritz pair of the
-            tridiagonal matrix; same matvecs, much faster convergence on small spectral gaps, but it
-            keeps the Krylov basis: O(iters * N * M) memory.
+        ``"lanczos"`` (default): thick-restart Lanczos on J^T J with full reorthogonalisation, the top Ritz
+            pair of the projected matrix; same matvecs as power, much faster convergence on small spectral
+            gaps. It keeps a basis of at most ``basis`` vectors (restarting with the top Ritz vectors when
+            full): memory (basis + 1) N M floats, 0.5 GB at N = 1, 3x1080x1920 and the default 20.
+            ``basis=None`` keeps the whole Krylov basis (iters N M floats), the unrestarted Lanczos.
 
     Cost: at most ``iters`` (jvp + vjp) on the batch, plus one forward and one final jvp. No M x M or
     K x M allocation.
@@ -202,11 +235,13 @@ def top_singular(
         iters: iteration cap (>= 1).
         tol: relative residual tolerance, per input.
         generator: for the random Gaussian start v_0; the global RNG when None.
-        method: ``"power"`` (default) or ``"lanczos"``.
+        method: ``"lanczos"`` (default) or ``"power"``.
+        basis: Lanczos basis size (>= 2; None: unrestarted).
 
     Returns:
         sigma (N,) >= 0, equal to norm_2(J_i v_i) for the returned v, and v (N, ...) with unit l2 norm
-        per input. v is defined up to sign (and within the top eigenspace if sigma_1 is repeated).
+        per input. v is defined within the top eigenspace if sigma_1 is repeated; its sign is the
+        :func:`canonical_sign` (not the random start's), so it does not depend on the batch.
     """
     lin = f if isinstance(f, Linearization) else Linearization(f, _require(x))
     if iters < 1:
@@ -218,13 +253,32 @@ def top_singular(
     if method == "power":
         v = _power(lin, v0, iters, tol)
     elif method == "lanczos":
-        v = _lanczos(lin, v0, iters, tol)
+        if basis is not None and basis < 2:
+            raise ValueError(f"basis must be >= 2 or None, got {basis}")
+        v = _lanczos(lin, v0, iters, tol, basis)
     else:
         raise ValueError(f"unknown method {method!r}; use 'power' or 'lanczos'")
     v = v / v.norm(dim=1, keepdim=True).clamp_min(_TINY)
-    v = v.reshape(xs.shape)
+    v = canonical_sign(v).reshape(xs.shape)
     sigma = _flat(lin.jv(v)).norm(dim=1)
     return sigma, v
+
+
+def canonical_sign(v: Tensor, rtol: float = 1e-3) -> Tensor:
+    """``v`` (N, M) with each row's sign fixed by the row itself: its first coordinate whose magnitude is
+    within ``rtol`` of the row's largest magnitude is made positive.
+
+    A singular vector is defined up to sign and power iteration returns the sign of its random start,
+    which depends on the generator's state, hence on how inputs are batched. The canonical sign makes
+    ``v`` a function of J_i alone. ``rtol`` groups magnitudes equal up to the iteration's accuracy (an
+    exact tie in the math is a rounding-level difference in floats), so "first" is stable. Zero rows
+    are left as they are.
+    """
+    mag = v.abs()
+    top = mag.amax(dim=1, keepdim=True)
+    lead = (mag >= top * (1 - rtol)).to(torch.int8).argmax(dim=1, keepdim=True)  # first near-largest
+    sign = torch.where(v.gather(1, lead) < 0, -1.0, 1.0).to(v.dtype)
+    return v * sign
 
 
 def _apply(lin: Linearization, v: Tensor) -> Tensor:
@@ -248,52 +302,75 @@ def _power(lin: Linearization, v: Tensor, iters: int, tol: float) -> Tensor:
     return v
 
 
-def _lanczos(lin: Linearization, q: Tensor, iters: int, tol: float) -> Tensor:
+def _lanczos(lin: Linearization, q: Tensor, iters: int, tol: float, basis: int | None = LANCZOS_BASIS) -> Tensor:
+    """Thick-restart Lanczos on J^T J (Wu and Simon 2000), batched: the top Ritz vector per input.
+
+    The basis holds at most ``basis`` vectors (None: ``iters``, plain Lanczos with full reorthogonalisation).
+    When it is full, it is replaced by the top ``keep`` = max(1, basis // 3) Ritz vectors of the basis and the
+    last residual direction, and the iteration goes on from there, so memory is (basis + 1) N M floats
+    whatever ``iters`` is. The projected matrix T = V^T (J^T J) V is assembled column by column from the
+    reorthogonalisation coefficients (after a restart it is diagonal in the kept block with the residual's
+    couplings in the next column: an arrowhead), and the residual estimate b |y_last| of the top Ritz pair
+    holds throughout. Until the first restart this is exactly the plain Lanczos run.
+    """
     n, m = q.shape
-    iters = min(iters, m)  # the Krylov space cannot grow past M
-    basis = q.new_zeros(n, iters + 1, m)
-    basis[:, 0] = q
-    alphas = q.new_zeros(n, iters, dtype=torch.float64)
-    betas = q.new_zeros(n, iters, dtype=torch.float64)
+    size = min(iters if basis is None else max(2, basis), iters, m)
+    keep = max(1, size // 3)
+    basis_v = q.new_zeros(n, size + 1, m)
+    basis_v[:, 0] = q
+    t = torch.zeros(n, size, size, dtype=torch.float64, device=q.device)
     result = q.clone()
     done = torch.zeros(n, dtype=torch.bool, device=q.device)
-    q_prev = torch.zeros_like(q)
-    beta_prev = q.new_zeros(n)
-    for j in range(iters):
-        w = _apply(lin, q)
-        a = (q * w).sum(dim=1)
-        w = w - a.unsqueeze(1) * q - beta_prev.unsqueeze(1) * q_prev
-        qs = basis[:, : j + 1]
-        # full reorthogonalisation against the basis; a second pass only where the first cancelled
-        # much (DGKS criterion, "twice is enough")
+    j = 0
+    for it in range(iters):
+        w = _apply(lin, basis_v[:, j])
+        qs = basis_v[:, : j + 1]
+        h = q.new_zeros(n, j + 1)
+        # full reorthogonalisation; a second pass only where the first cancelled much (DGKS)
         for _ in range(2):
             before = w.norm(dim=1)
-            w = w - torch.bmm(qs.transpose(1, 2), torch.bmm(qs, w.unsqueeze(2))).squeeze(2)
+            c = torch.bmm(qs, w.unsqueeze(2)).squeeze(2)
+            w = w - torch.bmm(qs.transpose(1, 2), c.unsqueeze(2)).squeeze(2)
+            h = h + c
             b = w.norm(dim=1)
             if not bool((b < 0.7 * before).any()):
                 break
-        alphas[:, j] = a.double()
-        betas[:, j] = b.double()
-        t = torch.diag_embed(alphas[:, : j + 1])
-        if j > 0:
-            off = torch.diag_embed(betas[:, :j], offset=1)
-            t = t + off + off.transpose(1, 2)
-        theta, y = torch.linalg.eigh(t)
+        hd = h.double()
+        t[:, : j + 1, j] = hd
+        t[:, j, : j + 1] = hd
+        tj = t[:, : j + 1, : j + 1]
+        # a NaN/inf Jacobian (a model NaN near x): that input's vector is NaN (the attack reports it), the
+        # others go on; eigh would fail on the whole batch
+        bad = ~done & ~torch.isfinite(tj).flatten(1).all(dim=1)
+        if bool(bad.any()):
+            result = torch.where(bad.unsqueeze(1), torch.full_like(result, float("nan")), result)
+            done = done | bad
+        theta, y = torch.linalg.eigh(torch.where(torch.isfinite(tj), tj, torch.zeros_like(tj)))
         top, ytop = theta[:, -1], y[:, :, -1]
-        res = betas[:, j] * ytop[:, -1].abs()
+        res = b.double() * ytop[:, -1].abs()
         # invariant Krylov space (up to rounding): the top Ritz pair is exact
         breakdown = b <= 100 * torch.finfo(q.dtype).eps * top.to(q.dtype).abs()
-        conv = ~done & (breakdown | (res <= tol * top.abs()) | (j == iters - 1))
+        conv = ~done & (breakdown | (res <= tol * top.abs()) | (it == iters - 1))
         if bool(conv.any()):
             ritz = torch.bmm(qs.transpose(1, 2), ytop.to(q.dtype).unsqueeze(2)).squeeze(2)
             result = torch.where(conv.unsqueeze(1), ritz, result)
             done = done | conv
         if bool(done.all()):
             break
-        q_prev = q
-        q = torch.where(breakdown.unsqueeze(1), torch.zeros_like(w), w / b.clamp_min(_TINY).unsqueeze(1))
-        beta_prev = torch.where(breakdown, torch.zeros_like(b), b)
-        basis[:, j + 1] = q
+        nxt = torch.where(breakdown.unsqueeze(1), torch.zeros_like(w), w / b.clamp_min(_TINY).unsqueeze(1))
+        if j + 1 < size:
+            basis_v[:, j + 1] = nxt
+            j += 1
+            continue
+        # thick restart: the top `keep` Ritz vectors, then the residual direction
+        yk = y[:, :, -keep:].to(q.dtype)  # (N, size, keep)
+        kept = torch.bmm(yk.transpose(1, 2), basis_v[:, :size])  # (N, keep, M)
+        basis_v[:, :keep] = kept
+        del kept
+        basis_v[:, keep] = nxt
+        t.zero_()
+        t[:, :keep, :keep] = torch.diag_embed(theta[:, -keep:])
+        j = keep
     return result
 
 

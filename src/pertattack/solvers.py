@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ._validate import integer
 from .constraints import Box, Constraint, LpBall, Partition, expand_like
 from .noise import Noise
 from .objectives import Context, Objective
@@ -106,26 +107,38 @@ class Solver:
         return self.name
 
 
+@dataclass(repr=False)
 class GNM(Solver):
     """Generalised gradient-norm method, eq. 6-7: eta* = -eps sign(g) abs(g)^(q-1) / norm_q(g)^(q-1).
 
     p = inf gives -eps sign(g) (FGSM's step), p = 1 all mass on the largest abs(g_i).
     eta*^T g = -eps norm_q(g), the least value on the ball (Hölder).
+
+    ``direction_p``: take the steepest step of another norm (e.g. 2: the normalised gradient) and leave
+    the constraint's ball to the schedule's projection, as FMN does in l-inf; None: the constraint's p.
     """
 
+    direction_p: float | None = None
     name = "gnm"
+
+    def __post_init__(self) -> None:
+        if self.direction_p is not None:
+            LpBall(self.direction_p)  # validates
 
     def __call__(self, step: Step) -> Tensor:
         assert step.g is not None
-        return -expand_like(step.eps, step.g) * step.ball.steepest(step.g)
+        ball = step.ball if self.direction_p is None else LpBall(self.direction_p)
+        return -expand_like(step.eps, step.g) * ball.steepest(step.g)
 
 
 class MinNorm(Solver):
     """Prop. 1, eq. 9: the smallest eta (in norm_p) with L + eta^T g <= 0.
 
     eta* = -(L / norm_q(g)^q) sign(g) abs(g)^(q-1) = -(L / norm_q(g)) u(g); its norm is
-    L / norm_q(g). Inputs with L < 0 (already fooled) get eta* = 0; an exact tie L = 0 gets the
-    step of L = ``tie_push``, else iterating (DeepFool) would stay on the boundary forever.
+    L / norm_q(g). (The paper's eq. 9 misprints the exponent of abs(g); the form used here is the
+    one whose norm is L / norm_q(g), Theorem 1, checked against scipy in tests/test_solvers.py.)
+    Inputs with L < 0 (already fooled) get eta* = 0; an exact tie L = 0 gets the step of
+    L = ``tie_push``, else iterating (DeepFool) would stay on the boundary forever.
     """
 
     name = "min-norm"
@@ -138,18 +151,30 @@ class MinNorm(Solver):
         # An exact tie (L == 0 in floating point) is a fixed point of the step: cross it by a hair
         # (1e-4 in the units of L, as foolbox's DeepFool does for every step).
         value = torch.where(step.value == 0, torch.full_like(value, self.tie_push), value)
-        scale = value / step.ball.dual_norm(step.g).clamp_min(1e-12) + step.push
+        dn = step.ball.dual_norm(step.g)  # exact: no floor, the step keeps its size at any gradient scale
+        scale = torch.where(dn > 0, value / torch.where(dn > 0, dn, torch.ones_like(dn)), torch.zeros_like(dn))
+        scale = scale + step.push
         return -expand_like(scale, step.g) * step.ball.steepest(step.g)
 
 
+@dataclass(repr=False)
 class SingleSubset(Solver):
     """Single-subset attack, eq. 23: s* = argmax_s sum_{i in S_s} abs(g_i), eta = -eps sign(g) on S_s*.
 
     Subsets chosen at earlier steps of the same run are excluded (``state['used']``), so T calls
     touch T distinct subsets (linear-pixel-T). The budget is per coordinate: the constraint's p is inf.
+
+    ``reuse=True`` is the paper's variant where a subset may be chosen again: every subset stays a
+    candidate, and a subset chosen again only re-decides its own coordinates within [-eps, eps] (its
+    signs may flip; it never exceeds its budget), so T steps touch at most T distinct subsets.
     """
 
+    reuse: bool = False
     name = "single-subset"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.reuse, bool):
+            raise TypeError(f"reuse must be True or False, got {self.reuse!r}")
     norms = (math.inf,)
     subsets = True
     hint = " (eq. 23 bounds each coordinate of the chosen subset by eps: use p=inf)"
@@ -161,11 +186,19 @@ class SingleSubset(Solver):
         used = step.state.get("used")
         if used is None:
             used = torch.zeros_like(sums, dtype=torch.bool)
-        best = sums.masked_fill(used, -1.0).argmax(dim=1, keepdim=True)
+        best = (sums if self.reuse else sums.masked_fill(used, -1.0)).argmax(dim=1, keepdim=True)
         chosen = torch.zeros_like(used).scatter_(1, best, True)
         step.state["used"] = used | chosen
         mask = partition.mask(chosen, step.g)
-        return -expand_like(step.eps, step.g) * step.g.sign() * mask
+        e = expand_like(step.eps, step.g)
+        if not self.reuse:
+            return -e * step.g.sign() * mask
+        done = step.state.get("eta_subsets", torch.zeros_like(step.g))  # what earlier steps put there
+        # the linearised problem on the chosen subset's box [-eps, eps]: -eps sign(g) there, whatever it held
+        target = torch.where(step.g != 0, -e * step.g.sign(), done)
+        s = (target - done) * mask
+        step.state["eta_subsets"] = done + s
+        return s
 
 
 class RandomSign(Solver):
@@ -228,7 +261,9 @@ class Quadratic(Solver):
     ``norm``: ``"l2"`` (eq. 14, top right singular vector; the top singular value, the operator norm
     norm(J)_{2->2}, goes to ``state['sigma']``), ``"l1"`` (eq. 15, largest column), ``"linf"`` (the
     greedy of eq. 20) or ``"subset"`` (eq. 19-21, the greedy inside the best subset). The sign of
-    +-eta is the one that distorts the output more. Needs no gradient of the objective. ``method``:
+    +-eta is the one that distorts the output more. With a ground truth y != f(x) (``y=`` of the call),
+    quadratic-l2 solves eq. 12, max norm_2(f(x) - y + J eta)^2 (:func:`pertattack.quadratic.quadratic_l2_truth`);
+    the other norms refuse it. Needs no gradient of the objective. ``method``:
     ``"lanczos"`` (default; reaches tol in 40-70 iterations at M = 3,072-27,648 where 100 power
     iterations stay ~0.5% off sigma, benchmarks/bench_quadratic.py) or ``"power"``.
     """
@@ -242,9 +277,9 @@ class Quadratic(Solver):
     def __post_init__(self) -> None:
         if self.norm not in ("l2", "l1", "linf", "subset"):
             raise ValueError(f"quadratic solver norm must be l2, l1, linf or subset, got {self.norm!r}")
-        if isinstance(self.power_iters, bool) or int(self.power_iters) != self.power_iters or self.power_iters < 1:
-            raise ValueError(f"power_iters must be a positive integer, got {self.power_iters!r}")
-        if not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol) and self.tol >= 0):
+        self.power_iters = integer("power_iters", self.power_iters)
+        if isinstance(self.tol, bool) or not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol)
+                                              and self.tol >= 0):
             raise ValueError(f"tol must be a finite number >= 0, got {self.tol!r}")
         if self.svd_method not in ("lanczos", "power"):
             raise ValueError(f"svd_method must be 'lanczos' or 'power', got {self.svd_method!r}")
@@ -271,6 +306,13 @@ class Quadratic(Solver):
         from . import quadratic as qd
 
         f, x, eps, box = step.forward, step.x, step.eps, step.box
+        truth = None if step.ctx is None else step.ctx.extra.get("truth")
+        if truth is not None:  # eq. 12: a ground truth y != f(x) was given
+            if self.norm != "l2":
+                raise ValueError(f"a ground truth y is solved for (eq. 12) by quadratic-l2 only; {self.name} solves "
+                                 "eq. 13 (y = f(x)): call it without y, or use quadratic-l2 / the linear presets")
+            gen = None if step.noise is None else step.noise.generator(x.device)
+            return qd.quadratic_l2_truth(f, x, truth, eps, iters=self.power_iters, tol=self.tol, generator=gen)
         if self.norm == "l2":
             gen = None if step.noise is None else step.noise.generator(x.device)
             eta, sigma = qd.quadratic_l2(f, x, eps, iters=self.power_iters, tol=self.tol, generator=gen,

@@ -1,4 +1,5 @@
-"""Data loaders: MNIST-format IDX files, CIFAR-10 (python version) and the scikit-learn 8x8 digits.
+"""Data loaders: MNIST-format IDX files, CIFAR-10 (python version), STL-10 (binary) and the scikit-learn 8x8
+digits.
 
 Every loader returns ``(x, y)``: x float32 of shape (N, C, H, W) with values in [0, 1] (the
 default attack box), y int64 of shape (N,).
@@ -9,6 +10,7 @@ from __future__ import annotations
 from .cifar import (
     CIFAR10_BATCHES,
     CIFAR10_CLASSES,
+    CIFAR10_MD5,
     CIFAR10_URL,
     default_cifar10_root,
     download_cifar10,
@@ -19,19 +21,23 @@ from .digits import load_digits
 from .idx import (
     DEFAULT_URL,
     MNIST_FILES,
+    MNIST_MD5,
     default_mnist_root,
     download_mnist,
     load_mnist,
     read_idx,
     write_idx,
 )
+from .stl10 import STL10_CLASSES, STL10_URL, default_stl10_root, load_stl10, to_gray, write_stl10
 
 __all__ = [
     "CIFAR10_BATCHES",
     "CIFAR10_CLASSES",
+    "CIFAR10_MD5",
     "CIFAR10_URL",
     "DEFAULT_URL",
     "MNIST_FILES",
+    "MNIST_MD5",
     "default_cifar10_root",
     "default_mnist_root",
     "download_cifar10",
@@ -42,4 +48,10 @@ __all__ = [
     "load_mnist",
     "read_idx",
     "write_idx",
+    "STL10_CLASSES",
+    "STL10_URL",
+    "default_stl10_root",
+    "load_stl10",
+    "to_gray",
+    "write_stl10",
 ]

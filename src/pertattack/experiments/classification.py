@@ -60,6 +60,6 @@ def run_table3(models: dict[str, tuple[nn.Module, Tensor, Tensor]], out: Path, p
     for name, (model, x, y) in models.items():
         rows[name] = robustness(model, x, y, p)
         log(f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in rows[name].items()))
-    keys = ["test_error", "rho1", "rho2", "eps_99", "deepfool_success"]
+    keys = ["test_error", "rho1", "rho2", "eps_99", "deepfool_success", "deepfool_failed"]
     write_csv(out.with_suffix(".csv"), ["model", *keys], [[n, *[r[k] for k in keys]] for n, r in rows.items()])
     return rows

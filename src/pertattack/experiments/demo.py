@@ -44,6 +44,7 @@ __all__ = [
     "CLASSIFICATION_ATTACKS",
     "REGRESSION_ATTACKS",
     "FIGURES",
+    "OUTPUT_FILES",
     "run_demo",
     "torch_threads",
 ]
@@ -75,6 +76,10 @@ FIGURES: dict[str, str] = {
     "regression.png": "output vs input PSNR, autoencoder",
     "autoencoder.png": "autoencoder under random and adversarial noise of the same PSNR",
 }
+
+#: every file the demo writes into its folder
+OUTPUT_FILES: tuple[str, ...] = ("report.md", "fooling.csv", "robustness.csv", "regression.csv", "operator_norm.csv",
+                                 *FIGURES)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from torch import nn
 from .autoencoders import ConvAutoencoder, FCAutoencoder
 from .cifar import NIN, DenseNet40
 from .classifiers import FCNN, LeNet5, SmallCNN
+from .colorization import Colorization
 
 __all__ = [
     "FCNN",
@@ -24,6 +25,7 @@ __all__ = [
     "DenseNet40",
     "FCAutoencoder",
     "ConvAutoencoder",
+    "Colorization",
     "MODELS",
     "build_model",
 ]
@@ -37,6 +39,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "densenet40": DenseNet40,
     "fc-ae": FCAutoencoder,
     "conv-ae": ConvAutoencoder,
+    "colorization": Colorization,
 }
 
 

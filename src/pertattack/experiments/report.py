@@ -1,0 +1,340 @@
+"""``REPORT.md``: what ``pertattack reproduce`` ran, next to what the paper reports.
+
+Every ``pertattack reproduce ITEM|all --out DIR`` run merges a record per item (status, command, time,
+model test errors, files, or why it was skipped) into ``DIR/report.json`` and rewrites ``DIR/REPORT.md``
+from it and from the CSV files the experiments wrote in ``DIR``. For each figure and table of the paper
+the report gives our plot and numbers beside the paper's (Table 3 row by row), and for each figure the
+claim the paper draws from it, checked on our numbers: "holds", "does not hold" or "not run".
+The checks read only the CSV files, so the report can be rebuilt at any time with :func:`write_report`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PAPER", "TABLE3_PAPER", "record", "write_report", "load_records"]
+
+#: Table 3 of the paper: test error, rho1 (DeepFool), rho2 (ours), smallest eps with DeepFool > 99% (p = inf).
+TABLE3_PAPER: dict[str, tuple[float, float, float, float]] = {
+    "fcnn": (0.017, 0.036, 0.034, 0.076),
+    "lenet5": (0.009, 0.077, 0.061, 0.164),
+    "nin": (0.138, 0.012, 0.004, 0.018),
+    "densenet40": (0.052, 0.006, 0.002, 0.010),
+}
+_TABLE3_NAMES = {"fcnn": "FCNN (MNIST)", "lenet5": "LeNet-5 (MNIST)", "nin": "NIN (CIFAR-10)",
+                 "densenet40": "DenseNet-40 (CIFAR-10)"}
+
+Check = tuple[str, Callable[[Path], tuple[bool | None, str]]]
+
+
+def _read(path: Path) -> list[list[str]]:
+    with open(path, newline="") as fh:
+        return list(csv.reader(fh))
+
+
+def _curves(path: Path) -> dict[str, list[float]]:
+    """fig3-style CSV (attack, eps=...) -> attack -> values."""
+    rows = _read(path)
+    return {r[0]: [float(v) for v in r[1:]] for r in rows[1:]}
+
+
+def _psnr_rows(path: Path) -> dict[str, list[float]]:
+    """fig4-style CSV -> attack -> output PSNR per budget (mean over images)."""
+    out: dict[str, list[float]] = {}
+    for r in _read(path)[1:]:
+        out.setdefault(r[0], []).append(float(r[3]))
+    return out
+
+
+def _mean(v: list[float]) -> float:
+    v = [x for x in v if math.isfinite(x)]
+    return sum(v) / len(v) if v else math.nan
+
+
+def _area(curves: dict[str, list[float]], name: str) -> float:
+    return _mean(curves[name]) if name in curves else math.nan
+
+
+def _fig3_checks(tag: str) -> list[Check]:
+    def iterative(d: Path) -> tuple[bool | None, str]:
+        c = _curves(d / f"{tag}.csv")
+        a = {k: _area(c, k) for k in ("Alg1-10", "DeepFool", "PGD (paper)", "PGD (Madry)")}
+        ok = a["Alg1-10"] >= a["DeepFool"] and a["Alg1-10"] >= a["PGD (paper)"]
+        txt = ", ".join(f"{k} {v:.3f}" for k, v in a.items())
+        return ok, (f"mean fooling ratio over the eps grid: {txt}"
+                    + ("" if a["Alg1-10"] >= a["PGD (Madry)"] else "; Madry's PGD (random start, projection) beats "
+                       "Alg1-10 here, a PGD the paper's Fig. 3 does not show"))
+
+    def alg1_fgsm(d: Path) -> tuple[bool | None, str]:
+        c = _curves(d / f"{tag}.csv")
+        a1, fg = _area(c, "Alg1"), _area(c, "FGSM")
+        return a1 >= fg, f"mean fooling ratio Alg1 {a1:.3f} vs FGSM {fg:.3f}"
+
+    def alg2_fgsm(d: Path) -> tuple[bool | None, str]:
+        c = _curves(d / f"{tag}.csv")
+        a2, fg = _area(c, "Alg2"), _area(c, "FGSM")
+        return a2 >= fg - 0.05, f"mean fooling ratio Alg2 {a2:.3f} vs FGSM {fg:.3f} (competitive: within 0.05 or above)"
+
+    def iter_vs_single(d: Path) -> tuple[bool | None, str]:
+        c = _curves(d / f"{tag}.csv")
+        a10, a1 = _area(c, "Alg1-10"), _area(c, "Alg1")
+        return a10 >= a1, f"mean fooling ratio Alg1-10 {a10:.3f} vs Alg1 {a1:.3f}"
+
+    def random(d: Path) -> tuple[bool | None, str]:
+        c = _curves(d / f"{tag}.csv")
+        r, a1 = _area(c, "random"), _area(c, "Alg1")
+        return a1 > r, f"mean fooling ratio random {r:.3f} vs Alg1 {a1:.3f}"
+
+    return [("iterative methods: Alg1-10 outperforms DeepFool and PGD", iterative),
+            ("non-iterative: Alg1 outperforms FGSM", alg1_fgsm),
+            ("Alg2 is competitive with FGSM", alg2_fgsm),
+            ("iterations pay: Alg1-10 above Alg1", iter_vs_single),
+            ("adversarial far above random noise", random)]
+
+
+def _psnr_checks(tag: str, p: str) -> list[Check]:
+    def successive(d: Path) -> tuple[bool | None, str]:
+        c = _psnr_rows(d / f"{tag}.csv")
+        a1, a20 = _mean(c[f"linear-{p}-1"]), _mean(c[f"linear-{p}-20"])
+        return a20 <= a1, f"mean output PSNR linear-{p}-1 {a1:.2f} dB, linear-{p}-20 {a20:.2f} dB (lower is stronger)"
+
+    def quadratic(d: Path) -> tuple[bool | None, str]:
+        c = _psnr_rows(d / f"{tag}.csv")
+        q, a1, a20 = _mean(c[f"quadratic-{p}"]), _mean(c[f"linear-{p}-1"]), _mean(c[f"linear-{p}-20"])
+        return q <= a1 + 0.5, (f"mean output PSNR quadratic-{p} {q:.2f} dB vs linear-{p}-1 {a1:.2f} and "
+                               f"linear-{p}-20 {a20:.2f} (competitive: within 0.5 dB of linear-1 or below)")
+
+    def random(d: Path) -> tuple[bool | None, str]:
+        c = _psnr_rows(d / f"{tag}.csv")
+        r = _mean(c[f"rand-{p}"])
+        worst = max(_mean(v) for k, v in c.items() if not k.startswith("rand"))
+        return worst < r, f"mean output PSNR random {r:.2f} dB, weakest attack {worst:.2f} dB"
+
+    return [("successive linearizations improve (linear-20 below linear-1)", successive),
+            ("the non-iterative quadratic attack is competitive", quadratic),
+            ("every attack below random noise of the same input PSNR", random)]
+
+
+def _fig4c_checks() -> list[Check]:
+    def single(d: Path) -> tuple[bool | None, str]:
+        c = _psnr_rows(d / "fig4c.csv")
+        a, r = _mean(c["linear-pixel-1"]), _mean(c["rand-pixel-1"])
+        return r - a < 1.0, (f"mean output PSNR linear-pixel-1 {a:.2f} dB vs rand-pixel-1 {r:.2f} dB "
+                             "(robust: < 1 dB apart)")
+
+    def hundred(d: Path) -> tuple[bool | None, str]:
+        c = _psnr_rows(d / "fig4c.csv")
+        if "linear-pixel-100" not in c:
+            return None, "the 100-pixel rows were not run"
+        a, r = _mean(c["linear-pixel-100"]), _mean(c["rand-pixel-100"])
+        return r - a >= 1.0, f"mean output PSNR linear-pixel-100 {a:.2f} dB vs rand-pixel-100 {r:.2f} dB"
+
+    return [("the autoencoder is robust to single-pixel attacks", single),
+            ("100 pixels degrade the output far more than random 100-pixel noise", hundred)]
+
+
+def _fig4d_checks() -> list[Check]:
+    def iterative(d: Path) -> tuple[bool | None, str]:
+        c = _psnr_rows(d / "fig4d.csv")
+        gap = max(a - b for a, b in zip(c["linear-linf-1"], c["linear-linf-20"], strict=True))
+        return gap > 10.0, f"largest output PSNR drop from linear-linf-1 to linear-linf-20: {gap:.2f} dB"
+
+    def random(d: Path) -> tuple[bool | None, str]:
+        c = _psnr_rows(d / "fig4d.csv")
+        r, a = _mean(c["rand-linf"]), _mean(c["linear-linf-20"])
+        return a < r, f"mean output PSNR rand-linf {r:.2f} dB vs linear-linf-20 {a:.2f} dB"
+
+    return [("iterative linearizations: more than 10 dB output PSNR reduction", iterative),
+            ("the colorization network is unstable (attack far below random)", random)]
+
+
+def _pair_check(tag: str, adv: str, rnd: str) -> list[Check]:
+    def check(d: Path) -> tuple[bool | None, str]:
+        rows = _read(d / f"{tag}.csv")
+        h = rows[0]
+        a = _mean([float(r[h.index(adv)]) for r in rows[1:]])
+        r = _mean([float(r[h.index(rnd)]) for r in rows[1:]])
+        return a < r, f"mean output PSNR (vs x) {adv} {a:.2f} dB, {rnd} {r:.2f} dB"
+
+    return [("the network undoes random noise but not the adversarial perturbation of the same size", check)]
+
+
+def _fig1_checks() -> list[Check]:
+    def check(d: Path) -> tuple[bool | None, str]:
+        rows = _read(d / "fig1.csv")
+        if len(rows) < 2:
+            return False, "no correctly classified image was fooled"
+        h = rows[0]
+        parts = []
+        for r in rows[1:]:
+            parts.append(f"{r[h.index('dataset')]} {r[h.index('label')]}->{r[h.index('pred_adv')]}")
+        return True, "shown (true -> adversarial prediction): " + ", ".join(parts)
+
+    return [("correctly classified images are misclassified after Algorithm 1's perturbation", check)]
+
+
+#: What the paper shows for each item: title, the paper's result in words, the claims checked.
+PAPER: dict[str, dict[str, Any]] = {
+    "fig1": dict(title="Figure 1: Algorithm 1 examples (MNIST, CIFAR-10)",
+                 paper="Correctly classified MNIST and CIFAR-10 images that Algorithm 1 misclassifies "
+                       "(original, adversarial, predictions).", checks=_fig1_checks(),
+                 png=["fig1.png", "fig1-cifar10.png"]),
+    "fig2a": dict(title="Figure 2(a): MNIST autoencoder, quadratic-linf vs random noise",
+                  paper="The autoencoder denoises random noise but not the quadratic-linf perturbation.",
+                  checks=_pair_check("fig2a", "out_psnr_adv", "out_psnr_random"), png=["fig2a.png"]),
+    "fig2b": dict(title="Figure 2(b): autoencoder, linear-pixel-100 vs random 100-pixel noise",
+                  paper="On the CIFAR-10 autoencoder (50% compression) linear-pixel-100 distorts the output "
+                        "far more than random-pixel-100.",
+                  checks=_pair_check("fig2b", "out_psnr_adv", "out_psnr_random"), png=["fig2b.png"]),
+    "fig2c": dict(title="Figure 2(c): STL-10 colorization, linear-linf-20",
+                  paper="Original and adversarial grey inputs look identical; the colorization is ruined.",
+                  checks=_pair_check("fig2c", "out_psnr_adv", "out_psnr_random"), png=["fig2c.png"]),
+    "fig3a": dict(title="Figure 3(a): fooling ratio vs eps, FCNN (MNIST)",
+                  paper="Iterative methods beat non-iterative ones; Alg1-10 outperforms DeepFool and PGD; Alg1 "
+                        "outperforms FGSM; Alg2 competitive with FGSM.", checks=_fig3_checks("fig3a"),
+                  png=["fig3a.png"]),
+    "fig3b": dict(title="Figure 3(b): fooling ratio vs eps, LeNet-5 (MNIST)", paper="As Figure 3(a).",
+                  checks=_fig3_checks("fig3b"), png=["fig3b.png"]),
+    "fig3c": dict(title="Figure 3(c): fooling ratio vs eps, NIN (CIFAR-10)", paper="As Figure 3(a).",
+                  checks=_fig3_checks("fig3c"), png=["fig3c.png"]),
+    "fig3d": dict(title="Figure 3(d): fooling ratio vs eps, DenseNet-40 (CIFAR-10)", paper="As Figure 3(a).",
+                  checks=_fig3_checks("fig3d"), png=["fig3d.png"]),
+    "table3": dict(title="Table 3: robustness measures (p = inf)",
+                   paper="Test error, rho1, rho2 and DeepFool's 99% eps; 'coherent results between the 3 measures'.",
+                   checks=[], png=[]),
+    "fig4a": dict(title="Figure 4(a): MNIST autoencoder, l2 attacks",
+                  paper="Successive linearizations improve; quadratic-l2 competitive with the iterative ones.",
+                  checks=_psnr_checks("fig4a", "l2"), png=["fig4a.png"]),
+    "fig4b": dict(title="Figure 4(b): MNIST autoencoder, linf attacks",
+                  paper="Successive linearizations improve; quadratic-linf competitive with the iterative ones.",
+                  checks=_psnr_checks("fig4b", "linf"), png=["fig4b.png"]),
+    "fig4c": dict(title="Figure 4(c): CIFAR-10 autoencoder, multiple-pixel attacks",
+                  paper="Robust to single-pixel attacks; the 100-pixel attack degrades far more than random.",
+                  checks=_fig4c_checks(), png=["fig4c.png"]),
+    "fig4d": dict(title="Figure 4(d): STL-10 colorization, linf attacks",
+                  paper="Iterative linearizations give more than 10 dB output PSNR reduction; the colorization "
+                        "network is unstable.", checks=_fig4d_checks(), png=["fig4d.png"]),
+}
+
+
+def load_records(out: Path) -> dict[str, dict[str, Any]]:
+    """The records of ``out/report.json`` (empty when absent)."""
+    path = Path(out) / "report.json"
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text())
+
+
+def record(out: Path, name: str, entry: dict[str, Any]) -> None:
+    """Merge one item's record (status, command, time_s, models, files, note/reason) into ``out/report.json``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    recs = load_records(out)
+    recs[name] = dict(entry, when=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
+    (out / "report.json").write_text(json.dumps(recs, indent=1, sort_keys=True))
+
+
+def _fmt(v: float) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"
+
+
+def _table3_md(out: Path) -> tuple[list[str], bool | None]:
+    lines = ["| model | test error (paper / ours, on the attacked images) | rho1 (paper / ours) | "
+             "rho2 (paper / ours) | eps DeepFool > 99% (paper / ours) | DeepFool success (ours) |",
+             "|---|---|---|---|---|---|"]
+    ours: dict[str, list[str]] = {}
+    path = out / "table3.csv"
+    if path.exists():
+        rows = _read(path)
+        h = rows[0]
+        for r in rows[1:]:
+            key = r[0].split(" ")[0].lower()
+            ours[key] = [r[h.index(k)] for k in ("test_error", "rho1", "rho2", "eps_99", "deepfool_success")]
+    for key, ref in TABLE3_PAPER.items():
+        o = ours.get(key)
+        cells = [f"{_fmt(ref[i])} / {_fmt(float(o[i])) if o else 'not run'}" for i in range(4)]
+        lines.append(f"| {_TABLE3_NAMES[key]} | " + " | ".join(cells) + f" | {_fmt(float(o[4])) if o else ''} |")
+    if len(ours) >= 2:
+        keys = [k for k in TABLE3_PAPER if k in ours]
+        orders = {m: sorted(keys, key=lambda k, i=i: float(ours[k][i])) for i, m in ((1, "rho1"), (2, "rho2"),
+                                                                                  (3, "eps_99"))}
+        same = len({tuple(v) for v in orders.values()}) == 1
+        paper_order = sorted(keys, key=lambda k: TABLE3_PAPER[k][1])
+        lines += ["", f"Claim 'coherent results between the 3 measures' (same ranking of the models by rho1, rho2 "
+                      f"and eps_99): **{'holds' if same else 'does not hold'}** here "
+                      f"({'; '.join(f'{m}: ' + ' < '.join(v) for m, v in orders.items())}); the paper's ranking by "
+                      f"rho1: {' < '.join(paper_order)}."]
+        return lines, same
+    return lines, None
+
+
+def write_report(out: Path) -> Path:
+    """Rewrite ``out/REPORT.md`` from ``out/report.json`` and the CSV files in ``out``; returns its path."""
+    out = Path(out)
+    recs = load_records(out)
+    lines = ["# Reproduction report: Balda, Behboodi, Mathar (2018)", "",
+             "Written by `pertattack reproduce`; each section shows what the paper reports next to what this run "
+             "measured. Claims are checked on our CSV numbers with the rule given in each line; "
+             "'does not hold' means what it says. Times are wall-clock on the machine that ran it "
+             "(model training included where the model was not cached).", ""]
+    ran = [n for n in PAPER if recs.get(n, {}).get("status") == "ran"]
+    skipped = [n for n in PAPER if recs.get(n, {}).get("status") == "skipped"]
+    summary = ["| item | status | claims holding | time (s) |", "|---|---|---|---|"]
+    body: list[str] = []
+    for name, spec in PAPER.items():
+        rec = recs.get(name)
+        status = rec["status"] if rec else "not run"
+        body += [f"## {spec['title']}", "", f"*Paper:* {spec['paper']}", ""]
+        if rec is None:
+            body += ["Not run by any `pertattack reproduce` into this folder.", ""]
+            summary.append(f"| {name} | not run | | |")
+            continue
+        if status == "skipped":
+            body += [f"**Skipped:** {rec.get('reason', '')}", ""]
+            summary.append(f"| {name} | skipped | | |")
+            continue
+        body += [f"*Command:* `{rec.get('command', '')}`  ", f"*Time:* {rec.get('time_s', math.nan):.1f} s"
+                 f" ({rec.get('when', '')})" + (f"  \n*Machine:* {rec['machine']}" if rec.get("machine") else ""), ""]
+        for m, info in rec.get("models", {}).items():
+            body.append(f"- model {m}: " + ", ".join(f"{k} {_fmt(v) if isinstance(v, float) else v}"
+                                                    for k, v in info.items()))
+        if rec.get("note"):
+            body.append(f"- note: {rec['note']}")
+        body.append("")
+        n_ok = n_all = 0
+        if name == "table3":
+            t3, same = _table3_md(out)
+            body += t3 + [""]
+            n_all += same is not None
+            n_ok += same is True
+        for text, fn in spec["checks"]:
+            try:
+                ok, detail = fn(out)
+            except (OSError, KeyError, ValueError, IndexError) as err:
+                ok, detail = None, f"could not check ({type(err).__name__}: {err})"
+            verdict = {True: "holds", False: "does not hold", None: "not checked"}[ok]
+            n_all += ok is not None
+            n_ok += ok is True
+            body.append(f"- claim: {text}: **{verdict}** ({detail})")
+        for csv_name in sorted(p.name for p in out.glob(f"{name}*.csv")):
+            body.append(f"- numbers: [{csv_name}]({csv_name})")
+        for png in spec["png"]:
+            if (out / png).exists():
+                body += ["", f"![{name}]({png})"]
+        body.append("")
+        summary.append(f"| {name} | ran | {n_ok}/{n_all} | {rec.get('time_s', math.nan):.0f} |")
+    lines += ["## Summary", "", *summary, "",
+              f"Ran: {', '.join(ran) or 'none'}. Skipped: {', '.join(skipped) or 'none'}.", ""]
+    extra = [n for n in recs if n not in PAPER]
+    for n in extra:
+        lines += [f"- {n}: {recs[n].get('status')} {recs[n].get('note', '')}"]
+    lines += body
+    path = out / "REPORT.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

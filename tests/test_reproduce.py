@@ -1,0 +1,195 @@
+"""`pertattack reproduce` items in their smallest form (fig1, fig2b, table3, skips) and REPORT.md.
+
+MNIST comes from $PERTATTACK_MNIST or ../shared/data/mnist; models are cached in a temporary folder
+(untrained, or trained for a second on a few MNIST images) so that the pipeline, not training, is tested.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from pertattack.experiments import paper
+from pertattack.experiments.report import TABLE3_PAPER, write_report
+from pertattack.models import build_model
+from pertattack.training import save_model, train_classifier
+
+MNIST = Path(os.environ.get("PERTATTACK_MNIST", Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
+needs_mnist = pytest.mark.skipif(not (MNIST / "t10k-images-idx3-ubyte.gz").exists()
+                                 and not (MNIST / "t10k-images-idx3-ubyte").exists(), reason="MNIST files not present")
+
+
+def _tag(dataset: str, name: str, epochs: int, root: str | None = None) -> str:
+    """The cache file name ``reproduce`` looks for (with a digest of the training data where the code names
+    its cache files that way)."""
+    if hasattr(paper, "cache_tag"):
+        x, y = paper.LOADERS[dataset](root, "train")
+        return f"{paper.cache_tag(dataset, name, epochs, 0, x, y)}.pt"
+    return f"{dataset}-{name}-e{epochs}-s0.pt"
+
+
+def _rows(path: Path) -> list[list[str]]:
+    with open(path, newline="") as fh:
+        return list(csv.reader(fh))
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    d = tmp_path / "cache"
+    d.mkdir()
+    monkeypatch.setenv("PERTATTACK_CACHE", str(d))
+    monkeypatch.setenv("PERTATTACK_CIFAR10", str(tmp_path / "no-cifar"))  # CIFAR-10 parts must be skipped
+    return d
+
+
+@needs_mnist
+def test_fig1_shows_fooled_images_and_report(cache, tmp_path):
+    from pertattack.data import load_mnist
+
+    x, y = load_mnist(MNIST, "train", limit=2000)
+    model = build_model("fcnn", seed=0)  # a quickly trained FCNN stands in under LeNet-5's cache tag
+    train_classifier(model, x, y, epochs=1, batch_size=64, seed=0)
+    save_model(cache / _tag("mnist", "lenet5", 1, str(MNIST)), model, "fcnn")
+    out = tmp_path / "res"
+    paper.reproduce("fig1", out=out, n=40, root=str(MNIST), epochs=1)
+    rows = _rows(out / "fig1.csv")
+    assert rows[0] == ["dataset", "index", "label", "pred", "pred_adv", "eps", "norm"]
+    assert 1 <= len(rows) - 1 <= 8
+    for r in rows[1:]:
+        assert r[2] == r[3] != r[4]  # correctly classified, then misclassified
+        assert float(r[6]) <= float(r[5]) + 1e-6  # within the l-inf budget
+    assert (out / "fig1.png").stat().st_size > 1000
+    rep = (out / "REPORT.md").read_text()
+    assert "Figure 1" in rep and "**holds**" in rep and "CIFAR-10 part not run" in rep
+    assert json.loads((out / "report.json").read_text())["fig1"]["status"] == "ran"
+
+
+@needs_mnist
+def test_fig2b_and_table3_smallest(cache, tmp_path):
+    save_model(cache / _tag("mnist", "fc-ae", 10, str(MNIST)), build_model("fc-ae", seed=0), "fc-ae")
+    for m in ("fcnn", "lenet5"):
+        save_model(cache / _tag("mnist", m, 1, str(MNIST)), build_model(m, seed=0), m)
+    out = tmp_path / "res"
+    paper.reproduce("fig2b", out=out, n=3, root=str(MNIST), epochs=1)
+    rows = _rows(out / "fig2b.csv")
+    assert rows[0][:3] == ["image", "in_psnr_adv", "in_psnr_random"] and len(rows) == 4
+    for r in rows[1:]:
+        # 100 of 784 pixels at +-0.5 (clipping to [0, 1] can only raise the input PSNR)
+        assert float(r[1]) >= 10 * __import__("math").log10(784 / (100 * 0.25)) - 1e-3
+    paper.reproduce("table3", out=out, n=12, root=str(MNIST), epochs=1)
+    rows = _rows(out / "table3.csv")
+    assert [r[0] for r in rows[1:]] == ["fcnn (MNIST)", "lenet5 (MNIST)"]
+    rep = (out / "REPORT.md").read_text()
+    # the paper's numbers beside ours, row by row; the CIFAR-10 rows marked as not run
+    assert f"{TABLE3_PAPER['lenet5'][1]:.3g} / " in rep and "DenseNet-40 (CIFAR-10) | 0.052 / not run" in rep
+    assert "NIN and DenseNet-40 rows not run" in rep
+    assert "Figure 2(b)" in rep and "| fig2b | ran |" in rep
+
+
+def test_missing_data_is_recorded_as_skipped(cache, tmp_path):
+    out = tmp_path / "res"
+    with pytest.raises(FileNotFoundError):
+        paper.reproduce("fig3c", out=out, n=4, epochs=1)
+    rep = (out / "REPORT.md").read_text()
+    assert "| fig3c | skipped |" in rep and "**Skipped:**" in rep and "CIFAR-10" in rep
+
+
+def _write(path: Path, rows: list[list]) -> None:
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+
+
+def test_report_checks_claims_on_csv(tmp_path):
+    """The claim checks read the CSVs: a table where the paper's claims hold and one where they do not."""
+    eps = ["attack", "eps=0", "eps=0.1"]
+    good = {"DeepFool": 0.5, "Alg1-10": 0.9, "Alg1-5": 0.8, "Alg1": 0.6, "Alg2": 0.45, "FGSM": 0.5,
+            "PGD (paper)": 0.7, "PGD (Madry)": 0.95, "random": 0.01}
+    _write(tmp_path / "fig3a.csv", [eps, *[[k, 0.0, v] for k, v in good.items()]])
+    bad = dict(good, **{"Alg1-10": 0.3, "Alg1": 0.2})
+    _write(tmp_path / "fig3b.csv", [eps, *[[k, 0.0, v] for k, v in bad.items()]])
+    rec = {n: {"status": "ran", "command": "x", "time_s": 1.0} for n in ("fig3a", "fig3b")}
+    rec["fig4d"] = {"status": "skipped", "reason": "provide the STL-10 binary files"}
+    (tmp_path / "report.json").write_text(json.dumps(rec))
+    rep = write_report(tmp_path).read_text()
+    a = rep[rep.index("Figure 3(a)"): rep.index("Figure 3(b)")]
+    b = rep[rep.index("Figure 3(b)"): rep.index("Figure 3(c)")]
+    assert "Alg1-10 outperforms DeepFool and PGD: **holds**" in a
+    assert "Madry's PGD (random start, projection) beats Alg1-10" in a
+    assert "Alg1-10 outperforms DeepFool and PGD: **does not hold**" in b
+    assert "Alg1 outperforms FGSM: **does not hold**" in b
+    assert "| fig3a | ran | 5/5 |" in rep and "| fig4d | skipped |" in rep
+    assert "provide the STL-10 binary files" in rep and "| fig4a | not run |" in rep
+
+
+@pytest.mark.filterwarnings("ignore:the gradient of the objective is exactly zero")
+def test_robustness_counts_the_inputs_rho1_drops():
+    """DeepFool cannot move an input where the margin's gradient is zero: rho1 leaves it out, and says so."""
+    import torch
+    from torch import nn
+
+    from pertattack.metrics import robustness
+
+    class Flat(nn.Module):
+        def forward(self, x):
+            z = x.reshape(x.shape[0], -1).sum(dim=1, keepdim=True)
+            return torch.cat([torch.relu(z - 2.0), torch.full_like(z, 0.5)], dim=1)
+
+    x = torch.full((6, 4), 0.25)  # sum 1: logits (0, 0.5), class 1, zero gradient: DeepFool fails
+    x[3:] = 0.9  # sum 3.6: logits (1.6, 0.5), class 0, DeepFool crosses the boundary
+    y = torch.tensor([1, 1, 1, 0, 0, 0])
+    row = robustness(Flat(), x, y, p=2.0)
+    assert row["deepfool_failed"] == 3.0 and row["deepfool_success"] == 0.5
+    # rho1 is the mean over the fooled half only: distance (3.6 - 2.5) / 2 over norm_2(x) = 1.8
+    assert row["rho1"] == pytest.approx(1.1 / 2 / 1.8, rel=0.05)
+
+
+@needs_mnist
+def test_cifar10_parts_on_a_synthetic_folder(cache, tmp_path, monkeypatch):
+    """With CIFAR-10 files found ($PERTATTACK_CIFAR10): fig2b uses the CIFAR-10 autoencoder as in the paper,
+    table3 gets its NIN and DenseNet-40 rows and fig1 its CIFAR-10 panel (small FCNNs stand in under the
+    NIN / DenseNet-40 cache tags, so that the pipeline, not those networks, is tested)."""
+    import pickle
+
+    import numpy as np
+
+    from pertattack.data import CIFAR10_BATCHES
+
+    folder = tmp_path / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in CIFAR10_BATCHES["train"] + CIFAR10_BATCHES["test"]:
+        batch = {b"data": rng.integers(0, 256, size=(5, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 3, 4]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    monkeypatch.setenv("PERTATTACK_CIFAR10", str(tmp_path / "cifar"))
+    kw = {"in_shape": (3, 32, 32), "code": 16, "hidden": 32}
+    save_model(cache / _tag("cifar10", "fc-ae", 10), build_model("fc-ae", seed=0, **kw), "fc-ae", **kw)
+    small = {"in_shape": (3, 32, 32), "hidden": (8,)}
+    stand_in = build_model("fcnn", seed=1, **small)
+    for m in ("nin", "densenet40"):
+        save_model(cache / _tag("cifar10", m, 1), stand_in, "fcnn", **small)
+    # test labels = the stand-in's predictions but one, so that it classifies 4 of 5 correctly
+    from pertattack.data import load_cifar10
+    from pertattack.metrics import predict
+
+    pred = predict(stand_in, load_cifar10(None, "test")[0])
+    pred[0] = (pred[0] + 1) % 10
+    test = {b"data": pickle.loads((folder / "test_batch").read_bytes())[b"data"], b"labels": pred.tolist()}
+    (folder / "test_batch").write_bytes(pickle.dumps(test, protocol=2))
+    for m in ("fcnn", "lenet5"):
+        save_model(cache / _tag("mnist", m, 1, str(MNIST)), build_model(m, seed=0), m)
+    out = tmp_path / "res"
+    paper.reproduce("fig2b", out=out, n=2, root=str(MNIST), epochs=1)
+    rec = json.loads((out / "report.json").read_text())["fig2b"]
+    assert "fc-ae (cifar10)" in rec["models"] and "MNIST autoencoder" not in rec["note"]
+    assert len(_rows(out / "fig2b.csv")) == 3
+    paper.reproduce("table3", out=out, n=12, root=str(MNIST), epochs=1)
+    assert [r[0] for r in _rows(out / "table3.csv")[1:]] == ["fcnn (MNIST)", "lenet5 (MNIST)", "nin (CIFAR-10)",
+                                                             "densenet40 (CIFAR-10)"]
+    rep = (out / "REPORT.md").read_text()
+    assert "| NIN (CIFAR-10) | 0.138 / " in rep and "NIN (CIFAR-10) | 0.138 / not run" not in rep
+    paper.reproduce("fig1", out=out, n=5, root=str(MNIST), epochs=1)
+    assert "CIFAR-10 part not run" not in json.loads((out / "report.json").read_text())["fig1"]["note"]
