@@ -217,6 +217,9 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, p: float = math.inf, *, b
     ``deepfool_failed`` counts those inputs and ``deepfool_success`` is the share fooled; eps_99 treats a
     failure as an infinite distance.
 
+    Relative and absolute figures: rho1 is relative (each minimal perturbation divided by norm_p(x));
+    rho2 and eps_99 are absolute, in the units of the box (as eps is).
+
     Returns a dict with keys ``test_error``, ``rho1``, ``rho2``, ``eps_99``, ``deepfool_success`` and
     ``deepfool_failed`` (the number of correctly classified inputs rho1 leaves out). When no input is
     classified correctly, every key but ``test_error`` (then 1.0) is NaN, with one
