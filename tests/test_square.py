@@ -347,3 +347,19 @@ def test_l2_step_moves_mass_into_the_window():
     scale = (d_new / d_old).median(dim=1).values  # outside the windows (most pixels) new = scale * old
     moved = ((d_new - scale[:, None] * d_old).abs() > 1e-9).sum(dim=1)
     assert (moved > 0).all() and (moved <= 18).all()
+
+
+@pytest.mark.parametrize("p", [INF, 2.0])
+def test_without_the_stop_policy_fooled_inputs_are_still_not_queried(p):
+    from pertattack.schedule import NeverStop
+
+    model = MLP().eval()
+    x = rand_x(4, MLP_SHAPE, seed=4)
+    eps = 3 * EPS[p]  # large: every input is fooled early
+    a = get_attack("square", p=p, eps=eps, seed=0, queries=30)
+    r = a(model, x)
+    r_all = a.replace(stop=NeverStop())(model, x)
+    assert r.success.all()
+    assert (r_all.steps == 30).all()  # the loop ran every step for every input ...
+    assert torch.equal(r_all.info["queries"], r.info["queries"])  # ... but queried none once fooled
+    torch.testing.assert_close(r_all.x_adv, r.x_adv, rtol=0, atol=0)

@@ -329,28 +329,31 @@ class Square(Solver):
         linf = math.isinf(step.ball.p)
         n = cur.shape[0]
         own = step.state.get("square")
-        if own is None:  # the start, taken whatever its loss (the best loss so far is +inf)
-            new = (sq.linf_start if linf else sq.l2_start)(x0, eps, noise, box)
+        first = own is None  # the start, taken whatever its loss (the best loss so far is +inf)
+        if own is None:
             own = step.state["square"] = {"active": torch.ones(n, dtype=torch.bool, device=cur.device),
                                           "best": cur.new_full((n,), math.inf)}
             step.state["queries"] = torch.zeros(n, dtype=torch.long, device=cur.device)
+        rows = own["active"].nonzero().squeeze(1)  # proposals for these inputs only; draws as for all
+        if first:
+            new = (sq.linf_start if linf else sq.l2_start)(x0[rows], eps[rows], noise, box, rows)
         else:
             p = sq.p_schedule(self.p_init, step.t - 1, step.steps)
-            new = (sq.linf_step if linf else sq.l2_step)(x0, cur, eps, p, noise, box)
-        rows = own["active"].nonzero().squeeze(1)
-        take = torch.zeros(n, dtype=torch.bool, device=cur.device)
-        fooled = torch.zeros_like(take)
+            new = (sq.linf_step if linf else sq.l2_step)(x0[rows], cur[rows], eps[rows], p, noise, box, rows)
+        fooled = torch.zeros(n, dtype=torch.bool, device=cur.device)
+        s = torch.zeros_like(cur)
         if rows.numel():
             ctx = step.ctx.subset(rows)
             with torch.no_grad():
-                out = step.forward(new[rows])
+                out = step.forward(new)
                 loss = step.objective.loss(out, ctx).to(own["best"].dtype)
                 hit = step.objective.fooled(out, ctx)
-            better = (loss < own["best"][rows]) | hit
-            take[rows] = better
+            best = own["best"][rows]
+            take = (loss < best) | hit
+            own["best"][rows] = torch.where(take, loss, best)
             fooled[rows] = hit
-            own["best"][rows] = torch.where(better, loss, own["best"][rows])
             step.state["queries"][rows] += 1
+            s[rows] = torch.where(expand_like(take, new), new - cur[rows], torch.zeros_like(new))
         own["active"] = own["active"] & ~fooled
         step.state["fooled"] = fooled
-        return torch.where(expand_like(take, cur), new - cur, torch.zeros_like(cur))
+        return s

@@ -24,9 +24,10 @@ least 3 and odd for l2), at most min(H, W).
 
 Shapes: images (N, C, H, W); (N, C, L) is read as (N, C, 1, L) and (N, M) as (N, 1, 1, M): the windows
 of such 1-D inputs are segments of length round(p L) (squares of side 1 would not shrink with p).
-Every random number comes from :class:`pertattack.noise.Noise`, the same amount for every row at each
-step, so input i's proposals depend on (seed, index[i]) only; window positions are per input (index
-arithmetic and masks, no loop over the inputs).
+Every random number comes from :class:`pertattack.noise.Noise`, the same amount for every input at each
+step (``rows``: the inputs given, x0[k] being input rows[k]; the counter advances as for all), so input
+i's proposals depend on (seed, index[i]) only; window positions are per input (index arithmetic and
+masks, no loop over the inputs).
 """
 
 from __future__ import annotations
@@ -149,15 +150,16 @@ def _finish(x0: Tensor, delta: Tensor, box: Box) -> Tensor:
     return box.clip(x0 + delta.reshape(x0.shape))
 
 
-def linf_start(x0: Tensor, eps: Tensor, noise: Noise, box: Box) -> Tensor:
+def linf_start(x0: Tensor, eps: Tensor, noise: Noise, box: Box, rows: Tensor | None = None) -> Tensor:
     """x + eps sigma, sigma in {-1, +1} per input, channel and column (vertical stripes), in the box.
     Draws C W numbers per input."""
     c, h, w = image_shape(x0)
-    sigma = _signs(noise.uniform(c * w, x0.dtype)).reshape(-1, c, 1, w)
+    sigma = _signs(noise.uniform(c * w, x0.dtype, rows)).reshape(-1, c, 1, w)
     return _finish(x0, expand_like(eps, sigma) * sigma.expand(-1, c, h, w), box)
 
 
-def linf_step(x0: Tensor, cur: Tensor, eps: Tensor, p: float, noise: Noise, box: Box) -> Tensor:
+def linf_step(x0: Tensor, cur: Tensor, eps: Tensor, p: float, noise: Noise, box: Box,
+              rows: Tensor | None = None) -> Tensor:
     """The current point with one window per input set to x + eps sigma_c (a sign per channel), in the box.
 
     Where that would change nothing (the window already holds those values, as happens often once the
@@ -165,7 +167,7 @@ def linf_step(x0: Tensor, cur: Tensor, eps: Tensor, p: float, noise: Noise, box:
     the loop-free version of it. Draws C + 2 numbers per input."""
     c, h, w = image_shape(x0)
     sh, sw = window_size(p, h, w, l2=False)
-    u = noise.uniform(c + 2, x0.dtype)
+    u = noise.uniform(c + 2, x0.dtype, rows)
     mask, _, _ = _windows(u[:, 0], u[:, 1], sh, sw, h, w)
     sigma = _signs(u[:, 2:]).reshape(-1, c, 1, 1)
     x0v, curv = _view(x0), _view(cur)
@@ -181,7 +183,7 @@ def linf_step(x0: Tensor, cur: Tensor, eps: Tensor, p: float, noise: Noise, box:
     return new.reshape(x0.shape)
 
 
-def l2_start(x0: Tensor, eps: Tensor, noise: Noise, box: Box) -> Tensor:
+def l2_start(x0: Tensor, eps: Tensor, noise: Noise, box: Box, rows: Tensor | None = None) -> Tensor:
     """A grid of tiles of side (H // 5, W // 5), centred, each holding the l2 pattern (transposed at random
     when square) times a random sign per channel; scaled to norm eps, then clipped to the box.
     Draws T (C + 1) numbers per input, T the number of tiles."""
@@ -189,7 +191,7 @@ def l2_start(x0: Tensor, eps: Tensor, noise: Noise, box: Box) -> Tensor:
     th, tw = max(h // 5, 1), max(w // 5, 1)
     nh, nw = h // th, w // tw
     n_tiles = nh * nw
-    u = noise.uniform(n_tiles * (c + 1), x0.dtype)
+    u = noise.uniform(n_tiles * (c + 1), x0.dtype, rows)
     sigma = _signs(u[:, : n_tiles * c]).reshape(-1, c, n_tiles)
     flip = u[:, n_tiles * c :] < 0.5  # (N, T)
     tile, tile_t = _l2_pattern(th, tw, x0)
@@ -209,7 +211,8 @@ def l2_start(x0: Tensor, eps: Tensor, noise: Noise, box: Box) -> Tensor:
     return _finish(x0, delta, box)
 
 
-def l2_step(x0: Tensor, cur: Tensor, eps: Tensor, p: float, noise: Noise, box: Box) -> Tensor:
+def l2_step(x0: Tensor, cur: Tensor, eps: Tensor, p: float, noise: Noise, box: Box,
+            rows: Tensor | None = None) -> Tensor:
     """Alg. 3 of the paper, per input: windows W1 and W2 at random positions; per channel, the content of
     W1 is replaced by pattern sigma_c + (old content of W1) / its norm, scaled so that the new window holds
     the energy that W1 and W2 held plus an even share of the unused budget, (eps^2 - norm(delta)^2) / C;
@@ -217,7 +220,7 @@ def l2_step(x0: Tensor, cur: Tensor, eps: Tensor, p: float, noise: Noise, box: B
     Draws C + 5 numbers per input."""
     c, h, w = image_shape(x0)
     sh, sw = window_size(p, h, w, l2=True)
-    u = noise.uniform(c + 5, x0.dtype)
+    u = noise.uniform(c + 5, x0.dtype, rows)
     m1, lr, lc = _windows(u[:, 0], u[:, 1], sh, sw, h, w)
     m2, _, _ = _windows(u[:, 2], u[:, 3], sh, sw, h, w)
     flip = u[:, 4] < 0.5
