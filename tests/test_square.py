@@ -363,3 +363,22 @@ def test_without_the_stop_policy_fooled_inputs_are_still_not_queried(p):
     assert (r_all.steps == 30).all()  # the loop ran every step for every input ...
     assert torch.equal(r_all.info["queries"], r.info["queries"])  # ... but queried none once fooled
     torch.testing.assert_close(r_all.x_adv, r.x_adv, rtol=0, atol=0)
+
+
+def test_command_line_run(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    from pertattack.cli import main
+    from pertattack.data import load_digits
+    from pertattack.models import build_model
+    from pertattack.training import load_model, save_model
+
+    ckpt, npz = tmp_path / "cnn.pt", tmp_path / "adv.npz"
+    save_model(ckpt, build_model("smallcnn", seed=1), "smallcnn")
+    assert main(["run", "square", "--model", str(ckpt), "--data", "digits", "--n", "6", "--eps", "0.5",
+                 "--set", "p=2", "queries=10", "--out", str(npz)]) == 0
+    assert "fooling ratio" in capsys.readouterr().out
+    x, y = load_digits("test")
+    r = get_attack("square", p=2, queries=10, eps=0.5, seed=0)(load_model(ckpt), x[:6], y[:6])
+    saved = np.load(npz)
+    np.testing.assert_allclose(saved["x_adv"], r.x_adv.numpy(), rtol=0, atol=1e-6)
+    assert (r.steps <= 10).all()
