@@ -261,6 +261,8 @@ def test_l2_tile(a, b):
     assert float(t.norm()) == pytest.approx(1.0)
     top, bottom = t[: a // 2], t[a // 2 :]
     assert (top >= 0).all() and (bottom < 0).all()
+    if a > 1:  # the two halves carry the same energy
+        assert float(top.norm()) == pytest.approx(float(bottom.norm()))
     # each half peaks at its centre and is symmetric where its width is odd
     c = bottom.shape[0] // 2, b // 2
     assert float(bottom.abs()[c]) == float(bottom.abs().max())
@@ -382,3 +384,15 @@ def test_command_line_run(tmp_path, capsys):
     saved = np.load(npz)
     np.testing.assert_allclose(saved["x_adv"], r.x_adv.numpy(), rtol=0, atol=1e-6)
     assert (r.steps <= 10).all()
+
+
+def test_pattern_and_schedule_agree_with_the_autoattack_code():
+    """The authors' code (pyautoattack, when installed): the same l2 tile (up to its random transpose) and
+    the same p at every step of a budget."""
+    aa = pytest.importorskip("pyautoattack.square")
+    ref = aa.SquareAttack(lambda v: v, norm="L2", eps=1.0, n_queries=1000, p_init=0.8, device="cpu")
+    for s in (1, 2, 3, 4, 5, 9, 12, 25):
+        e = ref.eta(s).double()
+        t = l2_tile(s, s)
+        assert min(float((e - t).abs().max()), float((e - t.T).abs().max())) < 1e-6
+    assert all(p_schedule(0.8, i, 1000) == ref.p_selection(i) for i in range(1000))

@@ -14,9 +14,9 @@ bookkeeping; the loop is the schedule's). This module builds the proposals:
   the pattern (random sign per channel) is added to the normalised old content; the result is scaled to
   norm eps (Alg. 3).
 
-The l2 pattern of an a x b tile has two halves of opposite signs; each half is a stack of concentric
-rectangles centred on it, the k-th (k = 0, 1, ...) weighted 1 / (k + 1)^2, so the value at a point is
-sum_{k >= d} 1 / (k + 1)^2, d its Chebyshev distance to the centre; the tile has unit l2 norm.
+The l2 pattern of an a x b tile has two halves of opposite signs and equal l2 norms; each half is a stack
+of concentric rectangles centred on it, the k-th (k = 0, 1, ...) weighted 1 / (k + 1)^2, so the value at a
+point is sum_{k >= d} 1 / (k + 1)^2, d its Chebyshev distance to the centre; the tile has unit l2 norm.
 
 The share of the input a window covers, p, starts at ``p_init`` and halves after fixed fractions of the
 query budget (:func:`p_schedule`); the window side is s = round(sqrt(p H W)) (at least 1 for l-inf, at
@@ -98,10 +98,11 @@ def _rings(a: int, b: int, dtype: torch.dtype, device: torch.device) -> Tensor:
 
 def l2_tile(a: int, b: int, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> Tensor:
     """The l2 pattern of an a x b tile: rows [0, a // 2) positive rings, rows [a // 2, a) negative rings,
-    unit l2 norm."""
+    both halves with the same l2 norm, the tile with norm 1."""
     device = torch.device(device)
-    top = _rings(a // 2, b, dtype, device) if a // 2 else torch.zeros(0, b, dtype=dtype, device=device)
-    t = torch.cat([top, -_rings(a - a // 2, b, dtype, device)], dim=0)
+    halves = [_rings(k, b, dtype, device) for k in (a // 2, a - a // 2)]
+    top, bottom = (h / h.norm().clamp_min(_TINY) for h in halves)  # each half: unit norm (the same energy)
+    t = torch.cat([top, -bottom], dim=0)
     return t / t.norm()
 
 
