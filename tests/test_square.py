@@ -101,11 +101,16 @@ def test_result_in_budget_and_box(p, shape):
 
 
 @pytest.mark.parametrize("p", [INF, 2.0])
-def test_zero_budget_returns_x(p):
+def test_zero_budget_returns_x_and_per_input_budgets(p):
     model = ConvNet().eval()
     x = rand_x(3, CONV_SHAPE, seed=5)
     r = get_attack("square", p=p, eps=0.0, seed=0, queries=20)(model, x)
     assert torch.equal(r.x_adv, x)
+    # a budget per input: zero for the first, the others move and stay in their own ball
+    eps = torch.tensor([0.0, 0.2, 0.4], dtype=DTYPE)
+    r = get_attack("square", p=p, seed=0, queries=20)(model, x, eps=eps)
+    assert torch.equal(r.x_adv[0], x[0]) and (r.norms[1:] > 0).all()
+    assert (np_norms(r.x_adv - x, p) <= eps.numpy() * (1 + 1e-12)).all()
 
 
 @pytest.mark.parametrize("p", [INF, 2.0])

@@ -335,25 +335,35 @@ class Square(Solver):
                                           "best": cur.new_full((n,), math.inf)}
             step.state["queries"] = torch.zeros(n, dtype=torch.long, device=cur.device)
         rows = own["active"].nonzero().squeeze(1)  # proposals for these inputs only; draws as for all
+        every = rows.numel() == n  # no copies while every input is in play
+        fooled = torch.zeros(n, dtype=torch.bool, device=cur.device)
+        step.state["fooled"] = fooled
+        if not rows.numel():
+            return torch.zeros_like(cur)
+
+        def pick(t: Tensor) -> Tensor:
+            return t if every else t[rows]
+
+        cur_rows, sub = pick(cur), None if every else rows
         if first:
-            new = (sq.linf_start if linf else sq.l2_start)(x0[rows], eps[rows], noise, box, rows)
+            new = (sq.linf_start if linf else sq.l2_start)(pick(x0), pick(eps), noise, box, sub)
         else:
             p = sq.p_schedule(self.p_init, step.t - 1, step.steps)
-            new = (sq.linf_step if linf else sq.l2_step)(x0[rows], cur[rows], eps[rows], p, noise, box, rows)
-        fooled = torch.zeros(n, dtype=torch.bool, device=cur.device)
-        s = torch.zeros_like(cur)
-        if rows.numel():
-            ctx = step.ctx.subset(rows)
-            with torch.no_grad():
-                out = step.forward(new)
-                loss = step.objective.loss(out, ctx).to(own["best"].dtype)
-                hit = step.objective.fooled(out, ctx)
-            best = own["best"][rows]
-            take = (loss < best) | hit
-            own["best"][rows] = torch.where(take, loss, best)
-            fooled[rows] = hit
-            step.state["queries"][rows] += 1
-            s[rows] = torch.where(expand_like(take, new), new - cur[rows], torch.zeros_like(new))
+            new = (sq.linf_step if linf else sq.l2_step)(pick(x0), cur_rows, pick(eps), p, noise, box, sub)
+        ctx = step.ctx if every else step.ctx.subset(rows)
+        with torch.no_grad():
+            out = step.forward(new)
+            loss = step.objective.loss(out, ctx).to(own["best"].dtype)
+            hit = step.objective.fooled(out, ctx)
+        best = pick(own["best"])
+        take = (loss < best) | hit
+        own["best"][rows] = torch.where(take, loss, best)
+        fooled[rows] = hit
         own["active"] = own["active"] & ~fooled
-        step.state["fooled"] = fooled
+        step.state["queries"][rows] += 1
+        s_rows = (new - cur_rows) * expand_like(take, new)
+        if every:
+            return s_rows
+        s = torch.zeros_like(cur)
+        s[rows] = s_rows
         return s

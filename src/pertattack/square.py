@@ -165,22 +165,35 @@ def linf_step(x0: Tensor, cur: Tensor, eps: Tensor, p: float, noise: Noise, box:
 
     Where that would change nothing (the window already holds those values, as happens often once the
     windows are 1 x 1), the signs are flipped: the paper draws again until the window changes; flipping is
-    the loop-free version of it. Draws C + 2 numbers per input."""
+    the loop-free version of it. Only the windows are computed (gathered and written back by index), so a
+    step costs one copy of the batch plus O(N C s^2). Draws C + 2 numbers per input."""
     c, h, w = image_shape(x0)
     sh, sw = window_size(p, h, w, l2=False)
     u = noise.uniform(c + 2, x0.dtype, rows)
-    mask, _, _ = _windows(u[:, 0], u[:, 1], sh, sw, h, w)
-    sigma = _signs(u[:, 2:]).reshape(-1, c, 1, 1)
+    n = x0.shape[0]
+    top = (u[:, 0] * (h - sh + 1)).long().clamp(0, h - sh)
+    left = (u[:, 1] * (w - sw + 1)).long().clamp(0, w - sw)
+    sigma = _signs(u[:, 2:]).reshape(n, c, 1, 1)
+    # index of every window entry: (N, C, sh, sw) after broadcasting
+    i_n = torch.arange(n, device=x0.device)[:, None, None, None]
+    i_c = torch.arange(c, device=x0.device)[None, :, None, None]
+    i_r = (top[:, None] + torch.arange(sh, device=x0.device))[:, None, :, None]
+    i_w = (left[:, None] + torch.arange(sw, device=x0.device))[:, None, None, :]
     x0v, curv = _view(x0), _view(cur)
-    e = expand_like(eps, x0v)
+    lo, hi = (b.expand(x0.shape[1:]).reshape(c, h, w) for b in box.bounds(x0))
+    lo_w, hi_w = lo[i_c, i_r, i_w], hi[i_c, i_r, i_w]
+    x0_w, cur_w = x0v[i_n, i_c, i_r, i_w], curv[i_n, i_c, i_r, i_w]
+    e = expand_like(eps, x0_w)
 
-    def propose(sig: Tensor) -> Tensor:
-        return _view(box.clip(torch.where(mask, x0v + e * sig, curv).reshape(x0.shape)))
+    def window(sig: Tensor) -> Tensor:
+        return torch.minimum(torch.maximum(x0_w + e * sig, lo_w), hi_w)
 
-    new = propose(sigma)
-    same = ~((new != curv) & mask).flatten(1).any(dim=1)
+    new_w = window(sigma)
+    same = (new_w == cur_w).flatten(1).all(dim=1)
     if bool(same.any()):
-        new = torch.where(expand_like(same, new), propose(-sigma), new)
+        new_w = torch.where(expand_like(same, new_w), window(-sigma), new_w)
+    new = curv.clone()
+    new[i_n, i_c, i_r, i_w] = new_w
     return new.reshape(x0.shape)
 
 
