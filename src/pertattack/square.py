@@ -115,22 +115,20 @@ def _view(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], *image_shape(x))
 
 
-def _windows(u_row: Tensor, u_col: Tensor, sh: int, sw: int, h: int, w: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-input windows of sh x sw at random positions (from two uniform numbers per input): the mask
-    (N, 1, H, W) and each row's / column's coordinate inside the window, (N, H) and (N, W) (clamped)."""
+def _window(u_row: Tensor, u_col: Tensor, sh: int, sw: int, h: int, w: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-input windows of sh x sw at random positions (from two uniform numbers per input in [0, 1)): the
+    top row and left column (N,), and the row and column indices of the window's entries, shaped
+    (N, 1, sh, 1) and (N, 1, 1, sw) to index (N, C, H, W) tensors together with the input and channel."""
     top = (u_row * (h - sh + 1)).long().clamp(0, h - sh)
     left = (u_col * (w - sw + 1)).long().clamp(0, w - sw)
-    lr = torch.arange(h, device=u_row.device)[None, :] - top[:, None]
-    lc = torch.arange(w, device=u_row.device)[None, :] - left[:, None]
-    in_r = (lr >= 0) & (lr < sh)
-    in_c = (lc >= 0) & (lc < sw)
-    mask = (in_r[:, :, None] & in_c[:, None, :])[:, None]
-    return mask, lr.clamp(0, sh - 1), lc.clamp(0, sw - 1)
+    i_r = (top[:, None] + torch.arange(sh, device=top.device))[:, None, :, None]
+    i_w = (left[:, None] + torch.arange(sw, device=top.device))[:, None, None, :]
+    return top, left, i_r, i_w
 
 
-def _place(tile: Tensor, lr: Tensor, lc: Tensor, mask: Tensor) -> Tensor:
-    """The tile written at each input's window, zero elsewhere: (N, 1, H, W)."""
-    return tile[lr[:, :, None], lc[:, None, :]][:, None] * mask
+def _batch_channel(n: int, c: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Input and channel indices, (N, 1, 1, 1) and (1, C, 1, 1)."""
+    return torch.arange(n, device=device)[:, None, None, None], torch.arange(c, device=device)[None, :, None, None]
 
 
 def _l2_pattern(sh: int, sw: int, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -171,14 +169,9 @@ def linf_step(x0: Tensor, cur: Tensor, eps: Tensor, p: float, noise: Noise, box:
     sh, sw = window_size(p, h, w, l2=False)
     u = noise.uniform(c + 2, x0.dtype, rows)
     n = x0.shape[0]
-    top = (u[:, 0] * (h - sh + 1)).long().clamp(0, h - sh)
-    left = (u[:, 1] * (w - sw + 1)).long().clamp(0, w - sw)
+    _, _, i_r, i_w = _window(u[:, 0], u[:, 1], sh, sw, h, w)
+    i_n, i_c = _batch_channel(n, c, x0.device)  # with i_r, i_w: every window entry, (N, C, sh, sw)
     sigma = _signs(u[:, 2:]).reshape(n, c, 1, 1)
-    # index of every window entry: (N, C, sh, sw) after broadcasting
-    i_n = torch.arange(n, device=x0.device)[:, None, None, None]
-    i_c = torch.arange(c, device=x0.device)[None, :, None, None]
-    i_r = (top[:, None] + torch.arange(sh, device=x0.device))[:, None, :, None]
-    i_w = (left[:, None] + torch.arange(sw, device=x0.device))[:, None, None, :]
     x0v, curv = _view(x0), _view(cur)
     lo, hi = (b.expand(x0.shape[1:]).reshape(c, h, w) for b in box.bounds(x0))
     lo_w, hi_w = lo[i_c, i_r, i_w], hi[i_c, i_r, i_w]
@@ -231,28 +224,32 @@ def l2_step(x0: Tensor, cur: Tensor, eps: Tensor, p: float, noise: Noise, box: B
     W1 is replaced by pattern sigma_c + (old content of W1) / its norm, scaled so that the new window holds
     the energy that W1 and W2 held plus an even share of the unused budget, (eps^2 - norm(delta)^2) / C;
     W2 outside W1 is emptied; the whole perturbation is then scaled to norm eps and clipped to the box.
-    Draws C + 5 numbers per input."""
+    The windows are gathered and written back by index. Draws C + 5 numbers per input."""
     c, h, w = image_shape(x0)
     sh, sw = window_size(p, h, w, l2=True)
     u = noise.uniform(c + 5, x0.dtype, rows)
-    m1, lr, lc = _windows(u[:, 0], u[:, 1], sh, sw, h, w)
-    m2, _, _ = _windows(u[:, 2], u[:, 3], sh, sw, h, w)
+    n = x0.shape[0]
+    top1, left1, r1, c1 = _window(u[:, 0], u[:, 1], sh, sw, h, w)
+    _, _, r2, c2 = _window(u[:, 2], u[:, 3], sh, sw, h, w)
+    i_n, i_c = _batch_channel(n, c, x0.device)
     flip = u[:, 4] < 0.5
-    sigma = _signs(u[:, 5:]).reshape(-1, c, 1, 1)
+    sigma = _signs(u[:, 5:]).reshape(n, c, 1, 1)
     delta = _view(cur) - _view(x0)
+    d1, d2 = delta[i_n, i_c, r1, c1], delta[i_n, i_c, r2, c2]  # (N, C, sh, sw)
+    in_w1 = (r2 >= top1[:, None, None, None]) & (r2 < (top1 + sh)[:, None, None, None]) \
+        & (c2 >= left1[:, None, None, None]) & (c2 < (left1 + sw)[:, None, None, None])
+
+    def ch_sq(v: Tensor) -> Tensor:  # squared norm per input and channel, (N, C, 1, 1)
+        return v.square().sum(dim=(2, 3), keepdim=True)
+
     tile, tile_t = _l2_pattern(sh, sw, x0)
-    pattern = torch.where(expand_like(flip, m1), _place(tile_t, lr, lc, m1), _place(tile, lr, lc, m1))
-
-    def ch_norm(v: Tensor) -> Tensor:  # per input and channel, (N, C, 1, 1)
-        return v.square().sum(dim=(2, 3), keepdim=True).sqrt()
-
-    both = m1 | m2
-    old1 = delta * m1
+    pattern = torch.where(flip[:, None, None, None], tile_t, tile)  # (N, 1, sh, sw)
     e = expand_like(eps, delta)
-    total = expand_like(delta.flatten(1).norm(dim=1), delta)
-    energy = (e.square() - total.square()).clamp_min(0) / c + ch_norm(delta * both).square()
-    new1 = pattern * sigma + old1 / (ch_norm(old1) + _TINY)
-    new1 = new1 / (ch_norm(new1) + _TINY) * energy.sqrt()
-    delta = torch.where(both, torch.zeros_like(delta), delta) + new1 * m1
+    total = expand_like(delta.flatten(1).square().sum(dim=1), delta)
+    energy = (e.square() - total).clamp_min(0) / c + ch_sq(d1) + ch_sq(d2 * ~in_w1)
+    new1 = pattern * sigma + d1 / (ch_sq(d1).sqrt() + _TINY)
+    new1 = new1 / (ch_sq(new1).sqrt() + _TINY) * energy.sqrt()
+    delta[i_n, i_c, r2, c2] = 0.0
+    delta[i_n, i_c, r1, c1] = new1
     delta = delta * expand_like(eps / delta.flatten(1).norm(dim=1).clamp_min(_TINY), delta)
     return _finish(x0, delta, box)
