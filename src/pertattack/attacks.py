@@ -50,7 +50,7 @@ from .schedule import (
     Schedule,
     WhenFooled,
 )
-from .solvers import GNM, MinNorm, Quadratic, RandomGaussian, RandomSign, RandomSubset, SingleSubset, Solver
+from .solvers import GNM, MinNorm, Quadratic, RandomGaussian, RandomSign, RandomSubset, SingleSubset, Solver, Square
 
 __all__ = ["Attack", "AttackResult", "get_attack", "list_attacks", "PRESETS", "SOLVERS", "KEYWORDS"]
 
@@ -67,6 +67,7 @@ SOLVERS: dict[str, Any] = {
     "quadratic-l1": lambda: Quadratic("l1"),
     "quadratic-linf": lambda: Quadratic("linf"),
     "quadratic-subset": lambda: Quadratic("subset"),
+    "square": Square,
 }
 
 
@@ -194,6 +195,10 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             "while not; the smallest fooling iterate kept; p = 2",
             dict(objective="cross-entropy", solver=GNM(2.0), p=2.0, steps=100, step_size=Cosine(1.0, 0.01),
                  keep=KeepBest("norm"), project=AdaptiveSphere())),
+    "square": ("Square (Andriushchenko et al. 2020): score-only random search on the margin, queries=5000 (one per "
+               "step), l-inf stripes / l2 tiles to start, windows covering p_init=0.8 of the input at first; stops "
+               "when fooled; p = inf or 2",
+               dict(objective="margin", solver="square", steps=5000, step=1.0, stop=WhenFooled(), mask_blocked=False)),
     # Regression (Sections 3-4): maximise norm_2(y - f(x + eta))^2, y = f(x) unless given.
     "quadratic-l2": ("Regression, eq. 14: eps times the top right singular vector of J (Lanczos, "
                      "matrix-free); info['sigma'] = norm(J)_{2->2}", dict(_REG, solver="quadratic-l2", p=2.0)),
@@ -362,6 +367,7 @@ class Attack:
         for k, v in kw.items():
             if k in _PARTS:
                 continue
+            k = "steps" if k == "queries" and isinstance(parts["solver"], Square) else k  # one query per step
             if k in _ATTACK_FIELDS:
                 top[k] = v
             elif "__" in k:

@@ -191,11 +191,7 @@ def apgd_t(targets: int = 9, **kw: Any) -> Cascade:
 def auto(p: float = math.inf, queries: int = 5000, **kw: Any) -> Cascade:
     """The strongest evaluation: apgd-ce, apgd-t (9 targets), fmn, square (``queries``), each on the inputs
     still robust. Square needs no gradient: it is what catches gradient masking."""
-    members: list[Any] = [get_attack("apgd-ce"), apgd_t(), get_attack("fmn")]
-    try:
-        members.append(get_attack("square", queries=queries))
-    except ValueError:  # no square preset in this build
-        pass
+    members = [get_attack("apgd-ce"), apgd_t(), get_attack("fmn"), get_attack("square", queries=queries)]
     return cascade(members, "auto", p=p, **kw)
 
 

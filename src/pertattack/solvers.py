@@ -38,6 +38,7 @@ __all__ = [
     "RandomGaussian",
     "RandomSubset",
     "Quadratic",
+    "Square",
 ]
 
 
@@ -324,3 +325,87 @@ class Quadratic(Solver):
         if self.norm == "linf":
             return qd.quadratic_linf(f, x, eps, box=box)
         return qd.quadratic_subset(f, x, eps, step.partition, box=box)
+
+
+@dataclass(repr=False)
+class Square(Solver):
+    """The Square attack (Andriushchenko, Croce, Flammarion and Hein 2020): a random search on the scores
+    of the model, no gradient. p = inf or p = 2; the proposals are built in :mod:`pertattack.square`.
+
+    One call = one step = one query of the model per input still in play. The first call evaluates the
+    start (l-inf: vertical stripes of +-eps; l2: a grid of the paper's tiles, norm eps) and takes it; every
+    later call proposes a new point that differs from the current one on a window of a share p of the
+    input (p = ``p_init``, halved after fixed fractions of the budget T = ``step.steps``) and takes it where
+    the objective (the margin, eq. 2, in the preset) went down or the model is fooled. Returns the step to
+    the new point (0 where the proposal was rejected), which stays in the eps ball (``step.eps``, the whole
+    budget) and in the box.
+
+    Inputs found fooled are reported in ``state['fooled']`` (the schedule stops them) and never queried
+    again; ``state['queries']`` (N,) counts each input's queries (``AttackResult.info['queries']``). Every
+    random number comes from ``step.noise``, the same amount for every input at each step, so input i's
+    result depends on (seed, index[i]) only. An input the model already misclassifies is attacked like the
+    others (its clean output costs a query the budget does not have).
+    """
+
+    p_init: float = 0.8
+    name = "square"
+    needs_grad = False
+    norms = (math.inf, 2.0)
+    hint = " (Square's proposals are l-inf or l2 squares: use p=inf or p=2)"
+
+    def __post_init__(self) -> None:
+        v = self.p_init
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= 1:
+            raise ValueError(f"p_init (the share of the input the first squares cover) must be in (0, 1], got {v!r}")
+
+    def __call__(self, step: Step) -> Tensor:
+        from . import square as sq
+
+        x0, cur, eps, noise, box = step.x0, step.x, step.eps, step.noise, step.box
+        if x0 is None or noise is None or box is None or step.objective is None or step.ctx is None:
+            raise ValueError("the square solver needs the clean inputs, the noise, the box and the objective of "
+                             "its step (run it through a Schedule)")
+        if not step.objective.classification:
+            raise ValueError("the square solver stops inputs when the model is fooled: it needs a classification "
+                             f"objective, got {step.objective!r}")
+        linf = math.isinf(step.ball.p)
+        n = cur.shape[0]
+        own = step.state.get("square")
+        first = own is None  # the start, taken whatever its loss (the best loss so far is +inf)
+        if own is None:
+            own = step.state["square"] = {"active": torch.ones(n, dtype=torch.bool, device=cur.device),
+                                          "best": cur.new_full((n,), math.inf)}
+            step.state["queries"] = torch.zeros(n, dtype=torch.long, device=cur.device)
+        rows = own["active"].nonzero().squeeze(1)  # proposals for these inputs only; draws as for all
+        every = rows.numel() == n  # no copies while every input is in play
+        fooled = torch.zeros(n, dtype=torch.bool, device=cur.device)
+        step.state["fooled"] = fooled
+        if not rows.numel():
+            return torch.zeros_like(cur)
+
+        def pick(t: Tensor) -> Tensor:
+            return t if every else t[rows]
+
+        cur_rows, sub = pick(cur), None if every else rows
+        if first:
+            new = (sq.linf_start if linf else sq.l2_start)(pick(x0), pick(eps), noise, box, sub)
+        else:
+            p = sq.p_schedule(self.p_init, step.t - 1, step.steps)
+            new = (sq.linf_step if linf else sq.l2_step)(pick(x0), cur_rows, pick(eps), p, noise, box, sub)
+        ctx = step.ctx if every else step.ctx.subset(rows)
+        with torch.no_grad():
+            out = step.forward(new)
+            loss = step.objective.loss(out, ctx).to(own["best"].dtype)
+            hit = step.objective.fooled(out, ctx)
+        best = pick(own["best"])
+        take = (loss < best) | hit
+        own["best"][rows] = torch.where(take, loss, best)
+        fooled[rows] = hit
+        own["active"] = own["active"] & ~fooled
+        step.state["queries"][rows] += 1
+        s_rows = (new - cur_rows) * expand_like(take, new)
+        if every:
+            return s_rows
+        s = torch.zeros_like(cur)
+        s[rows] = s_rows
+        return s
