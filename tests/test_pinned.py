@@ -33,6 +33,9 @@ CASES = [
     ("quadratic-l2", 2.0, 0.5), ("quadratic-l1", 1.0, 0.5), ("quadratic-linf", INF, 0.05),
     ("quadratic-pixel", INF, 0.2), ("linear-l2-3", 2.0, 0.5), ("linear-linf-3", INF, 0.05),
     ("linear-pixel-3", INF, 0.2), ("rand-l2", 2.0, 0.5), ("rand-linf", INF, 0.05), ("rand-pixel-3", INF, 0.2),
+    # pinned after the refactor, when they were added
+    ("square", INF, 0.1), ("square", 2.0, 0.5), ("apgd-ce", INF, 0.1), ("apgd-dlr", 2.0, 0.5), ("fmn", INF, None),
+    ("ddn", 2.0, None),
 ]
 
 
