@@ -227,6 +227,11 @@ def test_nin_architecture() -> None:
     assert convs == [(3, 192, 5), (192, 160, 1), (160, 96, 1), (96, 192, 5), (192, 192, 1), (192, 192, 1),
                      (192, 192, 3), (192, 192, 1), (192, 10, 1)]  # fmt: skip
     assert any(isinstance(m, torch.nn.Dropout) for m in NIN().modules())
+    half = [(m.in_channels, m.out_channels) for m in NIN(width=0.5).modules() if isinstance(m, torch.nn.Conv2d)]
+    assert half == [(3, 96), (96, 80), (80, 48), (48, 96), (96, 96), (96, 96), (96, 96), (96, 96), (96, 10)]
+    assert NIN(width=0.5)(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="width"):
+        NIN(width=0)
 
 
 def test_densenet40_architecture() -> None:
@@ -309,7 +314,9 @@ def test_reproduce_fig3c_on_synthetic_cifar10(tmp_path: Path, monkeypatch: pytes
 
     monkeypatch.setenv("PERTATTACK_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache").mkdir()
-    save_model(tmp_path / "cache" / "cifar10-nin-e1-s0.pt", build_model("nin", seed=0), "nin")
+    # a narrow NIN (the checkpoint carries its width): the same pipeline at a fraction of the cost
+    save_model(tmp_path / "cache" / "cifar10-nin-e1-s0.pt", build_model("nin", seed=0, width=1 / 24), "nin",
+               width=1 / 24)
     _write_folder(tmp_path / "data", _fake_batches(4))
     args = ["--out", str(tmp_path / "res"), "--n", "4", "--root", str(tmp_path / "data"), "--epochs", "1",
             "--device", "cpu"]

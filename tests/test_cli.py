@@ -56,7 +56,7 @@ def test_run_overrides_and_errors(tmp_path, capsys):
 
 
 def test_demo_writes_csv_and_plot(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--epochs", "2", "--eps", "0,0.2"]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--epochs", "2", "--eps", "0,0.2", "--n", "60"]) == 0
     rows = list(csv.reader(open(tmp_path / "demo_fooling.csv")))
     assert rows[0] == ["attack", "eps=0", "eps=0.2"]
     table = {r[0]: [float(v) for v in r[1:]] for r in rows[1:]}
@@ -73,7 +73,7 @@ def test_reproduce_fig3b_and_fig4a_on_cached_models(tmp_path, monkeypatch, capsy
     # untrained but cached models: the pipeline, not the training, is under test here
     save_model(tmp_path / "cache" / "mnist-lenet5-e1-s0.pt", build_model("lenet5", seed=0), "lenet5")
     save_model(tmp_path / "cache" / "mnist-fc-ae-e10-s0.pt", build_model("fc-ae", seed=0), "fc-ae")
-    args = ["--out", str(tmp_path / "res"), "--n", "12", "--root", str(MNIST), "--epochs", "1"]
+    args = ["--out", str(tmp_path / "res"), "--n", "4", "--root", str(MNIST), "--epochs", "1"]
     assert main(["reproduce", "fig3b", *args]) == 0
     rows = list(csv.reader(open(tmp_path / "res" / "fig3b.csv")))
     assert len(rows) == 10 and len(rows[0]) == 12

@@ -77,6 +77,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     x_tr, y_tr = load_digits("train", seed=args.seed)
     x_te, y_te = load_digits("test", seed=args.seed)
+    if args.n is not None:
+        if args.n < 1:
+            raise SystemExit(f"pertattack demo: --n must be >= 1, got {args.n}")
+        x_te, y_te = x_te[: args.n], y_te[: args.n]
     model = build_model("smallcnn", seed=args.seed)
     train_classifier(model, x_tr, y_tr, epochs=args.epochs, batch_size=64, lr=3e-3, seed=args.seed)
     print(f"SmallCNN on the scikit-learn 8x8 digits: {x_tr.shape[0]} train / {x_te.shape[0]} test images, "
@@ -185,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eps", default="0,0.05,0.1,0.15,0.2,0.25,0.3", help="comma-separated eps grid")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=int, default=None, help="attack the first N test images only (default: all)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train a model of the paper on MNIST (or the digits) and save it")
