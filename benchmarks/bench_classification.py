@@ -63,6 +63,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import statistics
 import sys
 import time
@@ -85,6 +86,12 @@ ATTACKS = ["fgsm", "pgd", "bim", "alg1-10", "deepfool-l2", "deepfool-linf"]
 IMPLS = ["floor", "floor-9b", "pertattack", "torchattacks", "foolbox"]
 PEERS = ("torchattacks", "foolbox")
 DEFAULT_CKPT = Path.home() / ".cache" / "pertattack" / "mnist-lenet5-e3-s0.pt"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def default_mnist() -> str:
+    """``$PERTATTACK_MNIST`` if set, else ``../shared/data/mnist`` relative to the repository root."""
+    return os.environ.get("PERTATTACK_MNIST") or str((REPO / ".." / "shared" / "data" / "mnist").resolve())
 
 Run = Callable[[Tensor, Tensor], Tensor]  # (x, y) -> x_adv
 
@@ -314,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     ap.add_argument("--ta-deepfool-n", type=int, default=64,
                     help="images for torchattacks' per-image DeepFool (default 64; times compared per image)")
-    ap.add_argument("--data", default="/work/shared/data/mnist", help="folder with the MNIST IDX files")
+    ap.add_argument("--data", default=default_mnist(),
+                    help="folder with the MNIST IDX files (default $PERTATTACK_MNIST, else ../shared/data/mnist "
+                         "relative to the repository)")
     ap.add_argument("--checkpoint", default=str(DEFAULT_CKPT), help="LeNet-5 checkpoint to use if it exists")
     ap.add_argument("--train-epochs", type=int, default=1, help="epochs when no checkpoint exists (default 1)")
     args = ap.parse_args(argv)
