@@ -326,12 +326,16 @@ def main(argv: list[str] | None = None) -> int:
                          "relative to the repository)")
     ap.add_argument("--checkpoint", default=str(DEFAULT_CKPT), help="LeNet-5 checkpoint to use if it exists")
     ap.add_argument("--train-epochs", type=int, default=1, help="epochs when no checkpoint exists (default 1)")
+    ap.add_argument("--readme", action="store_true",
+                    help="after writing --out, regenerate the tables of benchmarks/README.md (benchmarks/report.py)")
     args = ap.parse_args(argv)
 
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     bad = [a for a in attacks if a not in ATTACKS]
     if bad:
         ap.error(f"unknown attack(s) {bad}; known: {ATTACKS}")
+    if args.readme and not args.out:
+        ap.error("--readme needs --out (the CSV the README's table is made from)")
     if args.repeat < 1 or args.n < 1:
         ap.error("--n and --repeat must be >= 1")
 
@@ -436,6 +440,11 @@ def main(argv: list[str] | None = None) -> int:
             w.writeheader()
             w.writerows(table)
         print(f"wrote {out}")
+        if args.readme:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            import report
+
+            report.main([])
     return 0
 
 
