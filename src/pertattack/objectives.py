@@ -217,19 +217,23 @@ class DeepFoolObjective(Objective):
             c = min(self.candidates, K - 1)
             others = s.detach().masked_fill(F.one_hot(k, K).bool(), -math.inf)
             cand = others.topk(c, dim=1).indices  # (N, c)
-            fk = s.gather(1, k[:, None])[:, 0]
-            best_d = torch.full((n,), math.inf, dtype=x.dtype, device=x.device)
-            best_L = torch.zeros(n, dtype=x.dtype, device=x.device)
-            best_g = torch.zeros_like(x)
-            for j in range(c):  # loop over candidate ranks, each batched over all inputs
-                diff = fk - s.gather(1, cand[:, j : j + 1])[:, 0]
-                (g,) = torch.autograd.grad(diff.sum(), xg, retain_graph=j < c - 1)
-                d = diff.detach().abs() / ctx.ball.dual_norm(g).clamp_min(1e-12)
-                better = d < best_d
-                best_d = torch.where(better, d, best_d)
-                best_L = torch.where(better, diff.detach(), best_L)
-                best_g = torch.where(better.view(-1, *([1] * (x.dim() - 1))), g, best_g)
-        return best_L, best_g, out.detach()
+            diff = s.gather(1, k[:, None]) - s.gather(1, cand)  # (N, c): f_k - f_l for every candidate
+            # the c gradients from one batched backward (vmap over the c one-hot cotangents) instead of
+            # c backward passes: row j of ``grads`` is grad_x of sum_i diff[i, j]
+            eye = torch.eye(c, dtype=diff.dtype, device=diff.device)[:, None, :].expand(c, n, c)
+            (grads,) = torch.autograd.grad(diff, xg, grad_outputs=eye, is_grads_batched=True)  # (c, N, ...)
+        diff = diff.detach()
+        d = diff.T.abs() / ctx.ball.dual_norm(grads.reshape(c * n, *x.shape[1:])).reshape(c, n).clamp_min(1e-12)
+        j = _first_argmin(d)  # (N,) the first candidate rank at the smallest distance, as the loop had it
+        rows = torch.arange(n, device=x.device)
+        return diff[rows, j], grads[j, rows], out.detach()
+
+
+def _first_argmin(d: Tensor) -> Tensor:
+    """Per column of ``d`` (c, N): the first row at the column's minimum (strict ``<`` when scanning)."""
+    best = d.min(dim=0, keepdim=True).values
+    hit = d == best
+    return hit.float().argmax(dim=0)
 
 
 @dataclass(repr=False)
