@@ -348,3 +348,20 @@ def test_reproduce_fig4c_on_synthetic_cifar10(tmp_path: Path, monkeypatch: pytes
     assert {r[0] for r in rows[1:]} == {"linear-pixel-1", "linear-pixel-10", "rand-pixel-1", "rand-pixel-10"}
     assert sorted({float(r[1]) for r in rows[1:]}) == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
     assert (tmp_path / "res" / "fig4c.png").exists()
+
+
+def test_resnet18_for_32x32_inputs() -> None:
+    """The CIFAR ResNet-18: 11,173,962 weights (3x3 stem, 4 stages of 2 basic blocks), logits out."""
+    from pertattack.models import ResNet18
+
+    assert sum(p.numel() for p in ResNet18().parameters()) == 11_173_962
+    small = build_model("resnet18", seed=0, width=4).eval()
+    convs = [m for m in small.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 1 + 8 * 2 + 3  # stem, two per block, three 1x1 shortcuts
+    assert [m.out_channels for m in convs[-3:]] == [32, 32, 32]
+    x = torch.rand(3, 3, 32, 32)
+    assert small(x).shape == (3, 10)
+    result = pertattack.get_attack("bim", eps=0.03)(small, x)
+    assert (result.x_adv - x).abs().max() <= 0.03 + 1e-6
+    with pytest.raises(ValueError, match="width"):
+        ResNet18(width=0)

@@ -15,6 +15,7 @@ from torch import nn
 from .autoencoders import ConvAutoencoder, FCAutoencoder
 from .cifar import NIN, DenseNet40
 from .classifiers import FCNN, LeNet5, SmallCNN
+from .resnet import ResNet18
 
 __all__ = [
     "FCNN",
@@ -22,6 +23,7 @@ __all__ = [
     "SmallCNN",
     "NIN",
     "DenseNet40",
+    "ResNet18",
     "FCAutoencoder",
     "ConvAutoencoder",
     "MODELS",
@@ -35,6 +37,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "smallcnn": SmallCNN,
     "nin": NIN,
     "densenet40": DenseNet40,
+    "resnet18": ResNet18,
     "fc-ae": FCAutoencoder,
     "conv-ae": ConvAutoencoder,
 }
