@@ -49,7 +49,7 @@ Columns:
   the median l2 / l-inf norm over the successful, correctly classified images (smaller is better).
 
 The model: a checkpoint from ``--checkpoint`` (default the pertattack cache,
-``~/.cache/pertattack/mnist-lenet5-e3-s0.pt``) if it exists, otherwise LeNet-5 (seed 0) trained
+``~/.cache/pertattack/mnist-lenet5-e3-s0-<digest>.pt``, the newest) if it exists, otherwise LeNet-5 (seed 0) trained
 here for ``--train-epochs`` (default 1) epochs on the MNIST training set (not timed, not saved).
 Only DeepFool's iteration count depends on the model's weights.
 
@@ -85,7 +85,14 @@ EPS = 0.1
 ATTACKS = ["fgsm", "pgd", "bim", "alg1-10", "deepfool-l2", "deepfool-linf"]
 IMPLS = ["floor", "floor-9b", "pertattack", "torchattacks", "foolbox"]
 PEERS = ("torchattacks", "foolbox")
-DEFAULT_CKPT = Path.home() / ".cache" / "pertattack" / "mnist-lenet5-e3-s0.pt"
+def _default_checkpoint() -> Path:
+    """The newest cached `reproduce` LeNet-5 (named with a digest of its training data), else the old name."""
+    cache = Path(os.environ.get("PERTATTACK_CACHE", Path.home() / ".cache" / "pertattack")).expanduser()
+    found = sorted(cache.glob("mnist-lenet5-e3-s0-*.pt"), key=lambda f: f.stat().st_mtime)
+    return found[-1] if found else cache / "mnist-lenet5-e3-s0.pt"
+
+
+DEFAULT_CKPT = _default_checkpoint()
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -40,7 +40,10 @@ SEEDS = st.integers(0, 2**31 - 1)
 
 # presets and the norms they take
 GNM_PRESETS = ["fgsm", "bim", "pgd", "pgd-paper", "alg1", "alg1-5", "alg2", "targeted"]
-PRESET_PS = {**{n: P4 for n in GNM_PRESETS}, "deepfool": P4, "random": [INF], "random-l2": P4}
+PRESET_PS = {**{n: P4 for n in GNM_PRESETS}, "deepfool": P4, "random": [INF], "random-l2": P4,
+             # the evaluation attacks (few steps here: the invariants do not depend on T)
+             "apgd-ce": [INF, 2.0], "apgd-dlr": [INF, 2.0], "fmn": [INF, 2.0], "ddn": [2.0]}
+FEW_STEPS = {"apgd-ce": 12, "apgd-dlr": 12, "fmn": 12, "ddn": 12}
 RANDOM_PRESETS = {"pgd", "pgd-paper", "random", "random-l2"}  # these draw from the generator
 
 
@@ -75,6 +78,10 @@ def labels_and_target(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Te
     y = torch.randint(0, k, (n,), generator=g)
     target = (y + 1 + torch.randint(0, k - 1, (n,), generator=g)) % k
     return y, target
+
+
+def steps_of(name: str) -> dict:
+    return {"steps": FEW_STEPS[name]} if name in FEW_STEPS else {}
 
 
 def call(attack, model, x, y, target, name, **kw):
@@ -160,9 +167,10 @@ def test_templated_names():
     assert get_attack("alg1-T").schedule.steps == 10
     assert get_attack("alg1-1").schedule.steps == 1
     names = {row["name"] for row in list_attacks()}
-    assert names == set(PRESETS)
+    assert names == set(PRESETS) | {"apgd-t", "auto"}  # presets, and the cascades made of them
     for row in list_attacks():
-        assert row["objective"] and row["solver"] and row["constraint"].startswith("l")
+        if row["name"] in PRESETS:
+            assert row["objective"] and row["solver"] and row["constraint"].startswith("l")
 
 
 def test_replace_returns_a_new_attack():
@@ -197,7 +205,7 @@ def test_preset_invariants(name, data):
     y, target = labels_and_target(3, k, dseed)
     if data.draw(st.booleans()) and name != "targeted":
         y = None  # attack the model's own prediction
-    attack = get_attack(name, p=p, eps=eps, seed=aseed)
+    attack = get_attack(name, p=p, eps=eps, seed=aseed, **steps_of(name))
     x0, m0 = x.clone(), modes(model)
     r = call(attack, model, x, y, target, name)
     # x untouched, no parameter gradient, every submodule back in its own mode
@@ -235,7 +243,7 @@ def test_preset_result_does_not_depend_on_the_rest_of_the_batch(name, data):
     n = 3
     x = rand_x(n, shape, seed=dseed)
     y, target = labels_and_target(n, k, dseed)
-    attack = get_attack(name, p=p, eps=eps, seed=aseed)
+    attack = get_attack(name, p=p, eps=eps, seed=aseed, **steps_of(name))
     r = call(attack, model, x, y, target, name)
     for i in range(n):  # random presets: input i's draws depend on (seed, index[i]) only
         ri = call(attack, model, x[i : i + 1], y[i : i + 1], target[i : i + 1], name, index=torch.tensor([i]))

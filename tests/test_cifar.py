@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
+import struct
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,9 @@ import torch
 from conftest import serve_folder
 
 import pertattack
-from pertattack.data import CIFAR10_BATCHES, load_cifar10
+from pertattack.data import CIFAR10_BATCHES, download_cifar10, load_cifar10
+from pertattack.data.cifar import read_batch_pickle
+from pertattack.experiments.paper import cache_tag
 from pertattack.models import NIN, DenseNet40, FCAutoencoder, build_model
 
 FOLDER = "cifar-10-batches-py"
@@ -174,10 +178,14 @@ def mirror(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
         yield url, served, requests
 
 
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
 def test_load_cifar10_download(tmp_path: Path, mirror: tuple[str, Path, list[str]]) -> None:
     url, served, requests = mirror
     root = tmp_path / "cache" / "cifar10"
-    x, y = load_cifar10(root, "test", download=True, base_url=url + TARBALL)
+    x, y = load_cifar10(root, "test", download=True, base_url=url + TARBALL, md5=_md5(served / TARBALL))
     assert x.shape == (3, 3, 32, 32)
     assert y.tolist() == _fake_batches(seed=1)["test_batch"][b"labels"]
     assert sorted(os.listdir(root)) == [FOLDER, TARBALL]  # no temporary files left behind
@@ -196,8 +204,120 @@ def test_load_cifar10_download_failure_leaves_nothing(tmp_path: Path, mirror: tu
     assert list(root.iterdir()) == []
     (served / TARBALL).write_bytes(b"<html>not found</html>")
     with pytest.raises(ValueError, match="not a readable tarball"):
-        load_cifar10(root, "test", download=True, base_url=url)
+        load_cifar10(root, "test", download=True, base_url=url, md5=None)
     assert list(root.iterdir()) == []
+
+
+def test_download_cifar10_checks_the_published_md5(tmp_path: Path, mirror: tuple[str, Path, list[str]]) -> None:
+    """A tarball whose md5 is not the published one (here: any fake) is refused and not kept."""
+    url, served, _ = mirror
+    root = tmp_path / "cache"
+    with pytest.raises(ValueError, match=r"md5 [0-9a-f]{32} differs from the published c58f30108f718f92721a"):
+        download_cifar10(root, url)  # the default: the published md5
+    assert not root.exists() or list(root.iterdir()) == []
+    with pytest.raises(ValueError, match="md5"):
+        load_cifar10(root, "test", download=True, base_url=url, md5="0" * 32)
+    assert list(root.iterdir()) == []
+    assert download_cifar10(root, url, md5=_md5(served / TARBALL).upper()) == root / TARBALL  # hex in any case
+    assert _md5(root / TARBALL) == _md5(served / TARBALL)
+
+
+# --- the restricted unpickler ----------------------------------------------------------------------
+
+
+class _Py2Pickler(pickle._Pickler):  # type: ignore[name-defined]
+    """Writes what Python 2 wrote for the official batches: protocol 2, str as (SHORT_)BINSTRING."""
+
+    dispatch = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
+
+    def _binstring(self, obj: bytes | str) -> None:
+        raw = obj.encode("ascii") if isinstance(obj, str) else obj
+        n = len(raw)
+        self.write(b"U" + bytes([n]) if n < 256 else b"T" + struct.pack("<i", n))
+        self.write(raw)
+        self.memoize(obj)
+
+    def save_bytes(self, obj: bytes) -> None:
+        self._binstring(obj)
+
+    def save_str(self, obj: str) -> None:
+        self._binstring(obj)
+
+    dispatch[bytes] = save_bytes
+    dispatch[str] = save_str
+
+
+def _py2_pickle(obj: object) -> bytes:
+    f = io.BytesIO()
+    _Py2Pickler(f, protocol=2).dump(obj)
+    return f.getvalue().replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")  # NumPy 1's names
+
+
+@pytest.mark.parametrize("writer", ["python2-numpy1", "protocol2", "protocol4", "protocol5"])
+def test_restricted_unpickler_reads_every_writer_of_the_format(tmp_path: Path, writer: str) -> None:
+    batch = _fake_batches()["test_batch"]
+    batch[b"scalar"] = np.float32(0.5)  # NumPy scalars are numbers too
+    batch[b"floats"] = np.linspace(0, 1, 5)
+    if writer == "python2-numpy1":
+        payload = _py2_pickle(batch)
+        assert b"cnumpy.core.multiarray\n_reconstruct" in payload and b"_codecs" not in payload
+    else:
+        payload = pickle.dumps(batch, protocol=int(writer[-1]))
+    loaded = read_batch_pickle(payload)
+    assert loaded.keys() == batch.keys() and loaded[b"labels"] == batch[b"labels"]
+    np.testing.assert_array_equal(loaded[b"data"], batch[b"data"])
+    assert loaded[b"data"].dtype == np.uint8 and loaded[b"scalar"] == np.float32(0.5)
+    (tmp_path / FOLDER).mkdir()
+    (tmp_path / FOLDER / "test_batch").write_bytes(payload)
+    x, y = load_cifar10(tmp_path, "test")
+    assert y.tolist() == batch[b"labels"] and x.shape == (3, 3, 32, 32)
+
+
+class _Evil:
+    """A pickle that calls ``func(*args)`` when loaded."""
+
+    def __init__(self, func: object, *args: object) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return self.func, self.args
+
+
+def _payloads(target: Path) -> dict[str, object]:
+    return {
+        "builtins.open": _Evil(open, str(target), "w"),
+        "os.system": _Evil(os.system, f"touch {target}"),
+        "numpy.save": _Evil(np.save, str(target), np.zeros(1)),  # a numpy global outside the array format
+        "pathlib.Path": _Evil(Path, str(target)),
+    }
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+@pytest.mark.parametrize("name", ["builtins.open", "os.system", "numpy.save", "pathlib.Path"])
+def test_malicious_batch_runs_no_code(tmp_path: Path, name: str, protocol: int) -> None:
+    """A hostile batch would create a file when unpickled: it is refused with a clear error and nothing is created."""
+    target = tmp_path / "pwned"
+    batch = _fake_batches()["test_batch"]
+    batch[b"data"] = [_payloads(target)[name], batch[b"data"]]
+    (tmp_path / FOLDER).mkdir()
+    (tmp_path / FOLDER / "test_batch").write_bytes(pickle.dumps(batch, protocol=protocol))
+    with pytest.raises(ValueError, match=r"test_batch: not a CIFAR-10 batch \(it names the global [\w.]+, .*"
+                                         r"refusing to load it: unpickling it could run code\)"):
+        load_cifar10(tmp_path, "test")
+    assert not target.exists() and sorted(os.listdir(tmp_path)) == [FOLDER]
+
+
+def test_restricted_unpickler_refuses_non_numeric_arrays_and_foreign_objects() -> None:
+    for obj, what in [(np.array([1, "a"], dtype=object), "dtype object"), (np.array(["ab"]), "<U2"),
+                      ({b"data": {1, 2}}, "set"), (b"x" * 3, None)]:
+        payload = pickle.dumps(obj, protocol=2)
+        if what is None:
+            assert read_batch_pickle(payload) == obj
+            continue
+        with pytest.raises(pickle.UnpicklingError, match=what):
+            read_batch_pickle(payload)
+    with pytest.raises(pickle.UnpicklingError, match="_codecs.encode is allowed only"):
+        read_batch_pickle(pickle.dumps(_Evil(__import__("codecs").encode, "eJwDAAAAAAE=", "base64"), protocol=2))
 
 
 @pytest.mark.skipif(not (REAL_CIFAR10 / FOLDER).is_dir() and not (REAL_CIFAR10 / TARBALL).is_file(),
@@ -314,10 +434,10 @@ def test_reproduce_fig3c_on_synthetic_cifar10(tmp_path: Path, monkeypatch: pytes
 
     monkeypatch.setenv("PERTATTACK_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache").mkdir()
-    # a narrow NIN (the checkpoint carries its width): the same pipeline at a fraction of the cost
-    save_model(tmp_path / "cache" / "cifar10-nin-e1-s0.pt", build_model("nin", seed=0, width=1 / 24), "nin",
-               width=1 / 24)
     _write_folder(tmp_path / "data", _fake_batches(4))
+    tag = cache_tag("cifar10", "nin", 1, 0, *load_cifar10(tmp_path / "data", "train"))
+    # a narrow NIN (the checkpoint carries its width): the same pipeline at a fraction of the cost
+    save_model(tmp_path / "cache" / f"{tag}.pt", build_model("nin", seed=0, width=1 / 24), "nin", width=1 / 24)
     args = ["--out", str(tmp_path / "res"), "--n", "4", "--root", str(tmp_path / "data"), "--epochs", "1",
             "--device", "cpu"]
     assert main(["reproduce", "fig3c", *args]) == 0
@@ -340,8 +460,9 @@ def test_reproduce_fig4c_on_synthetic_cifar10(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("PERTATTACK_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache").mkdir()
     kw = {"in_shape": (3, 32, 32), "code": 32, "hidden": 64}
-    save_model(tmp_path / "cache" / "cifar10-fc-ae-e10-s0.pt", build_model("fc-ae", seed=0, **kw), "fc-ae", **kw)
     _write_folder(tmp_path / "data", _fake_batches(3))
+    tag = cache_tag("cifar10", "fc-ae", 10, 0, *load_cifar10(tmp_path / "data", "train"))
+    save_model(tmp_path / "cache" / f"{tag}.pt", build_model("fc-ae", seed=0, **kw), "fc-ae", **kw)
     assert main(["reproduce", "fig4c", "--out", str(tmp_path / "res"), "--n", "3", "--root", str(tmp_path / "data"),
                  "--epochs", "1", "--device", "cpu"]) == 0
     rows = list(csv.reader(open(tmp_path / "res" / "fig4c.csv")))

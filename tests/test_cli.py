@@ -71,8 +71,14 @@ def test_reproduce_fig3b_and_fig4a_on_cached_models(tmp_path, monkeypatch, capsy
     monkeypatch.setenv("PERTATTACK_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache").mkdir()
     # untrained but cached models: the pipeline, not the training, is under test here
-    save_model(tmp_path / "cache" / "mnist-lenet5-e1-s0.pt", build_model("lenet5", seed=0), "lenet5")
-    save_model(tmp_path / "cache" / "mnist-fc-ae-e10-s0.pt", build_model("fc-ae", seed=0), "fc-ae")
+    from pertattack.data import load_mnist
+    from pertattack.experiments.paper import cache_tag
+
+    train = load_mnist(MNIST, "train")
+    save_model(tmp_path / "cache" / f"{cache_tag('mnist', 'lenet5', 1, 0, *train)}.pt", build_model("lenet5", seed=0),
+               "lenet5")
+    save_model(tmp_path / "cache" / f"{cache_tag('mnist', 'fc-ae', 10, 0, *train)}.pt", build_model("fc-ae", seed=0),
+               "fc-ae")
     args = ["--out", str(tmp_path / "res"), "--n", "4", "--root", str(MNIST), "--epochs", "1"]
     assert main(["reproduce", "fig3b", *args]) == 0
     rows = list(csv.reader(open(tmp_path / "res" / "fig3b.csv")))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +15,10 @@ from conftest import serve_folder
 
 from pertattack.data import (
     MNIST_FILES,
+    MNIST_MD5,
     default_cifar10_root,
     default_mnist_root,
+    download_mnist,
     load_digits,
     load_mnist,
     read_idx,
@@ -142,13 +145,13 @@ def mirror(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
 def test_load_mnist_download(tmp_path: Path, mirror: tuple[str, Path, list[str]]) -> None:
     url, served, requests = mirror
     root = tmp_path / "cache" / "mnist"
-    x, y = load_mnist(root, "test", download=True, base_url=url)
+    x, y = load_mnist(root, "test", download=True, base_url=url, md5=_md5s(served))
     assert x.shape == (12, 1, 28, 28)
     assert sorted(os.listdir(root)) == sorted(MNIST_FILES["test"])  # no temporary files left behind
     for name in MNIST_FILES["test"]:
         assert (root / name).read_bytes() == (served / name).read_bytes()
     n_requests = len(requests)
-    x2, y2 = load_mnist(root, "test", download=True, base_url=url)  # present: no new request
+    x2, y2 = load_mnist(root, "test", download=True, base_url=url)  # present: no new request, no check
     assert len(requests) == n_requests
     assert torch.equal(x, x2) and torch.equal(y, y2)
 
@@ -161,8 +164,31 @@ def test_load_mnist_download_failure_leaves_nothing(tmp_path: Path, mirror: tupl
     assert list(root.iterdir()) == []
     (served / "t10k-images-idx3-ubyte.gz").write_bytes(b"<html>not found</html>")
     with pytest.raises(ValueError, match="not an IDX file"):
-        load_mnist(root, "test", download=True, base_url=url)
+        load_mnist(root, "test", download=True, base_url=url, md5=None)
     assert list(root.iterdir()) == []
+
+
+def _md5s(folder: Path) -> dict[str, str]:
+    """Un-gzipped name -> md5 of the content, for the files of a folder."""
+    return {p.name.removesuffix(".gz"): hashlib.md5(gzip.decompress(p.read_bytes())).hexdigest()
+            for p in folder.glob("*.gz")}
+
+
+def test_mnist_download_checks_the_published_md5(tmp_path: Path, mirror: tuple[str, Path, list[str]]) -> None:
+    """A file whose content is not the published MNIST (here: any fake) is refused and not kept."""
+    url, served, _ = mirror
+    root = tmp_path / "cache"
+    with pytest.raises(ValueError, match=r"md5 [0-9a-f]{32} differs from the published 2646ac647ad5339dbf08"):
+        load_mnist(root, "test", download=True, base_url=url)  # the default: the published md5s
+    assert list(root.iterdir()) == []
+    assert len(download_mnist(root, "test", url, md5=_md5s(served))) == 2
+
+
+def test_shared_mnist_matches_the_published_md5() -> None:
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+    if not shared.is_dir():
+        pytest.skip("shared MNIST folder not present")
+    assert _md5s(shared) == MNIST_MD5
 
 
 @pytest.mark.parametrize(("find", "name", "env"), [(default_mnist_root, "mnist", "PERTATTACK_MNIST"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -11,7 +12,17 @@ import torch
 from conftest import DTYPE, MLP, MLP_SHAPE, BinaryAffine, ConvNet, gen, modes, rand_x
 from torch import nn
 
-from pertattack import evaluate, fooling_curve, fooling_ratio, get_attack, predict, psnr, rho2, robustness
+from pertattack import (
+    UndefinedMetricWarning,
+    evaluate,
+    fooling_curve,
+    fooling_ratio,
+    get_attack,
+    predict,
+    psnr,
+    rho2,
+    robustness,
+)
 from pertattack.constraints import LpBall, lp_norm
 
 INF = math.inf
@@ -44,7 +55,7 @@ def test_fooling_ratio_counts_correctly_classified_inputs_only():
 def test_fooling_ratio_undefined_without_correct_inputs():
     model = threshold_model()
     x = torch.tensor([[0.2, 0.0], [0.8, 0.0]], dtype=DTYPE)
-    with pytest.warns(UserWarning, match="no input is classified correctly"):
+    with pytest.warns(UndefinedMetricWarning, match="no input is classified correctly"):
         assert math.isnan(fooling_ratio(model, x, x, torch.tensor([1, 0])))
     with pytest.raises(ValueError, match="differ in shape"):
         fooling_ratio(model, x, x[:1], torch.tensor([0, 1]))
@@ -91,7 +102,7 @@ def test_fooling_curve_of_deepfool_is_its_projected_result_per_eps():
     df = get_attack("deepfool", box=(-10, 10))
     correct = predict(model, x) == y
     per_eps = df(model, x, y, eps=grid)
-    want = [float((r.success & correct).sum() / correct.sum()) for r in per_eps]
+    want = [int((r.success & correct).sum()) / int(correct.sum()) for r in per_eps]
     got = fooling_curve(model, x, y, df, grid)
     assert got == pytest.approx(want, abs=1e-12)
     assert got[0] == 0.0 and got[-1] == 1.0
@@ -109,12 +120,12 @@ def test_fooling_curve_of_deepfool_on_a_small_network():
     per_eps = get_attack("deepfool", p=2.0)(model, x, y, eps=grid)
     free = get_attack("deepfool", p=2.0)(model, x, y)
     correct = predict(model, x) == y
-    want = [float((r.success & correct).sum() / correct.sum()) for r in per_eps]
+    want = [int((r.success & correct).sum()) / int(correct.sum()) for r in per_eps]
     got = fooling_curve(model, x, y, "deepfool", grid, p=2.0)
     assert got == pytest.approx(want, abs=1e-12)
     # at least every input whose minimal perturbation fits in the ball
-    lower = [float((free.success & correct & (free.norms <= e)).sum() / correct.sum()) for e in grid]
-    assert all(g >= lo for g, lo in zip(got, lower, strict=True))
+    lower = [int((free.success & correct & (free.norms <= e)).sum()) / int(correct.sum()) for e in grid]
+    assert all(g >= lo - 1e-12 for g, lo in zip(got, lower, strict=True))
 
 
 def test_fooling_curve_of_a_bounded_attack_is_the_fooling_ratio_per_eps():
@@ -194,11 +205,61 @@ def test_robustness_table_row(p):
     assert 0 < row["rho2"] < math.inf and 0 < row["rho1"] < math.inf
 
 
-def test_robustness_needs_correct_inputs():
+def _one_warning(record) -> str:
+    """The single warning recorded: an UndefinedMetricWarning; its message."""
+    assert [w.category for w in record] == [UndefinedMetricWarning]
+    return str(record[0].message)
+
+
+def test_nothing_to_measure_is_nan_with_one_warning_for_every_metric():
+    """No input classified correctly: every metric that counts only those inputs is NaN, with exactly one
+    UndefinedMetricWarning per call, never 0.0 ("perfectly robust")."""
     model = threshold_model()
-    x = torch.tensor([[0.2, 0.0]], dtype=DTYPE)
-    with pytest.raises(ValueError, match="no input is classified correctly"):
-        robustness(model, x, torch.tensor([1]))
+    x = torch.tensor([[0.2, 0.0], [0.8, 0.0]], dtype=DTYPE)
+    wrong = torch.tensor([1, 0])
+    eps = [0.0, 0.5]
+    cases = {
+        "fooling_ratio": lambda: [fooling_ratio(model, x, x, wrong)],
+        "fooling_curve deepfool": lambda: fooling_curve(model, x, wrong, "deepfool", eps),
+        "fooling_curve fgsm": lambda: fooling_curve(model, x, wrong, "fgsm", eps),
+        "evaluate": lambda: evaluate(model, [(x, wrong)], "fgsm", eps)["fooling_ratio"],
+        "robustness": lambda: [v for k, v in robustness(model, x, wrong).items() if k != "test_error"],
+    }
+    for name, call in cases.items():
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            values = call()
+        assert values and all(math.isnan(v) for v in values), name
+        assert "undefined (NaN)" in _one_warning(record), name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        assert robustness(model, x, wrong)["test_error"] == 1.0
+        res = evaluate(model, [(x, wrong)], "fgsm", eps)
+    assert res["clean_accuracy"] == 0.0 and res["robust_accuracy"] == [0.0, 0.0]  # still defined
+
+
+def test_rho1_undefined_when_deepfool_fools_nothing():
+    model = BinaryAffine(torch.zeros(2), 1.0)  # constant logits [0, 1]: always class 1, a zero gradient
+    x = torch.tensor([[0.9, 0.0]], dtype=DTYPE)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        row = robustness(model, x, torch.tensor([1]))
+    assert row["deepfool_success"] == 0.0 and row["test_error"] == 0.0 and row["eps_99"] == math.inf
+    assert row["rho2"] == math.inf  # a zero gradient: no first-order path to the boundary (was 1e12)
+    assert rho2(model, x, torch.tensor([0])).tolist() == [0.0]  # misclassified: 0, even with a zero gradient
+    assert math.isnan(row["rho1"])
+    undefined = [str(w.message) for w in record if w.category is UndefinedMetricWarning]
+    assert len(undefined) == 1 and "DeepFool fooled no" in undefined[0]
+
+
+def test_empty_input_is_an_error_not_a_measurement():
+    model = threshold_model()
+    empty = torch.zeros(0, 2, dtype=DTYPE)
+    y = torch.zeros(0, dtype=torch.long)
+    for call in (lambda: fooling_ratio(model, empty, empty, y), lambda: fooling_curve(model, empty, y, "fgsm", [0.1]),
+                 lambda: robustness(model, empty, y), lambda: evaluate(model, [], "fgsm", [0.1])):
+        with pytest.raises(ValueError, match="no (inputs|data)"):
+            call()
 
 
 # ---------------------------------------------------------------------------- PSNR
@@ -253,3 +314,34 @@ def test_evaluate_streams_batches_like_one_call(name, kw):
     assert res["fooling_ratio"][0] == 0.0
     with pytest.raises(ValueError, match="no data"):
         evaluate(model, [], name, eps, **kw)
+
+
+def test_metric_arguments_are_checked():
+    model = threshold_model()
+    x = torch.tensor([[0.2, 0.0], [0.8, 0.0]], dtype=DTYPE)
+    y = torch.tensor([0, 1])
+    for bs in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+            predict(model, x, batch_size=bs)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        robustness(model, x, y, batch_size=0)
+    for grid in ([], 0.1, "0.1"):
+        with pytest.raises(ValueError, match="eps must be a non-empty sequence"):
+            fooling_curve(model, x, y, "fgsm", grid)
+    with pytest.raises(ValueError, match="eps must be a non-empty sequence"):
+        evaluate(model, [(x, y)], "fgsm", [])
+
+
+def test_evaluate_seed_is_per_input():
+    """pgd draws a random start: with seed=, the figures do not depend on how the data are batched,
+    and equal one call on the whole set (inputs numbered in the order the data yield them)."""
+    model = MLP().eval()
+    x = rand_x(30, MLP_SHAPE, seed=12)
+    y = predict(model, x)
+    eps = [0.05, 0.2]
+    kw = dict(steps=3)
+    runs = [evaluate(model, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=bs), "pgd",
+                     eps, seed=3, **kw) for bs in (7, 30)]
+    assert runs[0] == runs[1]
+    np.testing.assert_allclose(runs[0]["fooling_ratio"], fooling_curve(model, x, y, "pgd", eps, seed=3, **kw),
+                               atol=1e-6)

@@ -409,3 +409,44 @@ def test_column_solvers_allocate_chunk_sized_blocks_only() -> None:
         with _LargestTensor() as probe:
             solve(lambda z: model(z), x, 0.1, chunk=chunk)
         assert probe.numel <= chunk * 2 * m < m * m, solve.__name__
+
+
+# ---------------------------------------------------------------- sign ties do not depend on the batch
+
+
+@pytest.mark.parametrize("svd_method", ["power", "lanczos"])
+@pytest.mark.parametrize("on_face", [False, True])
+def test_quadratic_l2_exact_ties_independent_of_batch_and_seed(svd_method: str, on_face: bool) -> None:
+    """On an affine map f(x +- eta) are equally far from f(x): an exact tie, kept as +v. The sign of v
+    must not come from the random start, which differs between batch_size=1 and one batch, or across seeds."""
+    from conftest import Affine, rand_x
+
+    import pertattack
+
+    model = Affine(12, 5, seed=0)
+    x = rand_x(6, (12,), seed=1, lo=0.3, hi=0.7)
+    if on_face:
+        x[:, :3] = 0.0  # on the box's lower face: the projected (face) iteration runs from +v and -v
+    attack = pertattack.get_attack("quadratic-l2", eps=0.1, seed=0, svd_method=svd_method, tol=1e-12)
+    ref = attack(model, x)
+    for kw in ({"batch_size": 1}, {"batch_size": 4}, {"seed": 7}, {"seed": 7, "batch_size": 1}):
+        other = attack.replace(**kw)(model, x)
+        torch.testing.assert_close(other.eta, ref.eta, rtol=0, atol=1e-9)
+    x_flip = x.flip(0)
+    torch.testing.assert_close(attack.replace(batch_size=2)(model, x_flip).eta, ref.eta.flip(0), rtol=0, atol=1e-9)
+
+
+def test_canonical_sign() -> None:
+    from pertattack.operators import canonical_sign, top_singular
+
+    v = torch.tensor([[0.1, -0.9, 0.3], [0.5, -0.5, 0.0], [-0.5, 0.5 + 1e-9, 0.0], [0.0, 0.0, 0.0]], dtype=DT)
+    out = canonical_sign(v)
+    torch.testing.assert_close(out, torch.tensor([[-0.1, 0.9, -0.3], [0.5, -0.5, 0.0], [0.5, -0.5 - 1e-9, 0.0],
+                                                  [0.0, 0.0, 0.0]], dtype=DT))
+    torch.testing.assert_close(canonical_sign(-v), out)  # a function of +-v, not of the sign given
+    a = torch.randn(4, 6, dtype=DT, generator=gen(3))
+    f = lambda z: z @ a.T  # noqa: E731
+    x = torch.zeros(1, 6, dtype=DT)
+    _, v1 = top_singular(f, x, tol=1e-12, generator=gen(0))
+    _, v2 = top_singular(f, x, tol=1e-12, generator=gen(1))
+    torch.testing.assert_close(v1, v2, rtol=0, atol=1e-8)

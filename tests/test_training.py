@@ -142,3 +142,100 @@ def test_progress_bar_reports_epochs(capsys: pytest.CaptureFixture[str]) -> None
     captured = capsys.readouterr()
     assert "epoch 1/2: loss" in captured.out and "epoch 2/2: loss" in captured.out
     assert loud == quiet  # the bar does not change the run
+
+
+# --- checkpoints are checked before anything is built ----------------------------------------------
+
+
+def _write(path: Path, record: object) -> Path:
+    torch.save(record, path)
+    return path
+
+
+def test_absurd_model_arguments_are_refused_before_allocation(tmp_path: Path) -> None:
+    """hidden=[1e5, 1e5] would allocate 40 GB; the record is refused on the meta device, with no allocation."""
+    import time
+    import tracemalloc
+
+    good = build_model("fcnn", seed=0, **TOY).state_dict()
+    for hidden in ([100_000, 100_000], [1e5, 1e5]):
+        path = _write(tmp_path / "absurd.pt", {"format": 1, "name": "fcnn", "kwargs": {"hidden": hidden},
+                                               "state_dict": good})
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        with pytest.raises(ValueError, match=r"absurd.pt: bad checkpoint: .*(do not fit|do not build) 'fcnn'"):
+            load_model(path)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 50e6 and time.perf_counter() - t0 < 5
+
+
+@pytest.mark.parametrize(
+    ("record", "match"),
+    [
+        ({"name": "fcnn", "kwargs": {"hidden": [16], "bogus": 1}}, "do not build 'fcnn'.*bogus"),
+        ({"name": "fcnn", "kwargs": {"hidden": [float("nan")]}}, r"'hidden'\[0\] is nan"),
+        ({"name": "fcnn", "kwargs": {"hidden": list(range(100))}}, "has 100 items"),
+        ({"name": "fcnn", "kwargs": {"hidden": torch.zeros(2)}}, "is a Tensor, not a plain value"),
+        ({"name": "nope", "kwargs": {}}, "unknown model 'nope'"),
+        ({"name": 3, "kwargs": {}}, "name is a int"),
+        ({"name": "fcnn", "kwargs": [1]}, "not a dict"),
+        ({"name": "fcnn", "kwargs": TOY, "state_dict": {"x": 1}}, "not a mapping of names to tensors"),
+    ],
+)
+def test_bad_records_are_refused(tmp_path: Path, record: dict, match: str) -> None:
+    full = {"format": 1, "state_dict": build_model("fcnn", seed=0, **TOY).state_dict(), **record}
+    with pytest.raises(ValueError, match=match):
+        load_model(_write(tmp_path / "bad.pt", full))
+
+
+def test_mismatched_state_dict_names_the_tensors(tmp_path: Path) -> None:
+    state = build_model("fcnn", seed=0, **TOY).state_dict()
+    state.pop("net.1.bias")
+    state["net.3.weight"] = torch.zeros(5, 5)
+    state["extra"] = torch.zeros(1)
+    path = _write(tmp_path / "m.pt", {"name": "fcnn", "kwargs": TOY, "state_dict": state})
+    with pytest.raises(ValueError, match=r"missing net.1.bias; unexpected extra; net.3.weight has shape \(5, 5\)"):
+        load_model(path)
+
+
+def test_load_model_refuses_folders_garbage_and_bad_devices(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="is a folder, not a checkpoint"):
+        load_model(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        load_model(tmp_path / "missing.pt")
+    for payload in (b"hello", b"", b"PK\x03\x04garbage"):
+        (tmp_path / "g.pt").write_bytes(payload)
+        with pytest.raises(ValueError, match=r"g.pt: not a pertattack checkpoint \(torch.load could not read it"):
+            load_model(tmp_path / "g.pt")
+    save_model(tmp_path / "ok.pt", build_model("fcnn", seed=0, **TOY), "fcnn", **TOY)
+    with pytest.raises(ValueError, match="unknown device 'bogus'"):
+        load_model(tmp_path / "ok.pt", map_location="bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            load_model(tmp_path / "ok.pt", map_location="cuda")
+
+
+def test_training_and_evaluation_restore_every_submodule_mode() -> None:
+    """A model in train mode with one frozen (eval) submodule keeps exactly that after training and evaluation."""
+    x, y = _toy()
+    model = build_model("fcnn", seed=0, **TOY).train()
+    model.net[1].eval()
+    before = [m.training for m in model.modules()]
+    train_classifier(model, x, y, epochs=1, seed=0)
+    assert [m.training for m in model.modules()] == before
+    accuracy(model, x, y)
+    reconstruction_mse(torch.nn.Sequential(model, torch.nn.Flatten()), x, torch.zeros(x.shape[0], 2))
+    assert [m.training for m in model.modules()] == before
+
+
+def test_divergence_and_bad_learning_rates_are_errors() -> None:
+    x, y = _toy(64)
+    model = build_model("fcnn", seed=0, **TOY)
+    for lr in (float("nan"), float("inf"), 0.0, -1.0):
+        with pytest.raises(ValueError, match="finite lr > 0"):
+            train_classifier(model, x, y, epochs=1, lr=lr)
+    bad = x.clone()
+    bad[3, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="training diverged: the mean loss of epoch 1 is nan"):
+        train_classifier(model, bad, y, epochs=2, seed=0)

@@ -6,8 +6,10 @@ objective x a constraint x a solver x a schedule. Start with :func:`get_attack` 
 """
 
 from .attacks import Attack, AttackResult, get_attack, list_attacks
-from .constraints import Box, LpBall, Partition
+from .cascade import Cascade, cascade
+from .constraints import Box, Constraint, LpBall, Partition
 from .metrics import (
+    UndefinedMetricWarning,
     eps_for_psnr,
     evaluate,
     fooling_curve,
@@ -19,7 +21,10 @@ from .metrics import (
     rho2,
     robustness,
 )
-from .modelcall import ModelCall, eval_mode
+from .modelcall import Model, ModelCall, eval_mode
+from .objectives import Objective
+from .schedule import Schedule
+from .solvers import Solver
 
 __version__ = "0.1.0"
 
@@ -27,9 +32,17 @@ __all__ = [
     "Attack",
     "AttackResult",
     "Box",
+    "Cascade",
+    "Constraint",
     "LpBall",
+    "Model",
     "ModelCall",
+    "Objective",
+    "Schedule",
+    "Solver",
+    "cascade",
     "Partition",
+    "UndefinedMetricWarning",
     "eps_for_psnr",
     "eval_mode",
     "evaluate",

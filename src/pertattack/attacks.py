@@ -38,7 +38,10 @@ from .noise import Noise
 from .objectives import Context, Objective, objective_by_name
 from .result import AttackResult, concat_results
 from .schedule import (
+    AdaptiveBall,
+    AdaptiveSphere,
     BallProjection,
+    Cosine,
     Halving,
     KeepBest,
     Momentum,
@@ -178,6 +181,19 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
                 dict(_APGD, objective="cross-entropy")),
     "apgd-dlr": ("APGD-DLR: APGD on the difference-of-logits-ratio loss (shift and scale invariant)",
                  dict(_APGD, objective="dlr")),
+    "apgd-dlrt-R": ("APGD on the targeted DLR loss towards the class of rank R in f(x) (2 = runner-up); success "
+                    "stays untargeted. apgd-t runs R = 2..10 as a cascade",
+                    dict(_APGD, objective="dlr-targeted", steps=100)),
+    "fmn": ("FMN (Pintor et al. 2021): minimum-norm, 100 steps on the margin, an adaptive ball that shrinks while "
+            "fooled and grows while not, normalised-gradient steps cosine-annealed from 1 to 0.01, the smallest "
+            "fooling iterate kept; p = inf or 2",
+            dict(objective="margin", solver=GNM(2.0), steps=100, step_size=Cosine(1.0, 0.01), keep=KeepBest("norm"),
+                 project=AdaptiveBall())),
+    "ddn": ("DDN (Rony et al. 2019): minimum-norm, 100 steps of the normalised cross-entropy gradient, "
+            "cosine-annealed, eta rescaled onto a sphere whose radius shrinks by 5% while fooled and grows by 5% "
+            "while not; the smallest fooling iterate kept; p = 2",
+            dict(objective="cross-entropy", solver=GNM(2.0), p=2.0, steps=100, step_size=Cosine(1.0, 0.01),
+                 keep=KeepBest("norm"), project=AdaptiveSphere())),
     # Regression (Sections 3-4): maximise norm_2(y - f(x + eta))^2, y = f(x) unless given.
     "quadratic-l2": ("Regression, eq. 14: eps times the top right singular vector of J (Lanczos, "
                      "matrix-free); info['sigma'] = norm(J)_{2->2}", dict(_REG, solver="quadratic-l2", p=2.0)),
@@ -210,6 +226,8 @@ def _resolve(name: str) -> dict[str, Any]:
     m = _TEMPLATE.match(name)
     if m and m.group("base") + "-T" in PRESETS:
         return {**PRESETS[m.group("base") + "-T"][1], "steps": int(m.group("T"))}
+    if m and m.group("base") + "-R" in PRESETS:
+        return {**PRESETS[m.group("base") + "-R"][1], "rank": int(m.group("T"))}
     names = sorted(PRESETS) + sorted(_COMPOSITES)
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -403,8 +421,9 @@ class Attack:
 
     @property
     def minimum_norm(self) -> bool:
-        """True when the solver decides the size of its steps (DeepFool): one run serves every eps."""
-        return not self.solver.bounded
+        """True for minimum-norm attacks (DeepFool's unbounded steps, FMN's adaptive ball): they need no
+        eps, and one run serves every eps (projected on each ball and re-evaluated)."""
+        return not self.solver.bounded or isinstance(self.schedule.project, (AdaptiveBall, AdaptiveSphere))
 
     def box_for(self, model: Any, box: Any = None) -> Box:
         """The box of a call: the call's ``box=``, else the model wrapper's, else the attack's, else [0, 1]."""

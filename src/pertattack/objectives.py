@@ -104,6 +104,10 @@ class Objective:
     def prepare(self, out: Tensor, ctx: Context) -> None:
         """Called once per run with the clean outputs f(x) (e.g. to pick a target by rank); no-op here."""
 
+    def usable(self, num_classes: int) -> bool:
+        """Whether the objective is defined for a model with this many classes (cascades skip it if not)."""
+        return True
+
     def fooled(self, out: Tensor, ctx: Context) -> Tensor:
         """Whether the model's output ``out`` counts as fooled, (N,) bool: the target reached when the
         objective needs one, else the class k left."""
@@ -322,6 +326,9 @@ class DLR(Objective):
 
     name = "dlr"
 
+    def usable(self, num_classes: int) -> bool:
+        return num_classes >= 3
+
     def loss(self, out: Tensor, ctx: Context) -> Tensor:
         if out.shape[1] < 3:
             raise ValueError(f"the DLR loss needs at least 3 classes, the model has {out.shape[1]}")
@@ -347,6 +354,9 @@ class DLRTargeted(Objective):
     def __post_init__(self) -> None:
         if int(self.rank) != self.rank or self.rank < 2:
             raise ValueError(f"rank must be an integer >= 2 (2 = the runner-up class), got {self.rank!r}")
+
+    def usable(self, num_classes: int) -> bool:
+        return num_classes >= max(4, self.rank)
 
     def prepare(self, out: Tensor, ctx: Context) -> None:
         if out.shape[1] < max(4, self.rank):

@@ -31,6 +31,7 @@ __all__ = [
     "vjp",
     "jtj",
     "top_singular",
+    "canonical_sign",
     "column_norms",
     "jacobian",
 ]
@@ -206,7 +207,8 @@ def top_singular(
 
     Returns:
         sigma (N,) >= 0, equal to norm_2(J_i v_i) for the returned v, and v (N, ...) with unit l2 norm
-        per input. v is defined up to sign (and within the top eigenspace if sigma_1 is repeated).
+        per input. v is defined within the top eigenspace if sigma_1 is repeated; its sign is the
+        :func:`canonical_sign` (not the random start's), so it does not depend on the batch.
     """
     lin = f if isinstance(f, Linearization) else Linearization(f, _require(x))
     if iters < 1:
@@ -222,9 +224,26 @@ def top_singular(
     else:
         raise ValueError(f"unknown method {method!r}; use 'power' or 'lanczos'")
     v = v / v.norm(dim=1, keepdim=True).clamp_min(_TINY)
-    v = v.reshape(xs.shape)
+    v = canonical_sign(v).reshape(xs.shape)
     sigma = _flat(lin.jv(v)).norm(dim=1)
     return sigma, v
+
+
+def canonical_sign(v: Tensor, rtol: float = 1e-3) -> Tensor:
+    """``v`` (N, M) with each row's sign fixed by the row itself: its first coordinate whose magnitude is
+    within ``rtol`` of the row's largest magnitude is made positive.
+
+    A singular vector is defined up to sign and power iteration returns the sign of its random start,
+    which depends on the generator's state, hence on how inputs are batched. The canonical sign makes
+    ``v`` a function of J_i alone. ``rtol`` groups magnitudes equal up to the iteration's accuracy (an
+    exact tie in the math is a rounding-level difference in floats), so "first" is stable. Zero rows
+    are left as they are.
+    """
+    mag = v.abs()
+    top = mag.amax(dim=1, keepdim=True)
+    lead = (mag >= top * (1 - rtol)).to(torch.int8).argmax(dim=1, keepdim=True)  # first near-largest
+    sign = torch.where(v.gather(1, lead) < 0, -1.0, 1.0).to(v.dtype)
+    return v * sign
 
 
 def _apply(lin: Linearization, v: Tensor) -> Tensor:

@@ -27,6 +27,7 @@ distance of its later min-norm steps so that iterates cannot creep up to the bou
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -64,6 +65,7 @@ __all__ = [
     "NoProjection",
     "BallProjection",
     "AdaptiveBall",
+    "AdaptiveSphere",
     "apgd_checkpoints",
 ]
 
@@ -165,7 +167,8 @@ def apgd_checkpoints(steps: int) -> list[int]:
     ps = [0.0, 0.22]
     while ps[-1] < 1:
         ps.append(ps[-1] + max(ps[-1] - ps[-2] - 0.03, 0.06))
-    return sorted({math.ceil(p * steps) for p in ps[1:] if math.ceil(p * steps) < steps})
+    marks = {math.ceil(round(p * steps, 6)) for p in ps[1:]}  # round: 0.41 + 0.16 is 0.5700000000000001
+    return sorted(m for m in marks if m < steps)
 
 
 @dataclass(frozen=True)
@@ -293,7 +296,8 @@ class Dither:
             return {"none": [0.0] * steps, "first": [1.0] + [0.0] * (steps - 1),
                     "all": [1.0 / steps] * steps}[self.radii]
         if len(self.radii) != steps:
-            raise ValueError(f"dither needs {steps} non-negative fractions of eps (one per step), got {len(self.radii)}")
+            raise ValueError(f"dither needs {steps} non-negative fractions of eps (one per step), "
+                             f"got {len(self.radii)}")
         return list(self.radii)
 
 
@@ -416,6 +420,10 @@ class Projection:
     def radius(self, loop: Loop) -> Tensor | None:
         return loop.eps
 
+    def apply(self, v: Tensor, loop: Loop) -> Tensor:
+        r = self.radius(loop)
+        return v if r is None else loop.ball.project(v, r)
+
     def observe(self, t: int, loop: Loop, eta: Tensor, value: Tensor | None, g: Tensor | None,
                 fooled: Tensor | None, keep: Keep) -> None:
         pass
@@ -438,7 +446,8 @@ class BallProjection(Projection):
 class AdaptiveBall(Projection):
     """FMN's adaptive norm constraint (Pintor et al. 2021): the radius r shrinks to (1 - gamma_t) times
     min(r, best fooling norm) while the iterate fools the model, grows by (1 + gamma_t) while it does not
-    (before any success: the current norm plus the first-order distance to the boundary, |L| / norm_q(g)),
+    (before any success: (1 + gamma_t) times the current norm plus the first-order distance to the boundary,
+    |L| / norm_q(g), so that the iterates cross it),
     gamma_t annealed from ``gamma`` to ``gamma_final`` by a half cosine. Capped at eps when one is given."""
 
     gamma: float = 0.05
@@ -461,12 +470,48 @@ class AdaptiveBall(Projection):
         norms = loop.ball.norm(eta)
         found = keep.adv if isinstance(keep, KeepBest) else fooled
         best = keep.adv_norm if isinstance(keep, KeepBest) else norms
-        first = norms + value.abs() / loop.ball.dual_norm(g).clamp_min(1e-12)
+        # before any success: the first-order distance to the boundary, times (1 + gamma) so that the
+        # iterates cross it instead of creeping up to it from one side
+        first = (norms + value.abs() / loop.ball.dual_norm(g).clamp_min(1e-12)) * (1 + gamma)
         grown = torch.where(found, r * (1 + gamma), first)
         r = torch.where(fooled, torch.minimum(r * (1 - gamma), best), grown)
         lo, hi = loop.box.bounds(loop.x)
         worst = loop.ball.norm(torch.maximum(loop.x - lo, hi - loop.x))  # no larger ball changes anything
         r = torch.minimum(r, worst if loop.eps is None else torch.minimum(worst, loop.eps))
+        loop.state["radius"] = torch.where(loop.done, loop.state.get("radius", r), r)
+
+
+@dataclass(frozen=True)
+class AdaptiveSphere(Projection):
+    """DDN's norm rule (Rony et al. 2019, decoupled direction and norm): eta is rescaled onto the sphere of
+    radius r after every step; r starts at ``init`` and shrinks by (1 - gamma) while the iterate fools the
+    model, grows by (1 + gamma) while it does not. Capped at eps when one is given."""
+
+    init: float = 1.0
+    gamma: float = 0.05
+
+    def __post_init__(self) -> None:
+        _number("init", self.init, lo=0, lo_open=True)
+        _number("gamma", self.gamma, lo=0, hi=1)
+
+    def radius(self, loop: Loop) -> Tensor | None:
+        return loop.state.get("radius")
+
+    def apply(self, v: Tensor, loop: Loop) -> Tensor:
+        r = loop.state.get("radius")
+        if r is None:
+            return v
+        return v * expand_like(r / loop.ball.norm(v).clamp_min(1e-12), v)
+
+    def observe(self, t: int, loop: Loop, eta: Tensor, value: Tensor | None, g: Tensor | None,
+                fooled: Tensor | None, keep: Keep) -> None:
+        assert fooled is not None
+        r = loop.state.get("radius")
+        if r is None:
+            r = eta.new_full((eta.shape[0],), float(self.init))
+        r = torch.where(fooled, r * (1 - self.gamma), r * (1 + self.gamma))
+        if loop.eps is not None:
+            r = torch.minimum(r, loop.eps)
         loop.state["radius"] = torch.where(loop.done, loop.state.get("radius", r), r)
 
 
@@ -529,7 +574,7 @@ class Schedule:
     step_size: StepSize = field(default_factory=Constant)
     update: Update = field(default_factory=Plain)
     lin_point: Dither = field(default_factory=Dither)
-    keep: Callable[[], Keep] = KeepLast
+    keep: Keep = field(default_factory=KeepLast)
     stop: Stop = field(default_factory=NeverStop)
     project: Projection = field(default_factory=NoProjection)
     overshoot: float = 0.0
@@ -545,7 +590,7 @@ class Schedule:
         _number("overshoot", self.overshoot, lo=0)
         _number("push", self.push, lo=0)
         for name, kind in (("start", Start), ("step_size", StepSize), ("update", Update), ("lin_point", Dither),
-                           ("stop", Stop), ("project", Projection)):
+                           ("keep", Keep), ("stop", Stop), ("project", Projection)):
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"schedule {name} must be a {kind.__name__}, got {getattr(self, name)!r}")
         self.lin_point.fractions(self.steps)
@@ -622,16 +667,14 @@ class Schedule:
         alpha = self.step_size.init(eps, T, x)
         scale = 1.0 + self.overshoot
         eta = self.start(loop)
-        keep = self.keep()
+        keep = copy.copy(self.keep)  # the policy is configuration; its tracking state lives in a copy
         keep.start(eta)
         used = torch.zeros(n, dtype=torch.long, device=x.device)
         taken = 0  # steps taken by every input when no input can be done early
         state: dict = {}
 
         def project(v: Tensor) -> Tensor:
-            r = self.project.radius(loop)
-            if r is not None:
-                v = ball.project(v, r)
+            v = self.project.apply(v, loop)
             if self.clip_iterates:
                 v = box.clip(x + v) - x if scale == 1.0 else (box.clip(x + scale * v) - x) / scale
             return v

@@ -106,18 +106,28 @@ class Solver:
         return self.name
 
 
+@dataclass(repr=False)
 class GNM(Solver):
     """Generalised gradient-norm method, eq. 6-7: eta* = -eps sign(g) abs(g)^(q-1) / norm_q(g)^(q-1).
 
     p = inf gives -eps sign(g) (FGSM's step), p = 1 all mass on the largest abs(g_i).
     eta*^T g = -eps norm_q(g), the least value on the ball (Hölder).
+
+    ``direction_p``: take the steepest step of another norm (e.g. 2: the normalised gradient) and leave
+    the constraint's ball to the schedule's projection, as FMN does in l-inf; None: the constraint's p.
     """
 
+    direction_p: float | None = None
     name = "gnm"
+
+    def __post_init__(self) -> None:
+        if self.direction_p is not None:
+            LpBall(self.direction_p)  # validates
 
     def __call__(self, step: Step) -> Tensor:
         assert step.g is not None
-        return -expand_like(step.eps, step.g) * step.ball.steepest(step.g)
+        ball = step.ball if self.direction_p is None else LpBall(self.direction_p)
+        return -expand_like(step.eps, step.g) * ball.steepest(step.g)
 
 
 class MinNorm(Solver):

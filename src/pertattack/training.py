@@ -9,9 +9,11 @@ thread count (conv kernels may sum in another order with another ``torch.get_num
 
 from __future__ import annotations
 
+import math
 import os
+import pickle
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .models import build_model
+from .modelcall import eval_mode
+from .models import MODELS, build_model
 
 __all__ = [
     "train_classifier",
@@ -29,6 +32,7 @@ __all__ = [
     "reconstruction_mse",
     "save_model",
     "load_model",
+    "check_record",
 ]
 
 _FORMAT = 1
@@ -63,14 +67,14 @@ def _fit(
         raise ValueError(f"inputs and targets differ in length: {n} vs {targets.shape[0]}")
     if n == 0:
         raise ValueError("no training data")
-    if epochs < 0 or batch_size < 1 or lr <= 0:
-        raise ValueError(f"need epochs >= 0, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
+    if epochs < 0 or batch_size < 1 or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"need epochs >= 0, batch_size >= 1, finite lr > 0; got {epochs}, {batch_size}, {lr}")
     device = _device(model)
-    was_training = model.training
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     history: list[float] = []
-    with torch.random.fork_rng(devices=_cuda_indices(device)):
+    # eval_mode records every submodule's mode and restores each one afterwards; inside, train mode
+    with torch.random.fork_rng(devices=_cuda_indices(device)), eval_mode(model):
         torch.manual_seed(seed)
         model.train()
         try:
@@ -88,11 +92,13 @@ def _fit(
                     optimizer.step()
                     total += loss.detach() * len(idx)
                 history.append(float(total) / n)
+                if not math.isfinite(history[-1]):
+                    raise ValueError(f"training diverged: the mean loss of epoch {epoch + 1} is {history[-1]} "
+                                     f"(lower lr, now {lr:g}, or check the data for NaN/inf)")
                 if progress:
                     bar.write(f"epoch {epoch + 1}/{epochs}: loss {history[-1]:.4f}")
         finally:
             optimizer.zero_grad(set_to_none=True)
-            model.train(was_training)
     return history
 
 
@@ -122,7 +128,8 @@ def train_classifier(
     Returns:
         The mean training loss of each epoch (per example).
 
-    The model's train/eval mode is restored afterwards; parameter ``.grad`` are left as None.
+    The train/eval mode of the model and of each of its submodules is restored afterwards;
+    parameter ``.grad`` are left as None.
     """
     return _fit(model, x, y, F.cross_entropy, epochs, batch_size, lr, seed, progress)
 
@@ -161,16 +168,11 @@ def _batched_eval(model: nn.Module, x: Tensor, batch_size: int, fn: Callable[[Te
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = _device(model)
-    was_training = model.training
-    model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
-    try:
-        with torch.no_grad():
-            for start in range(0, x.shape[0], batch_size):
-                sl = slice(start, start + batch_size)
-                total += fn(model(x[sl].to(device)), sl).to(torch.float64)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        for start in range(0, x.shape[0], batch_size):
+            sl = slice(start, start + batch_size)
+            total += fn(model(x[sl].to(device)), sl).to(torch.float64)
     return total
 
 
@@ -213,8 +215,8 @@ def save_model(path: str | os.PathLike[str], model: nn.Module, name: str, **kwar
     """
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     try:
-        build_model(name, seed=0, **kwargs).load_state_dict(state)  # seeded: the global RNG is untouched
-    except (RuntimeError, TypeError) as err:
+        check_record(name, kwargs, state)
+    except ValueError as err:
         raise ValueError(f"build_model({name!r}, **{kwargs}) does not match the model being saved: {err}") from err
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -228,15 +230,122 @@ def save_model(path: str | os.PathLike[str], model: nn.Module, name: str, **kwar
         raise
 
 
+_MAX_DEPTH = 4
+_MAX_ITEMS = 64
+
+
+def _check_plain(value: Any, where: str, depth: int = 0) -> None:
+    """A recorded constructor argument is a plain value: bool, int, finite float, str, None, or a
+    short list/tuple/dict of those (nesting <= 4, <= 64 items)."""
+    if depth > _MAX_DEPTH:
+        raise ValueError(f"{where}: nested deeper than {_MAX_DEPTH} levels")
+    if value is None or isinstance(value, (bool, int, str)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where} is {value}")
+        return
+    if isinstance(value, (list, tuple, dict)):
+        if len(value) > _MAX_ITEMS:
+            raise ValueError(f"{where} has {len(value)} items (at most {_MAX_ITEMS})")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for k, v in items:
+            if isinstance(value, dict) and not isinstance(k, str):
+                raise ValueError(f"{where} has a non-string key {k!r}")
+            _check_plain(v, f"{where}[{k!r}]", depth + 1)
+        return
+    raise ValueError(f"{where} is a {type(value).__name__}, not a plain value")
+
+
+def _shape_summary(problems: list[str]) -> str:
+    head = "; ".join(problems[:3])
+    return head + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+
+
+def check_record(name: Any, kwargs: Any, state_dict: Any) -> None:
+    """Check a checkpoint's record before any model is built for real.
+
+    ``name`` must be a key of :data:`pertattack.models.MODELS`, ``kwargs`` a dict of plain values
+    (see :func:`save_model`), and the architecture they describe must have exactly the tensors of
+    ``state_dict`` (names and shapes). The architecture is built on PyTorch's ``meta`` device, which
+    allocates no memory: a record such as ``hidden=[100000, 100000]`` is refused here instead of
+    allocating 40 GB, and the model built afterwards is never larger than the weights the file holds.
+
+    Raises:
+        ValueError: what is wrong, naming the argument or the first mismatching tensors.
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"the model name is a {type(name).__name__}, not a string")
+    key = name.strip().lower().replace("_", "-")
+    if key not in MODELS:
+        raise ValueError(f"unknown model {name!r} (known: {', '.join(sorted(MODELS))})")
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise ValueError("the model arguments are not a dict with string keys")
+    for k, v in kwargs.items():
+        _check_plain(v, f"model argument {k!r}")
+    if not isinstance(state_dict, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in state_dict.items()
+    ):
+        raise ValueError("the state_dict is not a mapping of names to tensors")
+    try:
+        with torch.device("meta"):
+            skeleton = MODELS[key](**kwargs)
+    except Exception as err:  # noqa: BLE001 - any constructor failure means the record is wrong
+        raise ValueError(f"the arguments {kwargs} do not build {key!r}: {type(err).__name__}: {err}") from None
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    problems = [f"missing {k}" for k in expected if k not in state_dict]
+    problems += [f"unexpected {k}" for k in state_dict if k not in expected]
+    problems += [
+        f"{k} has shape {tuple(state_dict[k].shape)}, the arguments {kwargs} give {shape}"
+        for k, shape in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != shape
+    ]
+    if problems:
+        want = sum(math.prod(shape) for shape in expected.values())
+        have = sum(t.numel() for t in state_dict.values())
+        sizes = f" (they describe {want:,} numbers, the file holds {have:,})" if want != have else ""
+        raise ValueError(f"the weights do not fit {key!r} built with {kwargs}{sizes}: {_shape_summary(problems)}")
+
+
 def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a model saved by :func:`save_model` (read with ``weights_only=True``: no code runs).
 
+    The record (name, arguments, tensor names and shapes) is checked by :func:`check_record` before the
+    model is built, so a hostile or corrupt file can neither run code nor make it allocate more than
+    the weights it holds.
+
     Returns:
         The model on ``map_location``, in eval mode.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a folder, a file that is not a pertattack checkpoint, a bad record, weights that do
+            not fit the recorded architecture, or an unknown device.
     """
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    path = Path(path)
+    try:
+        device = torch.device(map_location)
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise ValueError(f"unknown device {map_location!r}: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {map_location!r}: CUDA is not available on this machine")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a checkpoint file")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, KeyError, AttributeError,
+            IndexError, UnicodeDecodeError) as err:  # what torch.load raises on a foreign or truncated file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(f"{path}: not a pertattack checkpoint (torch.load could not read it: "
+                         f"{type(err).__name__}{': ' + first if first else ''})") from err
     if not isinstance(ckpt, dict) or not {"name", "kwargs", "state_dict"} <= ckpt.keys():
         raise ValueError(f"{path}: not a pertattack checkpoint (expected keys name, kwargs, state_dict)")
+    try:
+        check_record(ckpt["name"], ckpt["kwargs"], ckpt["state_dict"])
+    except ValueError as err:
+        raise ValueError(f"{path}: bad checkpoint: {err}") from None
     model = build_model(ckpt["name"], seed=0, **ckpt["kwargs"])
     model.load_state_dict(ckpt["state_dict"])
-    return model.to(map_location).eval()
+    return model.to(device).eval()

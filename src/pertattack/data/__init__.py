@@ -9,6 +9,7 @@ from __future__ import annotations
 from .cifar import (
     CIFAR10_BATCHES,
     CIFAR10_CLASSES,
+    CIFAR10_MD5,
     CIFAR10_URL,
     default_cifar10_root,
     download_cifar10,
@@ -19,6 +20,7 @@ from .digits import load_digits
 from .idx import (
     DEFAULT_URL,
     MNIST_FILES,
+    MNIST_MD5,
     default_mnist_root,
     download_mnist,
     load_mnist,
@@ -29,9 +31,11 @@ from .idx import (
 __all__ = [
     "CIFAR10_BATCHES",
     "CIFAR10_CLASSES",
+    "CIFAR10_MD5",
     "CIFAR10_URL",
     "DEFAULT_URL",
     "MNIST_FILES",
+    "MNIST_MD5",
     "default_cifar10_root",
     "default_mnist_root",
     "download_cifar10",

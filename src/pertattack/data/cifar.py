@@ -6,14 +6,19 @@ training images each) and ``test_batch`` (10,000 test images). Each batch is a d
 ``b"data"``, a uint8 array (N, 3072) whose rows are the red, green and blue 32x32 planes one after
 the other (each plane row-major), and ``b"labels"``, a list of N ints in 0..9.
 
-The batches are pickles, and unpickling runs code chosen by whoever wrote the file: only load
-files from a trusted source (the official tarball, or a copy made by you). The loader unpickles
-only the six expected file names inside the expected folder (after resolving links), and never a
-file elsewhere.
+The batches are pickles, and a plain ``pickle.load`` runs whatever code the file names. The loader
+never does: it reads them with a restricted unpickler (:func:`read_batch_pickle`) that builds only
+what the format holds (dicts, lists, tuples, bytes, strings, numbers, booleans, None and NumPy
+arrays or scalars of numbers) and refuses any other global with a ``ValueError`` before calling it.
+It also unpickles only the six expected file names inside the expected folder (after resolving
+links), and :func:`download_cifar10` checks the published md5 of the tarball.
 """
 
 from __future__ import annotations
 
+import codecs
+import hashlib
+import io
 import os
 import pickle
 import shutil
@@ -21,7 +26,7 @@ import tarfile
 import tempfile
 import urllib.request
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import torch
@@ -31,6 +36,7 @@ from .idx import default_data_root
 
 __all__ = [
     "CIFAR10_URL",
+    "CIFAR10_MD5",
     "CIFAR10_TARBALL",
     "CIFAR10_FOLDER",
     "CIFAR10_BATCHES",
@@ -39,10 +45,13 @@ __all__ = [
     "download_cifar10",
     "extract_cifar10",
     "load_cifar10",
+    "read_batch_pickle",
 ]
 
 #: The official tarball (163 MB; md5 c58f30108f718f92721af3b95e74349a).
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+#: The md5 published on https://www.cs.toronto.edu/~kriz/cifar.html for :data:`CIFAR10_URL`.
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_TARBALL = "cifar-10-python.tar.gz"
 CIFAR10_FOLDER = "cifar-10-batches-py"
 
@@ -57,6 +66,105 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 _SHAPE = (3, 32, 32)
 _ROW = 3 * 32 * 32
+
+
+# --- the restricted unpickler -----------------------------------------------------------------------
+
+try:  # NumPy >= 2 writes numpy._core.*; NumPy 1 (and the official files, Python 2) numpy.core.*
+    from numpy._core import multiarray as _multiarray
+    from numpy._core import numeric as _numeric
+except ImportError:  # pragma: no cover - NumPy 1
+    from numpy.core import multiarray as _multiarray  # type: ignore[no-redef]
+    from numpy.core import numeric as _numeric  # type: ignore[no-redef]
+
+_NUMERIC_KINDS = "biufc"  # bool, signed, unsigned, float, complex: never object, str, void or datetime
+
+
+def _numeric_dtype(*args: Any) -> np.dtype:
+    """``numpy.dtype`` as a pickle calls it, for numeric types only."""
+    dt = np.dtype(*args)
+    if dt.kind not in _NUMERIC_KINDS:
+        raise pickle.UnpicklingError(f"NumPy dtype {dt} is not a numeric type")
+    return dt
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8", *rest: Any) -> bytes:
+    """``_codecs.encode`` as Python 3 pickles ``bytes`` with protocol < 3: ``encode(str, "latin1")`` only."""
+    if not isinstance(text, str) or codecs.lookup(encoding).name != "iso8859-1" or rest:
+        raise pickle.UnpicklingError("_codecs.encode is allowed only as encode(<str>, 'latin1')")
+    return text.encode("latin-1")
+
+
+def _array_globals() -> dict[tuple[str, str], Any]:
+    found: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): _numeric_dtype,
+                                         ("_codecs", "encode"): _latin1_encode}
+    for package in ("numpy.core", "numpy._core"):
+        for module, names in ((_multiarray, ("_reconstruct", "scalar")), (_numeric, ("_frombuffer",))):
+            short = module.__name__.rsplit(".", 1)[1]
+            for name in names:
+                if hasattr(module, name):
+                    found[(f"{package}.{short}", name)] = getattr(module, name)
+    return found
+
+
+#: (module, name) -> the object a CIFAR-10 batch may name: what NumPy 1 and 2 (and Python 2's NumPy,
+#: which wrote the official files with protocol 2) need to pickle an array or a scalar, and
+#: ``_codecs.encode`` for Python 3 ``bytes`` under protocol 2. Nothing else is ever imported.
+SAFE_GLOBALS: dict[tuple[str, str], Any] = _array_globals()
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only :data:`SAFE_GLOBALS` (it never imports a module)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return SAFE_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"it names the global {module}.{name}, which a CIFAR-10 batch never holds (only dicts, lists, "
+                "bytes, strings, numbers and NumPy arrays of numbers are read); refusing to load it: "
+                "unpickling it could run code"
+            ) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("persistent ids are not allowed in a CIFAR-10 batch")
+
+
+def _check_plain(obj: Any, depth: int = 0) -> None:
+    """Every object reached is a container, string, number or numeric array (no object arrays)."""
+    if depth > 20:
+        raise pickle.UnpicklingError("nested more than 20 levels deep")
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_plain(k, depth + 1)
+            _check_plain(v, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _check_plain(v, depth + 1)
+    elif isinstance(obj, (np.ndarray, np.generic)):
+        if obj.dtype.kind not in _NUMERIC_KINDS:
+            raise pickle.UnpicklingError(f"a NumPy array of dtype {obj.dtype} (not numbers)")
+    elif not (obj is None or isinstance(obj, (bytes, str, int, float, complex))):  # bool is an int
+        raise pickle.UnpicklingError(f"an object of type {type(obj).__name__}")
+
+
+def read_batch_pickle(file: BinaryIO | bytes) -> Any:
+    """Unpickle a CIFAR-10 batch without running code.
+
+    Only dicts, lists, tuples, bytes, strings, numbers, booleans, None and NumPy arrays or scalars of
+    numeric dtype are built (strings of Python 2 files come back as ``bytes``); any other global a
+    pickle names is refused before it is imported or called.
+
+    Args:
+        file: an open binary file, or the pickle's bytes.
+
+    Raises:
+        pickle.UnpicklingError: a global or object outside the format (the message names it).
+    """
+    stream = io.BytesIO(file) if isinstance(file, (bytes, bytearray)) else file
+    obj = _BatchUnpickler(stream, encoding="bytes").load()
+    _check_plain(obj)
+    return obj
 
 
 def default_cifar10_root() -> Path:
@@ -159,28 +267,48 @@ def _tarball_url(base_url: str) -> str:
     return base_url + CIFAR10_TARBALL if base_url.endswith("/") else base_url
 
 
-def download_cifar10(root: str | os.PathLike[str], base_url: str = CIFAR10_URL, timeout: float = 60.0) -> Path:
+def download_cifar10(
+    root: str | os.PathLike[str],
+    base_url: str = CIFAR10_URL,
+    timeout: float = 60.0,
+    md5: str | None = CIFAR10_MD5,
+) -> Path:
     """Fetch ``cifar-10-python.tar.gz`` into ``root`` unless it is already there; returns its path.
 
-    The download goes to a temporary file in ``root``, is checked to open as a CIFAR-10 tarball
-    with safe members, and only then is renamed into place: a failed or cut download, or an error
-    page, never leaves a file behind.
+    The download goes to a temporary file in ``root``, its md5 is checked against ``md5``, it is
+    checked to open as a CIFAR-10 tarball with safe members, and only then is it renamed into place:
+    a failed, cut or altered download, or an error page, never leaves a file behind.
 
     Args:
         root: the data folder.
-        base_url: URL of the tarball, or of a folder (ending with ``/``) holding it.
+        base_url: URL of the tarball, or of a folder (ending with ``/``) holding it. A mirror must
+            serve the official file: its md5 is checked all the same.
         timeout: seconds to wait for the server.
+        md5: the expected md5 (hex) of the tarball, :data:`CIFAR10_MD5` by default; ``None`` skips the
+            check (only for a tarball you made yourself).
+
+    Raises:
+        ValueError: the md5 differs, or the file is not a CIFAR-10 tarball with safe members.
+        OSError: the download failed (``urllib.error.URLError`` and ``HTTPError`` are ``OSError``).
     """
     root = Path(root).expanduser()
     dest = root / CIFAR10_TARBALL
     if dest.is_file():
         return dest
     root.mkdir(parents=True, exist_ok=True)
+    url = _tarball_url(base_url)
     fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{CIFAR10_TARBALL}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(_tarball_url(base_url), timeout=timeout) as response:
+        digest = hashlib.md5(usedforsecurity=False)
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             while chunk := response.read(1 << 20):
                 out.write(chunk)
+                digest.update(chunk)
+        if md5 is not None and digest.hexdigest() != md5.lower():
+            raise ValueError(
+                f"{url}: md5 {digest.hexdigest()} differs from the published {md5.lower()}: the download is "
+                "corrupt or not the official CIFAR-10 tarball; nothing was kept"
+            )
         tar, _ = _open_tarball(Path(tmp))
         tar.close()
         os.replace(tmp, dest)
@@ -201,8 +329,9 @@ def _read_batch(folder: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{folder / name}: resolves to {path}, outside {folder}; refusing to unpickle it")
     with path.open("rb") as f:
         try:
-            batch = pickle.load(f, encoding="bytes")  # noqa: S301 - the official format; trusted files only
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
+            batch = read_batch_pickle(f)
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+                KeyError, OverflowError, MemoryError) as err:  # what a malformed pickle can raise
             raise ValueError(f"{path}: not a CIFAR-10 batch ({err})") from err
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise ValueError(f"{path}: not a CIFAR-10 batch (expected a dict with b'data' and b'labels')")
@@ -223,6 +352,7 @@ def load_cifar10(
     download: bool = False,
     base_url: str = CIFAR10_URL,
     limit: int | None = None,
+    md5: str | None = CIFAR10_MD5,
 ) -> tuple[Tensor, Tensor]:
     """Load a CIFAR-10 split from the official python-version batches.
 
@@ -230,7 +360,7 @@ def load_cifar10(
     ``cifar-10-python.tar.gz``; the tarball is extracted (safely, see :func:`extract_cifar10`) the
     first time it is needed.
 
-    The batches are pickles: only load trusted files. See the module docstring.
+    The batches are pickles, read without running code (:func:`read_batch_pickle`).
 
     Args:
         root: the data folder; ``None`` means :func:`default_cifar10_root`.
@@ -240,6 +370,7 @@ def load_cifar10(
         base_url: URL of the tarball (or of a folder ending with ``/`` holding it), see
             :data:`CIFAR10_URL`.
         limit: keep only the first ``limit`` examples (later batches are then not read).
+        md5: the md5 a downloaded tarball must have, see :func:`download_cifar10`.
 
     Returns:
         ``(x, y)``: x float32 of shape (N, 3, 32, 32) (RGB) with values in [0, 1], y int64 of
@@ -247,7 +378,9 @@ def load_cifar10(
 
     Raises:
         FileNotFoundError: the batches and the tarball are missing and ``download`` is False.
-        ValueError: a bad split or limit, an unsafe or corrupt tarball, or a bad batch file.
+        ValueError: a bad split or limit, an unsafe or corrupt tarball, a download whose md5 differs,
+            or a bad batch file (including one that names anything but dicts, lists, strings,
+            numbers and numeric NumPy arrays).
     """
     root = default_cifar10_root() if root is None else Path(root).expanduser()
     names = _split_files(split)
@@ -257,7 +390,7 @@ def load_cifar10(
     if _missing(folder, names):
         tarball = root / CIFAR10_TARBALL
         if not tarball.is_file() and download:
-            download_cifar10(root, base_url)
+            download_cifar10(root, base_url, md5=md5)
         if tarball.is_file():
             extract_cifar10(root, tarball)
     missing = _missing(folder, names)

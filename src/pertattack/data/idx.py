@@ -8,6 +8,7 @@ dimensions, then the array in C order and big-endian byte order. MNIST ships it 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import struct
 import tempfile
@@ -22,6 +23,7 @@ from torch import Tensor
 __all__ = [
     "DEFAULT_URL",
     "MNIST_FILES",
+    "MNIST_MD5",
     "IDX_DTYPES",
     "read_idx",
     "write_idx",
@@ -38,6 +40,15 @@ DEFAULT_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 MNIST_FILES: dict[str, tuple[str, str]] = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+#: un-gzipped name -> md5 of the file's content after gunzip (mirrors differ in gzip headers, not in
+#: content): what a download must hold, see :func:`download_mnist`.
+MNIST_MD5: dict[str, str] = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
 
 #: IDX type code -> numpy dtype (big-endian, as stored on disk).
@@ -153,14 +164,22 @@ def _find(root: Path, gz_name: str) -> Path | None:
     return None
 
 
-def _fetch(url: str, dest: Path, timeout: float = 60.0) -> None:
-    """Download ``url`` to ``dest`` atomically: a temporary file in the same folder, then a rename."""
+def _fetch(url: str, dest: Path, timeout: float = 60.0, md5: str | None = None) -> None:
+    """Download ``url`` to ``dest`` atomically: a temporary file in the same folder, then a rename.
+
+    With ``md5``, the (gunzipped) content must have that md5, else ``ValueError`` and nothing is kept.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             while chunk := response.read(1 << 20):
                 out.write(chunk)
+        if md5 is not None:
+            digest = hashlib.md5(_read_bytes(tmp), usedforsecurity=False).hexdigest()
+            if digest != md5.lower():
+                raise ValueError(f"{url}: the content's md5 {digest} differs from the published {md5.lower()}: "
+                                 "a corrupt download or not the MNIST file; nothing was kept")
         read_idx(tmp)  # refuse to install an error page or a cut download
         os.replace(tmp, dest)
     except BaseException:
@@ -172,11 +191,21 @@ def download_mnist(
     root: str | os.PathLike[str],
     split: Literal["train", "test"] = "train",
     base_url: str = DEFAULT_URL,
+    md5: dict[str, str] | None = MNIST_MD5,
 ) -> list[Path]:
     """Fetch the split's missing MNIST files from ``base_url`` into ``root``; returns their paths.
 
-    Files already present (gzip or un-gzipped name) are kept. Each download is checked to parse
-    as IDX before it is renamed into place, so a failed fetch never leaves a partial file.
+    Files already present (gzip or un-gzipped name) are kept. Each download's content (after
+    gunzip) is checked against ``md5`` and to parse as IDX before it is renamed into place, so a
+    failed, cut or altered fetch never leaves a file.
+
+    Args:
+        md5: un-gzipped file name -> md5 of its content, :data:`MNIST_MD5` by default; ``None`` skips
+            the check (only for files you made yourself).
+
+    Raises:
+        ValueError: a download whose md5 differs, or that is not an IDX file.
+        OSError: the download failed.
     """
     root = Path(root).expanduser()
     paths = []
@@ -184,7 +213,8 @@ def download_mnist(
         found = _find(root, name)
         if found is None:
             found = root / name
-            _fetch(base_url.rstrip("/") + "/" + name, found)
+            expected = None if md5 is None else md5.get(name.removesuffix(".gz"))
+            _fetch(base_url.rstrip("/") + "/" + name, found, md5=expected)
         paths.append(found)
     return paths
 
@@ -201,6 +231,7 @@ def load_mnist(
     download: bool = False,
     base_url: str = DEFAULT_URL,
     limit: int | None = None,
+    md5: dict[str, str] | None = MNIST_MD5,
 ) -> tuple[Tensor, Tensor]:
     """Load an MNIST split from the four standard IDX files.
 
@@ -211,6 +242,7 @@ def load_mnist(
         download: fetch missing files from ``base_url`` into ``root``.
         base_url: folder URL of a mirror, see :data:`DEFAULT_URL`.
         limit: keep only the first ``limit`` examples.
+        md5: what downloaded files must hold, see :func:`download_mnist`.
 
     Returns:
         ``(x, y)``: x float32 of shape (N, 1, 28, 28) with values in [0, 1], y int64 of shape (N,).
@@ -224,7 +256,7 @@ def load_mnist(
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     if download:
-        download_mnist(root, split, base_url)
+        download_mnist(root, split, base_url, md5=md5)
     paths = []
     for name in names:
         found = _find(root, name)

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from ..models import build_model
+from ..models import MODELS, build_model
 from ..training import load_model, save_model
 
-__all__ = ["cached_model", "write_csv", "plot_lines", "plot_images", "cache_dir"]
+__all__ = ["cached_model", "data_digest", "write_csv", "plot_lines", "plot_images", "cache_dir"]
 
 
 def cache_dir() -> Path:
@@ -21,14 +24,47 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PERTATTACK_CACHE", Path.home() / ".cache" / "pertattack")).expanduser()
 
 
+def data_digest(*tensors: Tensor) -> str:
+    """A short hex digest (12 characters, BLAKE2b) of tensors' dtypes, shapes and bytes.
+
+    It names the data a cached model was trained on: other data (another ``--root``, another
+    subset) gives another digest, hence another cache file.
+    """
+    h = hashlib.blake2b(digest_size=6)
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def cached_model(name: str, tag: str, train: Callable[[nn.Module], None], *, seed: int = 0, device: str = "cpu",
-                 log: Callable[[str], None] = print, **kwargs: Any) -> nn.Module:
+                 log: Callable[[str], None] = print, warn: Callable[[str], None] = _stderr,
+                 **kwargs: Any) -> nn.Module:
     """Load ``<cache>/<tag>.pt`` or build ``name`` with ``seed`` on ``device``, train it with ``train``,
-    save it (on the CPU); the model is returned on ``device``."""
+    save it (on the CPU); the model is returned on ``device``.
+
+    ``tag`` must identify everything the training depends on, the data included (see
+    :func:`data_digest`). A cache file that cannot be read as a checkpoint of this architecture
+    (corrupt, truncated, another model) is reported through ``warn`` (one line on stderr by
+    default) and replaced by a freshly trained model.
+    """
     path = cache_dir() / f"{tag}.pt"
     if path.exists():
-        log(f"loading {path}")
-        return load_model(path, map_location=device)
+        try:
+            model = load_model(path, map_location=device)
+        except (ValueError, OSError) as err:
+            warn(f"warning: cached model {path} is unusable ({err}); training it again")
+        else:
+            expected = MODELS.get(name)
+            if expected is None or type(model) is expected:
+                log(f"loading {path}")
+                return model
+            warn(f"warning: cached model {path} is a {type(model).__name__}, not a {name}; training it again")
     model = build_model(name, seed=seed, **kwargs).to(device)
     log(f"training {name} -> {path}")
     train(model)

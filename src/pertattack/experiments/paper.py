@@ -17,10 +17,10 @@ import torch
 from ..data import load_cifar10, load_mnist
 from ..training import accuracy, reconstruction_mse, train_autoencoder, train_classifier
 from .classification import run_fig3, run_table3
-from .common import cached_model
+from .common import cached_model, data_digest
 from .regression import FIG4A_ATTACKS, FIG4B_ATTACKS, FIG4C_ATTACKS, PIXEL_EPS, run_fig4
 
-__all__ = ["reproduce", "EXPERIMENTS", "classifier", "autoencoder", "mnist_autoencoder"]
+__all__ = ["reproduce", "EXPERIMENTS", "classifier", "autoencoder", "mnist_autoencoder", "cache_tag"]
 
 #: Figure 3's eps grids, p = inf, as the paper's x axes: MNIST to 0.2, NIN to 0.03, DenseNet to 0.01.
 FIG3_EPS = [float(e) for e in np.round(np.linspace(0.0, 0.2, 11), 3)]
@@ -29,26 +29,35 @@ FIG3D_EPS = [float(e) for e in np.round(np.linspace(0.0, 0.01, 6), 4)]
 LOADERS = {"mnist": load_mnist, "cifar10": load_cifar10}
 
 
+def cache_tag(dataset: str, name: str, epochs: int, seed: int, x: torch.Tensor, y: torch.Tensor) -> str:
+    """The cache file name (without ``.pt``) of a model trained on ``(x, y)``: data set, model, epochs,
+    seed and :func:`~pertattack.experiments.common.data_digest` of the training data, so a model trained
+    on other data (another ``--root``) is never reused."""
+    return f"{dataset}-{name}-e{epochs}-s{seed}-{data_digest(x, y)}"
+
+
 def classifier(dataset: str, name: str, root: str | None, epochs: int, seed: int, device: str = "cpu"):
-    """A classifier of the paper (fcnn, lenet5 on MNIST; nin, densenet40 on CIFAR-10), trained once, cached."""
+    """A classifier of the paper (fcnn, lenet5 on MNIST; nin, densenet40 on CIFAR-10), trained once, cached
+    under a name that includes a digest of the training data."""
+    x, y = LOADERS[dataset](root, "train")
 
     def train(model):
-        x, y = LOADERS[dataset](root, "train")
         train_classifier(model, x, y, epochs=epochs, batch_size=128, lr=1e-3, seed=seed, progress=True)
 
-    return cached_model(name, f"{dataset}-{name}-e{epochs}-s{seed}", train, seed=seed, device=device)
+    return cached_model(name, cache_tag(dataset, name, epochs, seed, x, y), train, seed=seed, device=device)
 
 
 def autoencoder(dataset: str, root: str | None, epochs: int, seed: int, device: str = "cpu"):
     """The fully connected autoencoders of Section 6.2, cached: MNIST 784 -> 32 -> 784 (96% compression),
     CIFAR-10 3072 -> 1536 -> 3072 (50% compression)."""
     kwargs = {} if dataset == "mnist" else {"in_shape": (3, 32, 32), "code": 1536, "hidden": 2048}
+    x, y = LOADERS[dataset](root, "train")
 
     def train(model):
-        x, _ = LOADERS[dataset](root, "train")
         train_autoencoder(model, x, epochs=epochs, batch_size=128, lr=1e-3, seed=seed, progress=True)
 
-    return cached_model("fc-ae", f"{dataset}-fc-ae-e{epochs}-s{seed}", train, seed=seed, device=device, **kwargs)
+    return cached_model("fc-ae", cache_tag(dataset, "fc-ae", epochs, seed, x, y), train, seed=seed, device=device,
+                        **kwargs)
 
 
 def mnist_autoencoder(root: str | None, epochs: int, seed: int, device: str = "cpu"):

@@ -1,0 +1,343 @@
+"""`pertattack evaluate`: rows per (input, attack, eps), sharding over gloo ranks, resumption, refusals.
+
+The ranks are real processes joined by a gloo process group: forked here (cheap: torch is already
+imported) with the environment torchrun would give them, or launched by torchrun itself.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+
+import eval_callables  # noqa: E402  (tests/ is on sys.path, as for conftest)
+
+from pertattack import get_attack  # noqa: E402
+from pertattack.cli import build_parser, main  # noqa: E402
+from pertattack.evaluation import RESULT_COLUMNS, summarize  # noqa: E402
+
+TESTS = Path(__file__).resolve().parent
+SRC = TESTS.parent / "src"
+EPS = "0.05,0.2"
+ATTACKS = "pgd,deepfool,random"
+
+
+def _args(out: Path, *, model: str = "eval_callables:centroids", data: str = "eval_callables:digits_test",
+          batch_size: int = 13, eps: str = EPS, extra: tuple[str, ...] = ()) -> list[str]:
+    return ["evaluate", "--model", model, "--data", data, "--attack", ATTACKS, "--eps", eps, "--set", "steps=5",
+            "--batch-size", str(batch_size), "--out", str(out), "--no-progress", *extra]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, argv: list[str], log: Path, env: dict[str, str]) -> None:
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.stdout = sys.stderr = open(fd, "w", buffering=1, closefd=False)  # pytest may have replaced them
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **env)
+    code = 1
+    try:
+        code = main(argv)
+    except BaseException:  # noqa: BLE001 - the exit code and the log carry it
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def launch(argv: list[str], world: int, logs: Path, *, env: dict[str, str] | None = None,
+           stop_others: bool = True, timeout: float = 120.0) -> list[int | None]:
+    """Run ``pertattack <argv>`` as ``world`` forked ranks; returns their exit codes (negative: killed by a signal).
+
+    ``stop_others``: when a rank exits non-zero, SIGTERM the others, as torchrun does.
+    """
+    logs.mkdir(parents=True, exist_ok=True)
+    ctx = torch.multiprocessing.get_context("fork")
+    port = _free_port()
+    procs = [ctx.Process(target=_rank_main, args=(r, world, port, argv, logs / f"rank{r}.log", env or {}))
+             for r in range(world)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + timeout
+    while any(p.exitcode is None for p in procs):
+        if time.monotonic() > deadline:
+            for p in procs:
+                p.kill()
+            raise AssertionError(f"the ranks hang: {[p.exitcode for p in procs]}")
+        if stop_others and any(p.exitcode not in (None, 0) for p in procs):
+            for p in procs:
+                if p.exitcode is None:
+                    p.terminate()
+        time.sleep(0.02)
+    for p in procs:
+        p.join()
+    return [p.exitcode for p in procs]
+
+
+def _rows(out: Path) -> list[list[str]]:
+    with open(out / "results.csv") as f:
+        return list(csv.reader(f))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """One process, one batch for the whole set: the rows every other run must reproduce."""
+    out = tmp_path_factory.mktemp("eval") / "ref"
+    assert main(_args(out, batch_size=96)) == 0
+    return out
+
+
+def test_rows_are_the_attacks_results(reference):
+    rows = _rows(reference)
+    assert tuple(rows[0]) == RESULT_COLUMNS
+    model = eval_callables.centroids()
+    x, y = eval_callables.digits_test()
+    eps = [0.05, 0.2]
+    body = rows[1:]
+    assert len(body) == 96 * 3 * 2
+    for name in ATTACKS.split(","):
+        res = get_attack(name, seed=0, steps=5)(model, x, y, eps=eps, index=torch.arange(96))
+        for j, r in enumerate(res):
+            mine = [row for row in body if row[1] == name and float(row[2]) == eps[j]]
+            assert [int(row[0]) for row in mine] == list(range(96))
+            assert [int(row[3]) for row in mine] == y.tolist()
+            assert [int(row[4]) for row in mine] == r.pred.tolist()
+            assert [row[5] == "1" for row in mine] == r.success.tolist()
+            np.testing.assert_allclose([float(row[6]) for row in mine], r.norms.numpy(), rtol=1e-6)
+    # the summary is what the rows say
+    with open(reference / "summary.csv") as f:
+        summary = list(csv.DictReader(f))
+    assert [s["attack"] for s in summary] == [n for n in ATTACKS.split(",") + ["worst-case"] for _ in eps]
+    clean = (model(x).argmax(1) == y).double().mean().item()
+    for s in summary:
+        assert float(s["clean_accuracy"]) == pytest.approx(clean)
+        names = ATTACKS.split(",") if s["attack"] == "worst-case" else [s["attack"]]
+        held = [all(row[3] == row[4] for row in body if row[0] == str(i) and row[1] in names
+                    and float(row[2]) == float(s["eps"])) and bool(model(x[i:i + 1]).argmax(1) == y[i])
+                for i in range(96)]
+        assert float(s["robust_accuracy"]) == pytest.approx(sum(held) / 96)
+    md = (reference / "summary.md").read_text()
+    assert "| worst-case |" in md and "| pgd | inf | 0.05 |" in md
+    manifest = json.loads((reference / "manifest.json").read_text())
+    assert manifest["world_size"] == 1 and manifest["seed"] == 0 and manifest["versions"]["torch"] == torch.__version__
+    assert manifest["runs"][0]["batches_computed"] == 1 and manifest["finished"]
+
+
+def test_two_ranks_and_other_batch_sizes_give_identical_rows(reference, tmp_path):
+    """Rows do not depend on the world size, the shard, the batch size, or on the data being a Dataset."""
+    two = tmp_path / "two"
+    assert launch(_args(two, data="eval_callables:DigitsDataset"), 2, tmp_path / "logs") == [0, 0]
+    assert (two / "results.csv").read_bytes() == (reference / "results.csv").read_bytes()
+    assert (two / "summary.csv").read_bytes() == (reference / "summary.csv").read_bytes()
+    assert json.loads((two / "manifest.json").read_text())["world_size"] == 2
+    assert "96 inputs in 8 batches (0 reused, 8 computed, 2 process(es))" in (tmp_path / "logs/rank0.log").read_text()
+    other = tmp_path / "bs7"
+    assert main(_args(other, batch_size=7)) == 0
+    assert (other / "results.csv").read_bytes() == (reference / "results.csv").read_bytes()
+
+
+def test_killed_rank_resumes_with_identical_rows(reference, tmp_path):
+    """Rank 1 is SIGKILLed in the middle of a batch; rank 0 notices the silence and stops (no hang);
+    the same command again computes exactly the missing batches and gives the reference rows."""
+    out = tmp_path / "out"
+    argv = _args(out, model="eval_callables:killed", extra=("--timeout", "1.5"))
+    codes = launch(argv, 2, tmp_path / "logs1", env=dict(EVAL_TEST_KILL_RANK="1", EVAL_TEST_KILL_CALL="40"),
+                   stop_others=False)
+    assert codes == [2, -signal.SIGKILL]
+    assert "rank 1 has not finished a batch for 1.5 s" in (tmp_path / "logs1/rank0.log").read_text()
+    parts = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "parts").glob("b*.npz")}
+    assert 4 <= len(parts) < 8, sorted(parts)  # rank 0's four, and not all of rank 1's
+    assert not (out / "results.csv").exists()
+    assert launch(argv, 2, tmp_path / "logs2") == [0, 0]
+    assert (out / "results.csv").read_bytes() == (reference / "results.csv").read_bytes()
+    runs = json.loads((out / "manifest.json").read_text())["runs"]
+    assert [r["batches_reused"] for r in runs] == [0, len(parts)]
+    assert runs[-1]["batches_computed"] == 8 - len(parts)
+    assert all((p.stat().st_ino, p.stat().st_mtime_ns) == parts[p.name] for p in (out / "parts").glob("b*.npz")
+               if p.name in parts)  # finished batches are not rewritten
+    assert f"({len(parts)} reused, {8 - len(parts)} computed" in (tmp_path / "logs2/rank0.log").read_text()
+    # once more: nothing left to compute
+    assert main(argv) == 0
+    assert json.loads((out / "manifest.json").read_text())["runs"][-1]["batches_computed"] == 0
+
+
+def test_a_failing_rank_stops_every_rank_with_its_error(tmp_path):
+    out = tmp_path / "out"
+    codes = launch(_args(out, model="eval_callables:failing"), 2, tmp_path / "logs",
+                   env=dict(EVAL_TEST_FAIL_RANK="1"), stop_others=False)
+    assert codes[0] == 2 and codes[1] != 0
+    log0 = (tmp_path / "logs/rank0.log").read_text()
+    assert "rank 1 failed" in log0 and "RuntimeError: boom on rank 1" in log0
+    assert "boom on rank 1" in (tmp_path / "logs/rank1.log").read_text()
+    assert not (out / "results.csv").exists()
+
+
+def test_out_made_with_other_arguments_is_refused(reference, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(_args(out, extra=("--limit", "20"))) == 0
+    before = (out / "results.csv").read_bytes()
+    capsys.readouterr()
+    assert main(_args(out, eps="0.05,0.3", extra=("--limit", "20"))) == 2
+    err = capsys.readouterr().err
+    assert "made with other arguments" in err and "eps: [0.05, 0.2] there, [0.05, 0.3] now" in err
+    assert main(_args(out, batch_size=5, extra=("--limit", "20"))) == 2
+    assert "batch_size: 13 there, 5 now" in capsys.readouterr().err
+    assert main(_args(out, extra=("--limit", "20", "--seed", "1"))) == 2
+    assert main(_args(out, extra=("--limit", "20", "--set", "steps=6"))) == 2  # the attack's settings count
+    assert (out / "results.csv").read_bytes() == before
+    capsys.readouterr()
+    assert main(_args(out, extra=("--limit", "20"))) == 0  # the same arguments resume (nothing to do)
+    assert "(2 reused, 0 computed" in capsys.readouterr().out
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    assert main(_args(stranger)) == 2
+    assert "not a pertattack evaluation folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (dict(model="eval_callables:nothing"), "has no attribute"),
+    (dict(model="no_such_module_xyz:f"), "cannot import"),
+    (dict(model="missing.pt"), "no such checkpoint"),
+    (dict(data="eval_callables:centroids"), "expected a Dataset of (x, y)"),
+    (dict(data="imagenet"), "mnist, cifar10, digits"),
+    (dict(eps="0.1,-1"), ">= 0"),
+    (dict(extra=("--attack", "targeted")), "targeted"),
+    (dict(extra=("--attack", "quadratic-l2")), "regression"),
+    (dict(extra=("--set", "seed=3")), "use --seed"),
+    (dict(extra=("--attack", "pgd-papr")), "pgd-paper"),
+])
+def test_user_mistakes_are_clear_errors(tmp_path, capsys, change, message):
+    argv = _args(tmp_path / "out", **change)
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_checkpoint_model_and_builtin_data(tmp_path, capsys):
+    from pertattack.models import build_model
+    from pertattack.training import save_model
+
+    ckpt = tmp_path / "cnn.pt"
+    save_model(ckpt, build_model("smallcnn", seed=0), "smallcnn")
+    out = tmp_path / "out"
+    assert main(["evaluate", "--model", str(ckpt), "--data", "digits", "--attack", "fgsm", "--eps", "0.1",
+                 "--limit", "10", "--out", str(out), "--no-progress", "--preprocess", "0/1"]) == 0
+    assert len(_rows(out)) == 11
+    assert "fgsm           eps 0.1 " in capsys.readouterr().out
+
+
+def test_summarize_worst_case():
+    label = np.array([0, 1, 2, 3])
+    clean = np.array([0, 1, 2, 0])  # input 3 misclassified
+    pred = np.array([[[0, 2, 2, 3]], [[1, 1, 2, 3]]])  # attack a fools input 1, attack b input 0
+    rows = summarize(label, clean, pred, ["a", "b"], [0.1], [np.inf, np.inf])
+    got = {r["attack"]: (r["clean_accuracy"], r["robust_accuracy"], r["fooling_ratio"]) for r in rows}
+    assert got == {"a": (0.75, 0.5, 1 / 3), "b": (0.75, 0.5, 1 / 3), "worst-case": (0.75, 0.25, 2 / 3)}
+
+
+# ------------------------------------------------------------------------------------------- torchrun
+
+
+def _evaluate_options() -> list[str]:
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return [s for a in sub.choices["evaluate"]._actions for s in a.option_strings if s not in ("-h", "--help")]
+
+
+def test_torchrun_leaves_every_option_to_us():
+    """torchrun's parser takes abbreviations of its own options even after the module: an option of
+    ours that is a prefix of one of its options (``--n`` of ``--nnodes``) would break the launch."""
+    run = pytest.importorskip("torch.distributed.run")
+    theirs = [s for a in run.get_args_parser()._actions for s in a.option_strings]
+    ours = _evaluate_options()
+    assert {"--model", "--data", "--attack", "--eps", "--p", "--limit", "--batch-size", "--seed", "--out"} <= set(ours)
+    for opt in ours:
+        assert not any(t.startswith(opt) for t in theirs), f"{opt} is a prefix of a torchrun option"
+        for form in ([opt, "1"], [f"{opt}=1"]):
+            args = run.get_args_parser().parse_args(["--nproc-per-node", "2", "-m", "pertattack", "evaluate", *form])
+            assert args.module and args.training_script == "pertattack"
+            assert args.training_script_args == ["evaluate", *form]
+    with pytest.raises(SystemExit):  # what the rule above protects against
+        run.get_args_parser().parse_args(["-m", "pertattack", "evaluate", "--n", "1"])
+
+
+def _torchrun(argv: list[str], tmp: Path, env: dict[str, str] | None = None, nproc: int = 2
+              ) -> subprocess.Popen[str]:
+    full = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    full["PYTHONPATH"] = os.pathsep.join([str(SRC), str(TESTS), full.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           "-m", "pertattack", *argv]
+    return subprocess.Popen(cmd, cwd=tmp, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_torchrun_with_every_option(reference, tmp_path):
+    """The real launch: torchrun, 2 gloo ranks, every option of ours on the command line (slow: ~5-10 s of
+    process start-up; the default run covers the options by torchrun's own parser, above, and the ranks by fork)."""
+    out = tmp_path / "out"
+    argv = _args(out, data="eval_callables:DigitsDataset", extra=(
+        "--root", str(tmp_path), "--split", "test", "--p", "inf", "--limit", "96", "--seed", "0", "--device", "cpu",
+        "--preprocess", "0/1", "--model-output", "0", "--dtype", "float64", "--timeout", "600"))
+    argv[argv.index("--model") + 1] = "eval_callables:tupled"
+    assert set(_evaluate_options()) - {"--no-progress"} <= set(argv)
+    proc = _torchrun([a for a in argv if a != "--no-progress"] + ["--no-progress"], tmp_path)
+    text, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, text
+    assert "96 inputs in 8 batches (0 reused, 8 computed, 2 process(es))" in text
+    ref = _rows(reference)
+    got = _rows(out)
+    # --p inf changes deepfool's norm (l2 by default): compare the other attacks' rows
+    keep = lambda rows: [r for r in rows if r[1] != "deepfool"]  # noqa: E731
+    assert keep(got) == keep(ref)
+
+
+@pytest.mark.slow
+def test_torchrun_tears_down_when_a_worker_is_killed(reference, tmp_path):
+    """SIGKILL of one worker: torchrun stops the other and exits non-zero (no hang); the rerun resumes."""
+    out = tmp_path / "out"
+    argv = _args(out, model="eval_callables:killed")
+    proc = _torchrun(argv, tmp_path, env=dict(EVAL_TEST_KILL_RANK="1", EVAL_TEST_KILL_CALL="40"))
+    t0 = time.monotonic()
+    text, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and time.monotonic() - t0 < 120, text
+    assert "Signal 9 (SIGKILL)" in text or "SIGKILL" in text, text
+    done = len(list((out / "parts").glob("b*.npz")))
+    assert done < 8
+    proc = _torchrun(argv, tmp_path)
+    text, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, text
+    assert f"({done} reused, {8 - done} computed" in text
+    assert (out / "results.csv").read_bytes() == (reference / "results.csv").read_bytes()
+
+
+def test_progress_bar_and_busy_out(tmp_path, capsys):
+    import fcntl
+
+    out = tmp_path / "out"
+    argv = [a for a in _args(out, extra=("--limit", "26")) if a != "--no-progress"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "26/26" in err and "robust acc @0.05" in err  # rank 0's bar: inputs done, robust accuracy so far
+    with open(out / ".lock", "a+") as f:  # another evaluation holds the folder
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        assert main(argv) == 2
+        assert "in use by another evaluation" in capsys.readouterr().err
