@@ -14,7 +14,8 @@ Rows (``impl``):
 * ``floor``: the same number of plain forward+backward passes of the same model on the same batch
   as pertattack performs: ``torch.autograd.grad(cross_entropy(model(x), y, reduction="sum"), x)``,
   nothing else. FGSM = 1, BIM = alg1-10 = 10, PGD-40 = 40. DeepFool: pertattack's loop runs one
-  forward and one backward per candidate class (9 for MNIST) per iteration, for as many iterations
+  forward and the backward of every candidate class (9 for MNIST) per iteration, as one batched
+  backward (``is_grads_batched``: the counting wrapper sees it as 1 backward), for as many iterations
   as the slowest input of the batch needs (plus the iteration that finds every input fooled). The
   ``floor`` row of a DeepFool attack is one forward+backward pass (one gradient) per iteration of
   that loop; the ``floor-9b`` row is one forward and 9 backward passes (retain_graph) per

@@ -54,7 +54,7 @@ CLASSIFICATION: list[Column] = [
     ("note", "note", str),
 ]
 
-RESNET: list[Column] = [
+OVERHEAD: list[Column] = [
     ("attack", "attack", str),
     ("batch", "batch", str),
     ("threads", "threads", str),
@@ -64,24 +64,18 @@ RESNET: list[Column] = [
     ("spread", "spread", lambda v: _num(v, ".0f", 100) + "%" if _num(v, ".0f") != "-" else "-"),
     ("x_floor", "x_floor", lambda v: _num(v, ".3f")),
     ("x_peer", "x_peer", lambda v: _num(v, ".3f")),
+    ("best s", "best", lambda v: _num(v, ".3f")),
+    ("x_floor (best)", "x_floor_best", lambda v: _num(v, ".3f")),
+    ("x_peer (best)", "x_peer_best", lambda v: _num(v, ".3f")),
     ("note", "note", str),
 ]
-
-OVERHEAD: list[Column] = [
-    ("attack", "attack", str),
-    ("threads", "threads", str),
-    ("impl", "impl", str),
-    ("fwd_g/fwd_ng/bwd", "passes", str),
-    ("seconds", "seconds", lambda v: _num(v, ".3f")),
-    ("spread", "spread", lambda v: _num(v, ".0f", 100) + "%" if _num(v, ".0f") != "-" else "-"),
-    ("x_floor", "x_floor", lambda v: _num(v, ".3f")),
-    ("x_peer", "x_peer", lambda v: _num(v, ".3f")),
-    ("note", "note", str),
-]
+RESNET = OVERHEAD
 
 PROFILE: list[Column] = [
     ("attack", "attack", str),
+    ("batch", "batch", str),
     ("threads", "threads", str),
+    ("impl", "impl", str),
     ("op", "op", str),
     ("self ms", "self_ms", lambda v: _num(v, ".1f")),
     ("share", "share", lambda v: _num(v, ".1f", 100) + "%" if _num(v, ".1f") != "-" else "-"),
@@ -92,6 +86,7 @@ PROFILE: list[Column] = [
 TABLES: dict[str, tuple[str, list[Column]]] = {
     "classification": ("classification.csv", CLASSIFICATION),
     "overhead": ("overhead.csv", OVERHEAD),
+    "overhead-before": ("overhead-before.csv", OVERHEAD),
     "resnet18": ("resnet18.csv", RESNET),
     "profile": ("profile.csv", PROFILE),
 }
