@@ -111,3 +111,17 @@ def test_labels_still_checked_without_the_clean_forward():
     nan_model = _NaN(model)
     with pytest.raises(ValueError, match="NaN or inf"):
         fgsm(nan_model, x, y)
+
+
+def test_loop_free_directions_equal_the_box_ones():
+    from pertattack.constraints import Box
+    from pertattack.schedule import _ResolvedBox
+
+    x = torch.tensor([[0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.0, 1.0]])
+    g = torch.tensor([[1.0, -1.0, 0.0, 1.0, -1.0, 0.0, 1.0, -1.0, float("nan"), float("nan")]])
+    box = Box(0.0, 1.0)
+    want = box.free_directions(g, x)
+    got = _ResolvedBox.of(box, x).free_directions(g, x)
+    assert torch.equal(want.isnan(), got.isnan())
+    assert torch.equal(want.nan_to_num(7.0), got.nan_to_num(7.0))
+    assert want[0, :8].tolist() == [0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 1.0, -1.0]

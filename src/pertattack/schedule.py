@@ -539,6 +539,12 @@ class _ResolvedBox(Box):
         got = self._cache.get((like.dtype, like.device))  # type: ignore[attr-defined]
         return got if got is not None else super().bounds(like)
 
+    def free_directions(self, g: Tensor, x: Tensor) -> Tensor:
+        """As :meth:`Box.free_directions`, in 6 elementwise operations instead of 8 (same mask: where
+        g > 0 the step is blocked at lo, where g < 0 at hi; never where g = 0 or NaN)."""
+        lo, hi = self.bounds(x)
+        return g.masked_fill(torch.where(g > 0, x <= lo, (x >= hi) & (g < 0)), 0.0)
+
 
 
 _ALIASES = ("random_start", "step_scale", "step", "dither", "project", "early_stop", "box_aware")
