@@ -90,7 +90,7 @@ def _all(row: dict[str, str]) -> bool:
 TABLES: dict[str, tuple[str, list[Column], Callable[[dict[str, str]], bool]]] = {
     "classification": ("classification.csv", CLASSIFICATION, _all),
     "overhead": ("overhead.csv", OVERHEAD, _all),
-    "overhead-before": ("overhead-before.csv", OVERHEAD, _all),
+    "overhead-final": ("overhead-final.csv", OVERHEAD, _all),
     "resnet18": ("resnet18.csv", RESNET, _all),
     "profile": ("profile.csv", PROFILE, lambda r: r.get("attack") in ("pgd", "fgsm")),
 }
