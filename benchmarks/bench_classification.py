@@ -14,7 +14,8 @@ Rows (``impl``):
 * ``floor``: the same number of plain forward+backward passes of the same model on the same batch
   as pertattack performs: ``torch.autograd.grad(cross_entropy(model(x), y, reduction="sum"), x)``,
   nothing else. FGSM = 1, BIM = alg1-10 = 10, PGD-40 = 40. DeepFool: pertattack's loop runs one
-  forward and one backward per candidate class (9 for MNIST) per iteration, for as many iterations
+  forward and the backward of every candidate class (9 for MNIST) per iteration, as one batched
+  backward (``is_grads_batched``: the counting wrapper sees it as 1 backward), for as many iterations
   as the slowest input of the batch needs (plus the iteration that finds every input fooled). The
   ``floor`` row of a DeepFool attack is one forward+backward pass (one gradient) per iteration of
   that loop; the ``floor-9b`` row is one forward and 9 backward passes (retain_graph) per
@@ -93,6 +94,12 @@ def _default_checkpoint() -> Path:
 
 
 DEFAULT_CKPT = _default_checkpoint()
+REPO = Path(__file__).resolve().parents[1]
+
+
+def default_mnist() -> str:
+    """``$PERTATTACK_MNIST`` if set, else ``../shared/data/mnist`` relative to the repository root."""
+    return os.environ.get("PERTATTACK_MNIST") or str((REPO / ".." / "shared" / "data" / "mnist").resolve())
 
 Run = Callable[[Tensor, Tensor], Tensor]  # (x, y) -> x_adv
 
@@ -322,15 +329,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     ap.add_argument("--ta-deepfool-n", type=int, default=64,
                     help="images for torchattacks' per-image DeepFool (default 64; times compared per image)")
-    ap.add_argument("--data", default="/work/shared/data/mnist", help="folder with the MNIST IDX files")
+    ap.add_argument("--data", default=default_mnist(),
+                    help="folder with the MNIST IDX files (default $PERTATTACK_MNIST, else ../shared/data/mnist "
+                         "relative to the repository)")
     ap.add_argument("--checkpoint", default=str(DEFAULT_CKPT), help="LeNet-5 checkpoint to use if it exists")
     ap.add_argument("--train-epochs", type=int, default=1, help="epochs when no checkpoint exists (default 1)")
+    ap.add_argument("--readme", action="store_true",
+                    help="after writing --out, regenerate the tables of benchmarks/README.md (benchmarks/report.py)")
     args = ap.parse_args(argv)
 
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     bad = [a for a in attacks if a not in ATTACKS]
     if bad:
         ap.error(f"unknown attack(s) {bad}; known: {ATTACKS}")
+    if args.readme and not args.out:
+        ap.error("--readme needs --out (the CSV the README's table is made from)")
     if args.repeat < 1 or args.n < 1:
         ap.error("--n and --repeat must be >= 1")
 
@@ -435,6 +448,11 @@ def main(argv: list[str] | None = None) -> int:
             w.writeheader()
             w.writerows(table)
         print(f"wrote {out}")
+        if args.readme:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            import report
+
+            report.main([])
     return 0
 
 

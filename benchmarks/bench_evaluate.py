@@ -144,7 +144,10 @@ def _kill_resume(a: argparse.Namespace, work: Path, reference: Path) -> dict[str
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=Path("/work/shared/data/mnist"), help="MNIST IDX folder")
+    ap.add_argument("--data", type=Path,
+                    default=Path(os.environ.get("PERTATTACK_MNIST")
+                                 or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"),
+                    help="MNIST IDX folder (default $PERTATTACK_MNIST, else ../shared/data/mnist from the repository)")
     ap.add_argument("--checkpoint", type=Path,
                     default=Path.home() / ".cache" / "pertattack" / "mnist-lenet5-e1-s0.pt")
     ap.add_argument("--n", type=int, default=2000)

@@ -209,7 +209,7 @@ def test_reproduce_fig3b_and_fig4a_on_cached_models(tmp_path, monkeypatch, capsy
                "lenet5")
     save_model(tmp_path / "cache" / f"{cache_tag('mnist', 'fc-ae', 1, 0, *train)}.pt", build_model("fc-ae", seed=0),
                "fc-ae")
-    args = ["--out", str(tmp_path / "res"), "--n", "12", "--root", str(MNIST), "--epochs", "1"]
+    args = ["--out", str(tmp_path / "res"), "--n", "4", "--root", str(MNIST), "--epochs", "1"]
     assert main(["reproduce", "fig3b", *args]) == 0
     rows = list(csv.reader(open(tmp_path / "res" / "fig3b.csv")))
     assert len(rows) == 10 and len(rows[0]) == 12

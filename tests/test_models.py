@@ -15,6 +15,7 @@ CASES = [
     ("smallcnn", {}, (3, 1, 8, 8), (3, 10)),
     ("nin", {}, (2, 3, 32, 32), (2, 10)),
     ("densenet40", {"classes": 4}, (2, 3, 32, 32), (2, 4)),
+    ("resnet18", {"width": 8, "classes": 5}, (2, 3, 32, 32), (2, 5)),
     ("fc-ae", {}, (3, 1, 28, 28), (3, 1, 28, 28)),
     ("fc-ae", {"in_shape": (3, 4, 4), "code": 8}, (2, 3, 4, 4), (2, 3, 4, 4)),
     ("conv-ae", {}, (2, 3, 96, 96), (2, 3, 96, 96)),
@@ -36,7 +37,8 @@ def test_output_shapes(name: str, kwargs: dict, in_shape: tuple[int, ...], out_s
 
 def test_registry_covers_every_model() -> None:
     """Every registered model has a shape case above."""
-    assert set(MODELS) == {"fcnn", "lenet5", "smallcnn", "nin", "densenet40", "fc-ae", "conv-ae", "colorization"}
+    assert set(MODELS) == {"fcnn", "lenet5", "smallcnn", "nin", "densenet40", "resnet18", "fc-ae", "conv-ae",
+                           "colorization"}
     assert {n for n, *_ in CASES} == set(MODELS)
 
 
@@ -80,6 +82,6 @@ def test_build_model_unknown_name() -> None:
     with pytest.raises(ValueError,
                        match=r"unknown model 'lenet'.*Did you mean 'lenet5'.*Available: colorization, conv-ae, "):
         build_model("lenet")
-    with pytest.raises(ValueError,
-                       match="Available: colorization, conv-ae, densenet40, fc-ae, fcnn, lenet5, nin, smallcnn"):
+    available = "Available: colorization, conv-ae, densenet40, fc-ae, fcnn, lenet5, nin, resnet18, smallcnn"
+    with pytest.raises(ValueError, match=available):
         build_model("resnet50")

@@ -16,6 +16,7 @@ from .autoencoders import ConvAutoencoder, FCAutoencoder
 from .cifar import NIN, DenseNet40
 from .classifiers import FCNN, LeNet5, SmallCNN
 from .colorization import Colorization
+from .resnet import ResNet18
 
 __all__ = [
     "FCNN",
@@ -23,6 +24,7 @@ __all__ = [
     "SmallCNN",
     "NIN",
     "DenseNet40",
+    "ResNet18",
     "FCAutoencoder",
     "ConvAutoencoder",
     "Colorization",
@@ -37,6 +39,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "smallcnn": SmallCNN,
     "nin": NIN,
     "densenet40": DenseNet40,
+    "resnet18": ResNet18,
     "fc-ae": FCAutoencoder,
     "conv-ae": ConvAutoencoder,
     "colorization": Colorization,

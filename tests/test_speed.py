@@ -1,0 +1,127 @@
+"""Speed contracts of the loop: no host-device synchronisation per step, no forward beyond the floor's."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+from conftest import MLP, MLP_SHAPE, rand_x
+from torch import nn
+
+import pertattack
+
+SYNCS = ("__bool__", "item", "nonzero", "tolist", "__int__", "__float__")
+
+
+@pytest.fixture
+def sync_counter(monkeypatch):
+    """Counts the Tensor methods that make the host wait for the device (bool(t), .item(), nonzero, ...)."""
+    counts: collections.Counter = collections.Counter()
+    for name in SYNCS:
+        orig = getattr(torch.Tensor, name)
+
+        def wrapped(self, *a, _orig=orig, _name=name, **k):
+            counts[_name] += 1
+            return _orig(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapped)
+    return counts
+
+
+class Counting(nn.Module):
+    """The model, counting forwards with and without autograd."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.grad = self.nograd = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        if out.requires_grad:
+            self.grad += 1
+        else:
+            self.nograd += 1
+        return out
+
+
+class _NaN(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) * float("nan")
+
+
+def _data():
+    torch.manual_seed(0)
+    model = MLP().eval()
+    x = rand_x(6, MLP_SHAPE, seed=1, lo=0.05, hi=0.95)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    return model, x, y
+
+
+@pytest.mark.parametrize("name", ["pgd", "bim", "alg1", "pgd-paper"])
+def test_no_sync_per_step(name, sync_counter):
+    """The number of synchronisations does not grow with the number of steps (checks before and after
+    the loop only); with CUDA the same run must pass under torch.cuda.set_sync_debug_mode('error')."""
+    model, x, y = _data()
+    runs = {}
+    for steps in (3, 12):
+        attack = pertattack.get_attack(name, eps=0.1, steps=steps, seed=0)
+        attack(model, x, y)  # warm-up (lazy imports, caches)
+        sync_counter.clear()
+        attack(model, x, y)
+        runs[steps] = sum(sync_counter.values())
+    assert runs[3] > 0  # the counter works: the checks before and after the loop synchronise
+    # one sync per step would add 9; the final budget fit may take one more or less, depending on the data
+    assert abs(runs[12] - runs[3]) <= 2, runs
+
+
+@pytest.mark.parametrize("name, steps", [("fgsm", 1), ("bim", 10), ("alg1-5", 5), ("pgd", 40)])
+def test_forwards_with_labels_given(name, steps):
+    """With labels: one forward with autograd per step, and no-grad forwards only for the success check
+    (plus the clean forward of a random start, which must validate the labels before the first step)."""
+    model, x, y = _data()
+    counting = Counting(model)
+    pertattack.get_attack(name, eps=0.1, seed=0)(counting, x, y)
+    assert counting.grad == steps
+    assert counting.nograd == (2 if name == "pgd" else 1)
+
+
+def test_fgsm_without_labels_takes_two_extra_forwards():
+    model, x, _ = _data()
+    counting = Counting(model)
+    pertattack.get_attack("fgsm", eps=0.1)(counting, x)
+    assert (counting.grad, counting.nograd) == (1, 2)  # the prediction, the step, the success check
+
+
+def test_labels_still_checked_without_the_clean_forward():
+    model, x, y = _data()
+    fgsm = pertattack.get_attack("fgsm", eps=0.1)
+    with pytest.raises(ValueError, match=r"y must lie in \[0, 3\]"):
+        fgsm(model, x, torch.full_like(y, 7))
+    with pytest.raises(TypeError, match="integer class indices"):
+        fgsm(model, x, y.float())
+    with pytest.raises(ValueError, match="y must have shape"):
+        fgsm(model, x, y[:3])
+    nan_model = _NaN(model)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        fgsm(nan_model, x, y)
+
+
+def test_loop_free_directions_equal_the_box_ones():
+    from pertattack.constraints import Box
+    from pertattack.schedule import _ResolvedBox
+
+    x = torch.tensor([[0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.0, 1.0]])
+    g = torch.tensor([[1.0, -1.0, 0.0, 1.0, -1.0, 0.0, 1.0, -1.0, float("nan"), float("nan")]])
+    box = Box(0.0, 1.0)
+    want = box.free_directions(g, x)
+    got = _ResolvedBox.of(box, x).free_directions(g, x)
+    assert torch.equal(want.isnan(), got.isnan())
+    assert torch.equal(want.nan_to_num(7.0), got.nan_to_num(7.0))
+    assert want[0, :8].tolist() == [0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 1.0, -1.0]
