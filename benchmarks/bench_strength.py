@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             correct = model(x).argmax(1) == y
             for p in (2.0, math.inf):
                 runs = {}
-                for name in ("fmn", "deepfool"):
+                for name in ("fmn", "deepfool") + (("ddn",) if p == 2 else ()):
                     attack = pertattack.get_attack(name, p=p, seed=0)
                     res, s = timed(lambda attack=attack, model=model: attack(model, x, y))
                     runs[f"pertattack-{name}"] = (res.x_adv, s)
