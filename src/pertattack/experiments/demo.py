@@ -36,6 +36,7 @@ from ..metrics import eps_for_psnr, fooling_curve, operator_norm, predict, psnr,
 from ..models import build_model
 from ..training import accuracy, reconstruction_mse, train_autoencoder, train_classifier
 from . import demo_plots
+from .classification import FIG3_ATTACKS
 from .common import write_csv
 
 __all__ = [
@@ -52,15 +53,8 @@ __all__ = [
 #: Figure 3's attacks, legend -> (preset, overrides). "PGD (paper)" is the paper's reading of PGD;
 #: Madry's PGD runs beside it with the same number of gradient steps (10) as Alg1-10 and PGD (paper).
 CLASSIFICATION_ATTACKS: dict[str, tuple[str, dict[str, Any]]] = {
-    "DeepFool": ("deepfool", {"p": math.inf}),
-    "Alg1-10": ("alg1-10", {}),
-    "Alg1-5": ("alg1-5", {}),
-    "Alg1": ("alg1", {}),
-    "Alg2": ("alg2", {}),
-    "FGSM": ("fgsm", {}),
-    "PGD (paper)": ("pgd-paper", {}),
-    "PGD (Madry, 10 steps)": ("pgd", {"steps": 10}),
-    "random": ("random", {}),
+    ("PGD (Madry, 10 steps)" if k == "PGD (Madry)" else k): (("pgd", {"steps": 10}) if k == "PGD (Madry)" else v)
+    for k, v in FIG3_ATTACKS.items()
 }
 
 #: Figure 4's regression attacks, by norm: p -> presets.
