@@ -51,12 +51,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from bench_classification import default_mnist, get_model  # the same LeNet-5 and data folder
 from torch import Tensor, nn
 
 import pertattack
 from pertattack.data import load_mnist
-from pertattack.models import build_model
-from pertattack.training import load_model, train_classifier
 
 DEFAULT_CKPT = Path.home() / ".cache" / "pertattack" / "mnist-lenet5-e1-s0.pt"
 Run = Callable[[Tensor, Tensor], Tensor]  # (x, y) -> x_adv
@@ -109,17 +108,6 @@ def make_run(impl: str, norm: str, eps: float, queries: int, model: nn.Module) -
     return lambda x, y: tatk(x, y)
 
 
-def get_model(args: argparse.Namespace) -> tuple[nn.Module, str]:
-    ckpt = Path(args.checkpoint).expanduser()
-    if ckpt.exists():
-        return load_model(ckpt).eval(), f"checkpoint {ckpt}"
-    xtr, ytr = load_mnist(args.data, "train")
-    model = build_model("lenet5", seed=0)
-    t0 = time.perf_counter()
-    train_classifier(model, xtr, ytr, epochs=args.train_epochs, seed=0)
-    return model.eval(), f"LeNet-5 trained here: {args.train_epochs} epoch(s), seed 0, {time.perf_counter() - t0:.0f} s"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=500, help="test images (default 500)")
@@ -131,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="timed rounds; the median is reported (default 3)")
     ap.add_argument("--impls", default="pertattack,torchattacks")
     ap.add_argument("--out", default=None, help="CSV file to write")
-    ap.add_argument("--data", default="/work/shared/data/mnist", help="folder with the MNIST IDX files")
+    ap.add_argument("--data", default=default_mnist(), help="folder with the MNIST IDX files")
     ap.add_argument("--checkpoint", default=str(DEFAULT_CKPT), help="LeNet-5 checkpoint to use if it exists")
     ap.add_argument("--train-epochs", type=int, default=1, help="epochs when no checkpoint exists (default 1)")
     args = ap.parse_args(argv)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -820,8 +820,3 @@ def _flag(name: str, v: Any) -> bool:
     if not isinstance(v, bool):
         raise TypeError(f"{name} must be True or False, got {v!r}")
     return v
-
-
-def dither_fractions(dither: str | Sequence[float], steps: int) -> list[float]:
-    """eps~_t / eps for t = 1..T (see :class:`Dither`)."""
-    return Dither(dither if isinstance(dither, str) else tuple(dither)).fractions(steps)
