@@ -550,13 +550,15 @@ class Attack:
         obj = self.objective
         sched = self.schedule
         loop_fwd: Any = fwd
-        # With labels given, the clean forward f(x) only validates the labels and the scores. When the
-        # loop's first forward is at x itself (zero start, no dither) and nothing else needs f(x), that
-        # forward does the same checks instead: one forward fewer (FGSM: the floor + the success check).
+        # With labels given, the clean forward f(x) only validates the labels and the scores. When nothing
+        # else needs f(x), the loop's first forward does the same checks instead: one forward fewer (FGSM:
+        # the floor + the success check). Where that forward is not at x itself (a random start, a dithered
+        # point), f(x) is computed only if its output is not finite, to tell a model NaN at x (an error)
+        # from one NaN elsewhere (those inputs fail, with a warning).
         if (y is not None and target is None and obj.classification and self.restarts == 1
-                and type(obj).prepare is Objective.prepare and self.solver.needs_grad
-                and isinstance(sched.start, ZeroStart) and sched.dither_radii()[0] == 0):
-            loop_fwd = _FirstOutputCheck(fwd, y, x.device)
+                and type(obj).prepare is Objective.prepare and self.solver.needs_grad):
+            at_x = isinstance(sched.start, ZeroStart) and sched.dither_radii()[0] == 0
+            loop_fwd = _FirstOutputCheck(fwd, y, x.device, None if at_x else x)
             ctx.label = loop_fwd.label
         else:
             with torch.no_grad():
@@ -666,15 +668,25 @@ def fit_budget(x: Tensor, x_adv: Tensor, eps: Tensor | None, ball: LpBall, box: 
     coordinate away from x, and a row still over its budget (float rounding of the projection) is shrunk."""
     out = box.clip(x_adv.to(x.dtype))
     xd = x.double()  # converted once (the float64 copies were a fifth of FGSM's time on LeNet-5)
-    want = (x_adv - x.to(x_adv.dtype)).double()
     d = out.double() - xd
-    away = d.abs() > want.abs()
-    if bool(away.any()):
-        out = torch.where(away, torch.nextafter(out, x), out)
-        d = out.double() - xd
+    if x_adv.dtype != x.dtype:  # rounded to a lower precision: toward x where the rounding went away from it
+        want = (x_adv - x.to(x_adv.dtype)).double()
+        away = d.abs() > want.abs()
+        if bool(away.any()):
+            out = torch.where(away, torch.nextafter(out, x), out)
+            d = out.double() - xd
     if eps is None:
         return out
     e64 = eps.double()
+    if math.isinf(ball.p):  # per coordinate, without the loop below: where x + eta rounded past the budget
+        e_el = e64.reshape(-1, *([1] * (x.dim() - 1)))  # (float32 at eps = 0.1 does), the nearest value to the
+        for i in range(8):  # bound x +- eps (within half an ulp of it), then one ulp toward x if still over
+            over = d.abs() > e_el
+            if not bool(over.any()):
+                return out
+            near = (xd + d.clamp(-e_el, e_el)).to(x.dtype) if i == 0 else torch.nextafter(out, x)
+            out = torch.where(over, near, out)
+            d = out.double() - xd
     for _ in range(8):
         norms = ball.norm(d)
         over = norms > e64
@@ -758,12 +770,14 @@ def _check_input(x: Tensor, box: Box) -> Tensor:
 
 class _FirstOutputCheck:
     """The model, checking its first output as the clean forward would have: the scores
-    (:func:`check_scores`) and the labels ``y`` (shape, integer dtype, range of classes). Used when that
-    first forward is at x itself. ``label`` is y as int64 for the loop (shape and dtype checked here)."""
+    (:func:`check_scores`) and the labels ``y`` (shape, integer dtype, range of classes). ``x``: the clean
+    inputs when that first forward is elsewhere (their outputs are computed, and checked, only if the
+    first output is not finite). ``label`` is y as int64 for the loop (shape and dtype checked here)."""
 
-    def __init__(self, fwd: Any, y: Any, device: torch.device) -> None:
+    def __init__(self, fwd: Any, y: Any, device: torch.device, x: Tensor | None = None) -> None:
         self.fwd = fwd
         self.y = y
+        self.x = x
         self.checked = False
         t = torch.as_tensor(y, device=device)
         if t.is_floating_point() or t.dtype == torch.bool:
@@ -774,7 +788,11 @@ class _FirstOutputCheck:
         out = self.fwd(x)
         if not self.checked:
             self.checked = True
-            check_scores(out.detach())
+            first = out.detach()
+            if self.x is not None and first.dim() == 2 and not bool(torch.isfinite(first).all()):
+                with torch.no_grad():
+                    first = self.fwd(self.x)  # the clean outputs decide, as the clean forward would have
+            check_scores(first)
             self.label = _check_labels(self.y, out, "y")
         return out
 

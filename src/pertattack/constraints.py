@@ -127,15 +127,21 @@ class LpBall:
             u = flat.sign() * a / lp_norm(a, self.p).unsqueeze(1).clamp_min(1.0)
         return u.reshape(g.shape)
 
-    def project(self, eta: Tensor, eps: Tensor) -> Tensor:
-        """Euclidean projection onto the ball of per-input radius ``eps`` (shape (N,)).
+    def project(self, eta: Tensor, eps: Tensor | float) -> Tensor:
+        """Euclidean projection onto the ball of per-input radius ``eps`` (shape (N,), or one number for
+        every input: for p = inf one ``clamp`` then).
 
         Exact for p in {1, 2, inf}; for other p the rescaling eps * eta / norm_p(eta), which lands in
         the ball but is not the Euclidean projection (documented, as in ART).
         """
-        e = expand_like(eps, eta)
         if math.isinf(self.p):
+            if not isinstance(eps, Tensor):
+                return eta.clamp(-eps, eps)
+            e = expand_like(eps, eta)
             return torch.maximum(torch.minimum(eta, e), -e)
+        if not isinstance(eps, Tensor):
+            eps = eta.new_full((eta.shape[0],), eps)
+        e = expand_like(eps, eta)
         if self.p == 1:
             return _project_l1(eta, eps)
         norms = expand_like(self.norm(eta), eta)
@@ -208,6 +214,13 @@ class Box:
 
     def check(self, x: Tensor, name: str = "x") -> None:
         """Raise a ValueError naming ``name`` if x has NaN/inf or leaves the box."""
+        if not isinstance(self.lo, Tensor) and not isinstance(self.hi, Tensor) and x.numel():
+            # scalar bounds: one pass (min and max; NaN propagates, inf leaves the box); any doubt goes on to
+            # the checks below, which say what is wrong
+            mn, mx = torch.aminmax(x)
+            lo, hi = (torch.tensor(b, dtype=x.dtype).item() for b in (self.lo, self.hi))
+            if lo <= hi and lo <= mn.item() and mx.item() <= hi:
+                return
         if not torch.isfinite(x).all():
             raise ValueError(f"{name} contains NaN or inf")
         lo, hi = self.bounds(x)

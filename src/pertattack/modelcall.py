@@ -26,12 +26,14 @@ OutputSelector = int | str | Callable[[Any], Tensor] | None
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Run ``model`` in eval mode, then restore every submodule's own mode (recorded at call time)."""
     modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    if any(mode for _, mode in modes):
+        model.eval()
     try:
         yield model
     finally:
         for m, mode in modes:
-            m.training = mode
+            if m.training != mode:  # nn.Module.__setattr__ is slow: set only what changed
+                m.training = mode
 
 
 def _channel_tensor(v: float | Sequence[float] | Tensor, like: Tensor) -> Tensor:
@@ -74,6 +76,7 @@ class Model(nn.Module):
         from .constraints import make_box
 
         self.model = module
+        self.training = module.training  # the wrapper starts in its module's mode (it has none of its own)
         self.box = None if box is None else make_box(*box)
         self.preprocess = preprocess
         self.output = output

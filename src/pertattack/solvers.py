@@ -80,6 +80,8 @@ class Step:
     steps: int = 1
     objective: Objective | None = None
     ctx: Context | None = None
+    #: ``eps`` as one number when every input has the same step budget (else None)
+    eps_scalar: float | None = None
 
 
 class Solver:
@@ -97,6 +99,12 @@ class Solver:
 
     def __call__(self, step: Step) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def separable(self, ball: LpBall) -> bool:
+        """Whether every step is -a_n sign(g) coordinate by coordinate (a_n >= 0 per input, nothing else of g
+        used): then a coordinate that the box blocks is moved back onto its face by the schedule's clipping,
+        exactly as if :meth:`Box.free_directions` had zeroed it, and the schedule skips that mask."""
+        return False
 
     def check(self, constraint: Constraint) -> None:
         """Raise a ValueError, saying what to use instead, when this solver does not solve ``constraint``."""
@@ -126,9 +134,14 @@ class GNM(Solver):
         if self.direction_p is not None:
             LpBall(self.direction_p)  # validates
 
+    def separable(self, ball: LpBall) -> bool:
+        return math.isinf(ball.p if self.direction_p is None else self.direction_p)
+
     def __call__(self, step: Step) -> Tensor:
         assert step.g is not None
         ball = step.ball if self.direction_p is None else LpBall(self.direction_p)
+        if step.eps_scalar is not None:
+            return ball.steepest(step.g).mul_(-step.eps_scalar)
         return -expand_like(step.eps, step.g) * ball.steepest(step.g)
 
 
