@@ -72,12 +72,26 @@ ATTACKS: dict[str, tuple[str, dict, int]] = {
 
 Run = Callable[[Tensor, Tensor], object]
 
+#: glibc's allocator settings of this process (the ``malloc`` column): by default glibc serves the large
+#: activations of a forward pass with fresh mmap()s, whose page faults make the same loop 1.0x or 1.4x as
+#: slow from one process to the next; MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296
+#: keeps them on the heap, and the timings stable (the same for every row of a run: ratios stay comparable)
+MALLOC = "heap" if os.environ.get("MALLOC_MMAP_THRESHOLD_") else "default"
+
 
 def floor(model: nn.Module, passes: int) -> Run:
     def run(x: Tensor, y: Tensor) -> None:
         for _ in range(passes):
             xg = x.detach().requires_grad_(True)
             torch.autograd.grad(F.cross_entropy(model(xg), y, reduction="sum"), xg)
+
+    return run
+
+
+def nograd_forward(model: nn.Module) -> Run:
+    def run(x: Tensor, y: Tensor) -> None:
+        with torch.no_grad():
+            model(x)
 
     return run
 
@@ -164,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         model, x, y = data(args, batch)
         for threads in [int(t) for t in args.threads.split(",")]:
             torch.set_num_threads(threads)
-            rows: list[dict] = []
+            rows: list[dict] = [dict(attack="-", model=args.model, batch=batch, threads=threads, impl="no-grad forward",
+                                     malloc=MALLOC, passes="0/1/0", run=nograd_forward(model), times=[],
+                                     note="one forward without autograd (pertattack's success check)")]
             for a in attacks:
                 name, kw, npass = ATTACKS[a]
                 makers: list[tuple[str, Callable[[nn.Module], Run | None]]] = [
@@ -177,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                     if run is None:
                         continue
                     rows.append(dict(attack=a, model=args.model, batch=batch, threads=threads, impl=impl,
+                                     malloc=MALLOC,
                                      passes=passes_of(model, make, x, y), run=run, times=[],  # type: ignore[arg-type]
                                      note=f"{npass} fwd+bwd" if impl == "floor" else ""))
             for r in rows:
@@ -190,17 +207,24 @@ def main(argv: list[str] | None = None) -> int:
                 r["seconds"] = statistics.median(r["times"])
                 r["best"] = min(r["times"])
                 r["spread"] = (max(r["times"]) - min(r["times"])) / r["seconds"]
+            fwd_s = rows[0]["seconds"]
             for r in rows:
-                fl = next(q for q in rows if q["attack"] == r["attack"] and q["impl"] == "floor")
+                fl = next((q for q in rows if q["attack"] == r["attack"] and q["impl"] == "floor"), None)
                 pe = next((q for q in rows if q["attack"] == r["attack"] and q["impl"] == "torchattacks"), None)
-                r["x_floor"] = r["seconds"] / fl["seconds"]
-                r["x_floor_best"] = r["best"] / fl["best"]
+                nan = float("nan")
+                r["x_floor"] = r["seconds"] / fl["seconds"] if fl else nan
+                r["x_floor_best"] = r["best"] / fl["best"] if fl else nan
                 cmp = pe is not None and r["impl"] != "floor"
-                r["x_peer"] = r["seconds"] / pe["seconds"] if cmp else float("nan")
-                r["x_peer_best"] = r["best"] / pe["best"] if cmp else float("nan")
+                r["x_peer"] = r["seconds"] / pe["seconds"] if cmp else nan
+                r["x_peer_best"] = r["best"] / pe["best"] if cmp else nan
+                # less the no-grad forwards that the peer does not make (pertattack's success check): the
+                # loop's own cost against the peer's
+                extra = int(r["passes"].split("/")[1]) - (int(pe["passes"].split("/")[1]) if pe else 0)
+                r["x_peer_net"] = (r["seconds"] - extra * fwd_s) / pe["seconds"] if cmp else nan
                 print(f"{r['attack']:<10}{batch:>6}{threads:>3}  {r['impl']:<13}{r['passes']:<10}"
                       f"{r['seconds']:>9.4f}{100 * r['spread']:>6.0f}%{r['x_floor']:>8.3f}{r['x_peer']:>8.3f}"
-                      f"  best{r['best']:>9.4f}{r['x_floor_best']:>8.3f}{r['x_peer_best']:>8.3f}")
+                      f"  best{r['best']:>9.4f}{r['x_floor_best']:>8.3f}{r['x_peer_best']:>8.3f}"
+                      f"  net{r['x_peer_net']:>8.3f}")
                 table.append({k: (" ".join(f"{t:.4f}" for t in v) if k == "times" else v)
                               for k, v in r.items() if k != "run"})
             if args.profile:
