@@ -691,7 +691,7 @@ class Schedule:
             raise ValueError(f"{solver} with this schedule needs a budget eps")
         done = torch.zeros(n, dtype=torch.bool, device=x.device)
         eps_scalar = None
-        if eps is not None and bool((eps == eps[0]).all()):  # one sync per run, none per step
+        if eps is not None and n and bool((eps == eps[0]).all()):  # one sync per run, none per step
             eps_scalar = eps[0].item()
         loop = Loop(x=x, eps=eps, ball=ball, box=box, noise=noise, steps=T, done=done, eps_scalar=eps_scalar)
         alpha = self.step_size.init(eps, T, x)
@@ -739,7 +739,7 @@ class Schedule:
         freezes = self.stop.active
 
         rows: Tensor | None = None if freezes else ~done  # every input, when none is ever done
-        nonfinite: Tensor | None = None  # (N,) float64: NaN or inf once L or g was not finite
+        nonfinite: Tensor | None = None  # (N,): NaN (or inf) once L or g was not finite, else 0
         for t, radius in enumerate(radii):
             lin = eta
             if radius > 0:
