@@ -775,11 +775,11 @@ class Schedule:
                 # NaN/inf in L or its gradient (a model NaN away from x, a NaN gradient): the input is
                 # reported (info['nonfinite']) and the attack returns it unperturbed, marked as failed.
                 # Accumulated without a host sync, in 2 passes over g: max abs(g) propagates NaN and inf and
-                # cannot overflow; L + 0 max abs(g) is NaN or inf exactly where L or g is not finite (0 * inf is
-                # NaN), and 0 + 0 * that accumulates it (isfinite(g).all() took 5x longer; tests/test_speed.py
-                # checks the detection). Inputs already done have L = g = 0.
-                seen = torch.add(value, g.reshape(n, -1).abs().amax(dim=1), alpha=0)
-                nonfinite = seen * 0 if nonfinite is None else nonfinite.add_(seen, alpha=0)
+                # cannot overflow; L + 0 max abs(g) is NaN or inf exactly where L or g is not finite (IEEE:
+                # 0 * inf is NaN), and adding 0 times that accumulates it (isfinite(g).all() took 5x longer;
+                # tests/test_speed.py checks the detection). Inputs already done have L = g = 0.
+                seen = (value + g.reshape(n, -1).abs().amax(dim=1) * 0) * 0
+                nonfinite = seen if nonfinite is None else nonfinite.add_(seen)
                 keep.observe(lin, value, g, fooled, ball, ~done if freezes or rows is None else rows)
                 self.project.observe(t, loop, lin, value, g, fooled, keep)
                 if self.stop.active and not self.stop.check_first and fooled is not None:
