@@ -264,6 +264,24 @@ def foolbox_row(attack: str) -> Callable[[nn.Module], Run] | None:
 # --------------------------------------------------------------------------------------------
 
 
+def lenet5(checkpoint: str | Path) -> nn.Module:
+    """The LeNet-5 of ``checkpoint`` if it exists, else one with random weights (seed 0), in eval mode: for
+    timings that do not depend on the weights."""
+    ckpt = Path(checkpoint).expanduser()
+    return (load_model(ckpt) if ckpt.exists() else build_model("lenet5", seed=0)).eval()
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> None:
+    """``rows`` (dicts with the same keys) as a CSV file at ``path``, its folder made if needed."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {out}")
+
+
 def get_model(args: argparse.Namespace) -> tuple[nn.Module, str]:
     ckpt = Path(args.checkpoint).expanduser()
     if ckpt.exists():
@@ -441,13 +459,7 @@ def main(argv: list[str] | None = None) -> int:
           "successful (DeepFool).")
 
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(table[0]))
-            w.writeheader()
-            w.writerows(table)
-        print(f"wrote {out}")
+        write_csv(args.out, table)
         if args.readme:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             import report

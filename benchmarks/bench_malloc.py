@@ -26,12 +26,10 @@ import torch
 from torch.nn import functional as F
 
 from pertattack.data import load_mnist
-from pertattack.models import build_model
-from pertattack.training import load_model
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_classification import DEFAULT_CKPT, default_mnist  # noqa: E402
+from bench_classification import DEFAULT_CKPT, default_mnist, lenet5  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,8 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", default=str(DEFAULT_CKPT))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    ckpt = Path(args.checkpoint).expanduser()
-    model = (load_model(ckpt) if ckpt.exists() else build_model("lenet5", seed=0)).eval()
+    model = lenet5(args.checkpoint)
     x, y = load_mnist(args.data, "test", limit=args.n)
 
     def passes() -> None:

@@ -38,7 +38,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import sys
@@ -56,7 +55,7 @@ from pertattack.models import build_model
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_classification import DEFAULT_CKPT, Counting, default_mnist  # noqa: E402
+from bench_classification import DEFAULT_CKPT, Counting, default_mnist, lenet5, write_csv  # noqa: E402
 
 EPS = 0.1
 #: name -> (pertattack preset, keywords, gradient passes)
@@ -124,12 +123,9 @@ def passes_of(model: nn.Module, make: Callable[[nn.Module], Run], x: Tensor, y: 
 def data(args: argparse.Namespace, batch: int) -> tuple[nn.Module, Tensor, Tensor]:
     if args.model == "lenet5":
         from pertattack.data import load_mnist
-        from pertattack.training import load_model
 
-        ckpt = Path(args.checkpoint).expanduser()
-        model = load_model(ckpt) if ckpt.exists() else build_model("lenet5", seed=0)
         x, y = load_mnist(args.data, "test", limit=batch)
-        return model.eval(), x, y
+        return lenet5(args.checkpoint), x, y
     model = build_model("resnet18", seed=0).eval()
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, 32, 32, generator=g)
@@ -235,19 +231,9 @@ def main(argv: list[str] | None = None) -> int:
                             prof_rows.append(dict(attack=a, batch=batch, threads=threads, impl=impl, op=op,
                                                   self_ms=ms, share=share, calls=calls))
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(table[0]))
-            w.writeheader()
-            w.writerows(table)
-        print(f"wrote {out}")
+        write_csv(args.out, table)
     if prof_rows and args.profile_out:
-        with open(args.profile_out, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(prof_rows[0]))
-            w.writeheader()
-            w.writerows(prof_rows)
-        print(f"wrote {args.profile_out}")
+        write_csv(args.profile_out, prof_rows)
     return 0
 
 

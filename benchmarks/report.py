@@ -54,23 +54,6 @@ CLASSIFICATION: list[Column] = [
     ("note", "note", str),
 ]
 
-OVERHEAD: list[Column] = [
-    ("attack", "attack", str),
-    ("batch", "batch", str),
-    ("threads", "threads", str),
-    ("impl", "impl", str),
-    ("fwd_g/fwd_ng/bwd", "passes", str),
-    ("seconds", "seconds", lambda v: _num(v, ".3f")),
-    ("spread", "spread", lambda v: _num(v, ".0f", 100) + "%" if _num(v, ".0f") != "-" else "-"),
-    ("x_floor", "x_floor", lambda v: _num(v, ".3f")),
-    ("x_peer", "x_peer", lambda v: _num(v, ".3f")),
-    ("best s", "best", lambda v: _num(v, ".3f")),
-    ("x_floor (best)", "x_floor_best", lambda v: _num(v, ".3f")),
-    ("x_peer (best)", "x_peer_best", lambda v: _num(v, ".3f")),
-    ("note", "note", str),
-]
-RESNET = OVERHEAD
-
 PROFILE: list[Column] = [
     ("attack", "attack", str),
     ("batch", "batch", str),
@@ -122,8 +105,6 @@ TABLES: dict[str, tuple] = {
     "summary-heap": ("overhead_heap.csv", SUMMARY, _all, summary),
     "summary-resnet18": ("resnet18_b1.csv", SUMMARY, _all, summary),
     "summary-resnet18-128": ("resnet18.csv", SUMMARY, _all, summary),
-    "overhead": ("overhead.csv", OVERHEAD, _all),
-    "resnet18": ("resnet18.csv", RESNET, _all),
     "profile": ("profile.csv", PROFILE, lambda r: r.get("attack") in ("pgd", "bim") and r.get("batch") == "128"),
 }
 

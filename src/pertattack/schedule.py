@@ -780,7 +780,7 @@ class Schedule:
                 # tests/test_speed.py checks the detection). Inputs already done have L = g = 0.
                 seen = (value + g.reshape(n, -1).abs().amax(dim=1) * 0) * 0
                 nonfinite = seen if nonfinite is None else nonfinite.add_(seen)
-                keep.observe(lin, value, g, fooled, ball, ~done if freezes or rows is None else rows)
+                keep.observe(lin, value, g, fooled, ball, ~done if rows is None else rows)
                 self.project.observe(t, loop, lin, value, g, fooled, keep)
                 if self.stop.active and not self.stop.check_first and fooled is not None:
                     done = done | fooled
