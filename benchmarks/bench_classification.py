@@ -14,8 +14,9 @@ Rows (``impl``):
 * ``floor``: the same number of plain forward+backward passes of the same model on the same batch
   as pertattack performs: ``torch.autograd.grad(cross_entropy(model(x), y, reduction="sum"), x)``,
   nothing else. FGSM = 1, BIM = alg1-10 = 10, PGD-40 = 40. DeepFool: pertattack's loop runs one
-  forward and the backward of every candidate class (9 for MNIST) per iteration, as one batched
-  backward (``is_grads_batched``: the counting wrapper sees it as 1 backward), for as many iterations
+  forward and the backward of every candidate class (9 for MNIST) per iteration: one backward per
+  candidate on the CPU, one backward vmapped over the candidates on CUDA (``is_grads_batched``: the
+  counting wrapper sees it as 1 backward), for as many iterations
   as the slowest input of the batch needs (plus the iteration that finds every input fooled). The
   ``floor`` row of a DeepFool attack is one forward+backward pass (one gradient) per iteration of
   that loop; the ``floor-9b`` row is one forward and 9 backward passes (retain_graph) per
@@ -24,6 +25,8 @@ Rows (``impl``):
 * ``pertattack``: fgsm, pgd (40 steps of 2.5 eps/40, random start, Madry), bim (10 steps of
   eps/10), alg1-10 (the paper's Algorithm 1, margin, T = 10), deepfool (p = 2 and p = inf,
   <= 50 steps, overshoot 0.02, 10 candidates).
+  With ``--deepfool-variants``, DeepFool also as ``pertattack-loop`` (``batched_backward=False``) and
+  ``pertattack-vmap`` (``batched_backward=True``).
 * ``torchattacks`` 3.5.1: FGSM, PGD(steps=40, alpha=2.5*eps/40, random_start=True),
   BIM(alpha=eps/10, steps=10), DeepFool(steps=50, overshoot=0.02) (l2 only; per image).
 * ``foolbox`` 3.3.4 (``fb.PyTorchModel(model, bounds=(0, 1))``): FGSM, LinfPGD(steps=40,
@@ -53,6 +56,9 @@ The model: a checkpoint from ``--checkpoint`` (default the pertattack cache,
 ``~/.cache/pertattack/mnist-lenet5-e3-s0-<digest>.pt``, the newest) if it exists, otherwise LeNet-5 (seed 0) trained
 here for ``--train-epochs`` (default 1) epochs on the MNIST training set (not timed, not saved).
 Only DeepFool's iteration count depends on the model's weights.
+
+``--device cuda`` puts the model and the images on the GPU; every timed call then starts and ends
+with ``torch.cuda.synchronize()``.
 
 Run::
 
@@ -84,7 +90,7 @@ from pertattack.training import accuracy, load_model, train_classifier
 
 EPS = 0.1
 ATTACKS = ["fgsm", "pgd", "bim", "alg1-10", "deepfool-l2", "deepfool-linf"]
-IMPLS = ["floor", "floor-9b", "pertattack", "torchattacks", "foolbox"]
+IMPLS = ["floor", "floor-9b", "pertattack", "pertattack-loop", "pertattack-vmap", "torchattacks", "foolbox"]
 PEERS = ("torchattacks", "foolbox")
 def _default_checkpoint() -> Path:
     """The newest cached `reproduce` LeNet-5 (named with a digest of its training data), else the old name."""
@@ -190,7 +196,7 @@ def floor_run(passes: int, extra_backwards: int = 0) -> Callable[[nn.Module], Ru
     return make
 
 
-def pertattack_row(attack: str) -> Callable[[nn.Module], Run]:
+def pertattack_row(attack: str, **extra) -> Callable[[nn.Module], Run]:
     name, kw = {
         "fgsm": ("fgsm", dict(eps=EPS)),
         "pgd": ("pgd", dict(eps=EPS, seed=0)),
@@ -201,7 +207,7 @@ def pertattack_row(attack: str) -> Callable[[nn.Module], Run]:
     }[attack]
 
     def make(model: nn.Module) -> Run:
-        atk = pertattack.get_attack(name, **kw)
+        atk = pertattack.get_attack(name, **kw, **extra)
         return lambda x, y: atk(model, x, y).x_adv
 
     return make
@@ -271,6 +277,24 @@ def lenet5(checkpoint: str | Path) -> nn.Module:
     return (load_model(ckpt) if ckpt.exists() else build_model("lenet5", seed=0)).eval()
 
 
+def timed(run: Callable[[Tensor, Tensor], object], x: Tensor, y: Tensor) -> float:
+    """Seconds of ``run(x, y)``; on CUDA from a synchronised start to a synchronised end (kernels are async)."""
+    cuda = x.is_cuda
+    if cuda:
+        torch.cuda.synchronize(x.device)
+    t0 = time.perf_counter()
+    run(x, y)
+    if cuda:
+        torch.cuda.synchronize(x.device)
+    return time.perf_counter() - t0
+
+
+def device_name(device: str) -> str:
+    """``device`` with the GPU's name, for the printed header and the CSV."""
+    d = torch.device(device)
+    return f"{d} ({torch.cuda.get_device_name(d)})" if d.type == "cuda" else str(d)
+
+
 def write_csv(path: str | Path, rows: list[dict]) -> None:
     """``rows`` (dicts with the same keys) as a CSV file at ``path``, its folder made if needed."""
     out = Path(path)
@@ -298,11 +322,16 @@ def get_model(args: argparse.Namespace) -> tuple[nn.Module, str]:
 # --------------------------------------------------------------------------------------------
 
 
-def build_rows(attacks: list[str], n: int, ta_deepfool_n: int) -> list[Row]:
+def build_rows(attacks: list[str], n: int, ta_deepfool_n: int, deepfool_variants: bool = False) -> list[Row]:
     rows: list[Row] = []
     for a in attacks:
         p = 2.0 if a == "deepfool-l2" else math.inf
         rows.append(Row(a, "pertattack", pertattack_row(a), n, p))
+        if deepfool_variants and a.startswith("deepfool"):
+            rows.append(Row(a, "pertattack-loop", pertattack_row(a, batched_backward=False), n, p,
+                            "one backward per candidate"))
+            rows.append(Row(a, "pertattack-vmap", pertattack_row(a, batched_backward=True), n, p,
+                            "one backward vmapped over the candidates"))
         for impl, factory in (("torchattacks", torchattacks_row), ("foolbox", foolbox_row)):
             try:
                 make = factory(a)
@@ -345,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="CSV file to write")
     ap.add_argument("--attacks", default=",".join(ATTACKS), help=f"comma-separated subset of {','.join(ATTACKS)}")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda: model and images there")
+    ap.add_argument("--deepfool-variants", action="store_true",
+                    help="also time DeepFool with batched_backward=False and True (rows pertattack-loop, -vmap)")
     ap.add_argument("--ta-deepfool-n", type=int, default=64,
                     help="images for torchattacks' per-image DeepFool (default 64; times compared per image)")
     ap.add_argument("--data", default=default_mnist(),
@@ -368,15 +400,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
     model, origin = get_model(args)
+    model.to(args.device)
     for prm in model.parameters():
         prm.requires_grad_(True)
     x, y = load_mnist(args.data, "test", limit=args.n)
+    x, y = x.to(args.device), y.to(args.device)
     acc = accuracy(model, x, y)
     print(f"model: {origin}; clean accuracy on the {len(x)} images: {acc:.4f}")
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, eps {EPS} (l-inf), "
-          f"n {args.n}, repeat {args.repeat}")
+    print(f"torch {torch.__version__}, device {device_name(args.device)}, threads {torch.get_num_threads()}, "
+          f"eps {EPS} (l-inf), n {args.n}, repeat {args.repeat}")
 
-    rows = build_rows(attacks, args.n, args.ta_deepfool_n)
+    rows = build_rows(attacks, args.n, args.ta_deepfool_n, args.deepfool_variants)
 
     # 1. counting run (untimed): passes and x_adv for success
     counter = Counting(model).eval()
@@ -410,10 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         run(x[: row.n], y[: row.n])
     for _ in range(args.repeat):
         for row, run in zip(rows, runs, strict=True):
-            xs, ys = x[: row.n], y[: row.n]
-            t0 = time.perf_counter()
-            run(xs, ys)
-            row.times.append(time.perf_counter() - t0)
+            row.times.append(timed(run, x[: row.n], y[: row.n]))
 
     # 4. ratios, table, CSV
     table = []
@@ -425,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         table.append(dict(
             attack=row.attack,
             impl=row.impl,
+            device=args.device,
             n=row.n,
             passes="/".join(map(str, row.passes)),
             seconds=row.seconds,

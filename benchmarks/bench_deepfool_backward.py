@@ -1,4 +1,4 @@
-"""DeepFool's candidate gradients on a CPU: 9 backward passes, one batched backward, or a replicated batch.
+"""DeepFool's candidate gradients: 9 backward passes, one batched backward, or a replicated batch.
 
 DeepFool needs grad f_k(x) for every candidate class k at every iteration. Three ways to get them after one
 forward of a batch of MNIST images through LeNet-5 (all give the same gradients; checked):
@@ -7,6 +7,8 @@ forward of a batch of MNIST images through LeNet-5 (all give the same gradients;
 * ``batched``: one ``torch.autograd.grad(..., is_grads_batched=True)`` with the 9 one-hot cotangents (vmap over
   the backward);
 * ``replicated``: the batch repeated 9 times, one forward and one backward of the selected scores.
+
+``--device cuda`` runs them on the GPU, each timed from a synchronised start to a synchronised end.
 
 Run (the median of ``--repeat`` rounds, round-robin)::
 
@@ -19,7 +21,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ from pertattack.data import load_mnist
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_classification import DEFAULT_CKPT, default_mnist, lenet5  # noqa: E402
+from bench_classification import DEFAULT_CKPT, default_mnist, device_name, lenet5, timed  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,12 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--data", default=default_mnist())
     ap.add_argument("--checkpoint", default=str(DEFAULT_CKPT))
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = lenet5(args.checkpoint)
+    model = lenet5(args.checkpoint).to(args.device)
     for p in model.parameters():
         p.requires_grad_(False)
     x, _ = load_mnist(args.data, "test", limit=args.n)
+    x = x.to(args.device)
+    print(f"torch {torch.__version__}, device {device_name(args.device)}")
     k = 10
 
     def loop() -> torch.Tensor:
@@ -55,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     def batched() -> torch.Tensor:
         xg = x.detach().requires_grad_(True)
         out = model(xg)
-        cot = torch.zeros(k - 1, *out.shape)
+        cot = torch.zeros(k - 1, *out.shape, device=out.device)
         for c in range(1, k):
             cot[c - 1, :, c] = 1
         return torch.autograd.grad(out, xg, cot, is_grads_batched=True)[0]
@@ -74,11 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, list[float]] = {n: [] for n in ways}
     for _ in range(args.repeat):
         for name, f in ways.items():
-            t0 = time.perf_counter()
-            f()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(timed(lambda a, b, f=f: f(), x, x))
     for name, ts in times.items():
-        print(f"{name:<11} {1000 * statistics.median(ts):8.1f} ms  (n={args.n}, threads={args.threads}, "
+        print(f"{name:<11} {1000 * statistics.median(ts):8.2f} ms  (n={args.n}, threads={args.threads}, "
               f"median of {args.repeat})")
     return 0
 

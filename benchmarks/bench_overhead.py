@@ -41,7 +41,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -55,7 +54,7 @@ from pertattack.models import build_model
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_classification import DEFAULT_CKPT, Counting, default_mnist, lenet5, write_csv  # noqa: E402
+from bench_classification import DEFAULT_CKPT, Counting, default_mnist, device_name, lenet5, timed, write_csv  # noqa: E402
 
 EPS = 0.1
 #: name -> (pertattack preset, keywords, gradient passes)
@@ -125,13 +124,14 @@ def data(args: argparse.Namespace, batch: int) -> tuple[nn.Module, Tensor, Tenso
         from pertattack.data import load_mnist
 
         x, y = load_mnist(args.data, "test", limit=batch)
-        return lenet5(args.checkpoint), x, y
-    model = build_model("resnet18", seed=0).eval()
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, 3, 32, 32, generator=g)
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    return model, x, y
+        model = lenet5(args.checkpoint)
+    else:
+        model = build_model("resnet18", seed=0).eval()
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(batch, 3, 32, 32, generator=g)
+        with torch.no_grad():
+            y = model(x).argmax(1)
+    return model.to(args.device), x.to(args.device), y.to(args.device)
 
 
 def profile_rows(run: Run, x: Tensor, y: Tensor, top: int) -> list[tuple[str, float, int, float]]:
@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", choices=["lenet5", "resnet18"], default="lenet5")
     ap.add_argument("--batch", default="256", help="comma-separated batch sizes (default 256)")
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda (timed from a synchronised start "
+                    "to a synchronised end)")
     ap.add_argument("--attacks", default="fgsm,pgd,bim,alg1-10,pgd-paper",
                     help=f"comma-separated subset of {','.join(ATTACKS)}")
     ap.add_argument("--repeat", type=int, default=5, help="timed rounds; the median is reported (default 5)")
@@ -167,14 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat < 1:
         ap.error("--repeat must be >= 1")
     warnings.filterwarnings("ignore", category=UserWarning)
-    print(f"torch {torch.__version__}, model {args.model}, eps {EPS} (l-inf), pid {os.getpid()}")
+    print(f"torch {torch.__version__}, device {device_name(args.device)}, model {args.model}, eps {EPS} (l-inf), "
+          f"pid {os.getpid()}")
 
     table, prof_rows = [], []
     for batch in [int(b) for b in args.batch.split(",")]:
         model, x, y = data(args, batch)
         for threads in [int(t) for t in args.threads.split(",")]:
             torch.set_num_threads(threads)
-            rows: list[dict] = [dict(attack="-", model=args.model, batch=batch, threads=threads, impl="no-grad forward",
+            rows: list[dict] = [dict(attack="-", model=args.model, device=args.device, batch=batch, threads=threads,
+                                     impl="no-grad forward",
                                      malloc=MALLOC, passes="0/1/0", run=nograd_forward(model), times=[],
                                      note="one forward without autograd (pertattack's success check)")]
             for a in attacks:
@@ -188,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                     run = make(model)
                     if run is None:
                         continue
-                    rows.append(dict(attack=a, model=args.model, batch=batch, threads=threads, impl=impl,
+                    rows.append(dict(attack=a, model=args.model, device=args.device, batch=batch, threads=threads,
+                                     impl=impl,
                                      malloc=MALLOC,
                                      passes=passes_of(model, make, x, y), run=run, times=[],  # type: ignore[arg-type]
                                      note=f"{npass} fwd+bwd" if impl == "floor" else ""))
@@ -196,9 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                 r["run"](x, y)
             for _ in range(args.repeat):
                 for r in rows:
-                    t0 = time.perf_counter()
-                    r["run"](x, y)
-                    r["times"].append(time.perf_counter() - t0)
+                    r["times"].append(timed(r["run"], x, y))
             for r in rows:
                 r["seconds"] = statistics.median(r["times"])
                 r["best"] = min(r["times"])

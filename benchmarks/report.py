@@ -91,7 +91,7 @@ def summary(rows: list[dict[str, str]]) -> list[dict[str, str]]:
         if r.get("impl") != "pertattack":
             continue
         peer = next((q for q in rows if q.get("impl") == "torchattacks" and all(
-            q.get(k) == r.get(k) for k in ("model", "attack", "batch", "threads"))), None)
+            q.get(k) == r.get(k) for k in ("model", "device", "attack", "batch", "threads"))), None)
         out.append({**r, "peer_x_floor": peer["x_floor"] if peer else "nan"})
     return out
 

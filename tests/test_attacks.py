@@ -126,6 +126,38 @@ def test_deepfool_on_an_affine_binary_classifier(p):
     np.testing.assert_allclose(rho2(model, x, p=p).numpy(), dist.numpy(), rtol=1e-10)
 
 
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+@pytest.mark.parametrize("p", [2.0, INF])
+@pytest.mark.parametrize("candidates", [1, 2, 10])
+def test_deepfool_batched_backward_is_the_loop(kind, p, candidates):
+    """The candidates' gradients from one vmapped backward or one backward each: the same attack."""
+    model, shape, k = build_model(kind, "eval")
+    x = rand_x(7, shape, seed=2)
+    y, _ = labels_and_target(7, k, 3)
+    runs = [get_attack("deepfool", p=p, candidates=candidates, batched_backward=b)(model, x, y) for b in (False, True)]
+    np.testing.assert_allclose(runs[1].x_adv.numpy(), runs[0].x_adv.numpy(), rtol=0, atol=1e-12)
+    assert torch.equal(runs[1].success, runs[0].success) and torch.equal(runs[1].steps, runs[0].steps)
+
+
+def test_deepfool_batched_backward_reports_a_nan_gradient():
+    model, shape, k = build_model("mlp", "eval")
+    x = rand_x(4, shape, seed=2)
+
+    class NaNGrad(nn.Module):  # finite scores, NaN gradient (sqrt at 0)
+        def forward(self, z):
+            return model(z) + torch.sqrt(z.reshape(len(z), -1)[:, :1] * 0)
+
+    for b in (False, True):
+        with pytest.warns(UserWarning, match="NaN"):
+            r = get_attack("deepfool", batched_backward=b)(NaNGrad(), x)
+        assert not r.success.any()
+
+
+def test_deepfool_batched_backward_must_be_a_flag():
+    with pytest.raises(TypeError, match="batched_backward must be True or False"):
+        get_attack("deepfool", batched_backward="yes")
+
+
 # ---------------------------------------------------------------------------- presets as special cases
 
 

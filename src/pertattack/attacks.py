@@ -98,6 +98,8 @@ KEYWORDS: dict[str, tuple[str, str]] = {
     # objective settings
     "probs": ("objective", "apply a softmax to the scores first (the paper's f); margin, score, targeted, deepfool"),
     "candidates": ("objective", "DeepFool: the classes searched for the closest boundary (the top ones by score)"),
+    "batched_backward": ("objective", "DeepFool: the candidates' gradients from one vmapped backward (True), one "
+                                      "backward each (False), or None: vmapped on CUDA only"),
     "surrogate": ("objective", "transfer: the model whose gradients are used (same raw inputs)"),
     "base": ("objective", "transfer: the objective evaluated on the surrogate"),
     "rank": ("objective", "dlr-targeted: the target is the class of this rank in f(x) (2 = runner-up)"),
