@@ -37,8 +37,10 @@ ATTACKS = "pgd,deepfool,random"
 
 def _args(out: Path, *, model: str = "eval_callables:centroids", data: str = "eval_callables:digits_test",
           batch_size: int = 13, eps: str = EPS, extra: tuple[str, ...] = ()) -> list[str]:
+    # --device cpu: the same runs on a machine with CUDA, where the default would be cuda and the forked ranks
+    # of `launch` could not use it once this process has (tests/test_cuda.py runs evaluate on CUDA)
     return ["evaluate", "--model", model, "--data", data, "--attack", ATTACKS, "--eps", eps, "--set", "steps=5",
-            "--batch-size", str(batch_size), "--out", str(out), "--no-progress", *extra]
+            "--batch-size", str(batch_size), "--device", "cpu", "--out", str(out), "--no-progress", *extra]
 
 
 def _free_port() -> int:

@@ -19,8 +19,9 @@ from pertattack.models import build_model
 from pertattack.training import save_model, train_classifier
 
 MNIST = Path(os.environ.get("PERTATTACK_MNIST", Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
-needs_mnist = pytest.mark.skipif(not (MNIST / "t10k-images-idx3-ubyte.gz").exists()
-                                 and not (MNIST / "t10k-images-idx3-ubyte").exists(), reason="MNIST files not present")
+needs_mnist = pytest.mark.skipif(  # both splits: the items train on one and attack the other
+    not all((MNIST / f"{s}-images-idx3-ubyte.gz").exists() or (MNIST / f"{s}-images-idx3-ubyte").exists()
+            for s in ("train", "t10k")), reason="MNIST files not present")
 
 
 def _tag(dataset: str, name: str, epochs: int, root: str | None = None) -> str:

@@ -1,7 +1,7 @@
 """Robustness of a model over a whole data set: one row per (input, attack, eps), resumable, sharded.
 
 The engine behind ``pertattack evaluate``. One process, or one process per rank under ``torchrun``
-(``torch.distributed``: gloo on CPU, nccl with ``cuda:LOCAL_RANK`` on GPUs).
+(``torch.distributed`` with gloo; on GPUs rank r computes on ``cuda:LOCAL_RANK``).
 
 How a run is organised (all of it under ``--out``):
 
@@ -363,10 +363,11 @@ def _distributed(requested_device: str | None, timeout: float) -> Iterator[_Dist
 
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    # gloo on every device: the only collective is one broadcast of a small object (the pending batches),
+    # and NCCL would refuse ranks that share a GPU (more ranks than GPUs, or one --device cuda:i for all)
     initialised = False
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=_dt.timedelta(seconds=timeout))
+        dist.init_process_group("gloo", timeout=_dt.timedelta(seconds=timeout))
         initialised = True
     try:
         yield _Dist(dist.get_rank(), dist.get_world_size(), local_rank, device, initialised)
