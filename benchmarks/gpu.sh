@@ -51,11 +51,10 @@ on evaluate && step evaluate 90 bash -c "time python3 -m pertattack evaluate --m
   --attack pgd,deepfool,apgd-ce --eps 0.1 --p inf --limit 2000 --batch-size 500 --device $DEVICE --out '$W/eval' --no-progress"
 on resnet && step resnet 150 python3 $B/bench_overhead.py --device "$DEVICE" --model resnet18 --batch "$BATCHES" --threads 1 \
   --attacks fgsm,pgd,bim,alg1-10,pgd-paper,apgd-ce --repeat 3 --out "$W/resnet18_$DEVICE.csv"
-# two ranks on one GPU (torchrun's default device cuda:LOCAL_RANK wraps around): rows identical to the 1-process run
+# two ranks on one GPU (torchrun's default device cuda:LOCAL_RANK wraps around), compared with the 1-process run
 on torchrun && step torchrun 120 bash -c "time python3 -m torch.distributed.run --standalone --nproc-per-node 2 \
   -m pertattack evaluate --model '$CKPT' --data mnist --root '$MNIST' --attack pgd,deepfool,apgd-ce --eps 0.1 --p inf \
-  --limit 2000 --batch-size 500 --out '$W/eval2' --no-progress && cmp '$W/eval/results.csv' '$W/eval2/results.csv' \
-  && echo rows identical to the 1-process run"
+  --limit 2000 --batch-size 500 --out '$W/eval2' --no-progress && python3 $B/compare_rows.py '$W/eval' '$W/eval2'"
 on suite && step suite 150 env -u PERTATTACK_MNIST python3 -m pytest tests -q -p no:cacheprovider -n 8 -rfE
 for f in "$W"/*.log; do echo "----- $f"; tail -n 25 "$f"; done
 cat "$W/steps.txt"

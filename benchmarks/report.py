@@ -106,6 +106,12 @@ TABLES: dict[str, tuple] = {
     "summary-resnet18": ("resnet18_b1.csv", SUMMARY, _all, summary),
     "summary-resnet18-128": ("resnet18.csv", SUMMARY, _all, summary),
     "profile": ("profile.csv", PROFILE, lambda r: r.get("attack") in ("pgd", "bim") and r.get("batch") == "128"),
+    # on a GPU (benchmarks/gpu.sh)
+    "summary-cuda": ("overhead_cuda.csv", SUMMARY, _all, summary),
+    "summary-cuda-r10": ("overhead_cuda_r10.csv", SUMMARY, _all, summary),
+    "summary-resnet18-cuda": ("resnet18_cuda.csv", SUMMARY, _all, summary),
+    "classification-cuda": ("classification_cuda.csv", CLASSIFICATION, _all),
+    "classification-cuda-deepfool": ("classification_cuda_deepfool.csv", CLASSIFICATION, _all),
 }
 
 

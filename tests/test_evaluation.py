@@ -74,7 +74,11 @@ def launch(argv: list[str], world: int, logs: Path, *, env: dict[str, str] | Non
     ``stop_others``: when a rank exits non-zero, SIGTERM the others, as torchrun does.
     """
     logs.mkdir(parents=True, exist_ok=True)
-    ctx = torch.multiprocessing.get_context("fork")
+    # fork is fast (no new interpreter), but where CUDA is there torch refuses autograd in a child forked after
+    # this process ran a backward ("Unable to handle autograd's threading in combination with fork-based
+    # multiprocessing", seen on an H200): spawn there
+    ctx = torch.multiprocessing.get_context(os.environ.get("PERTATTACK_TEST_START", "spawn" if torch.cuda.is_available()
+                                                           else "fork"))
     port = _free_port()
     procs = [ctx.Process(target=_rank_main, args=(r, world, port, argv, logs / f"rank{r}.log", env or {}))
              for r in range(world)]
