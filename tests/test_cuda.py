@@ -17,6 +17,7 @@ import torch
 from conftest import CONV_SHAPE, ConvNet, no_grads, rand_x
 
 import pertattack
+from pertattack import schedule
 from pertattack.cli import main
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -96,6 +97,19 @@ def test_no_sync_per_step(name):
         counts[steps] = _syncs(lambda a=attack: a(model, x, y))
     assert counts[4] > 0  # the counter works: the checks before and after the loop synchronise
     assert counts[16] - counts[4] <= 2, counts
+
+
+@pytest.mark.parametrize("name", ["apgd-ce", "apgd-dlr"])
+def test_early_stop_syncs_every_few_steps(name):
+    """APGD's early stop refreshes the inputs in play every SYNC_EVERY steps on CUDA, not at every step."""
+    model, x, y = _problem()
+    model, x, y = model.cuda(), x.cuda(), y.cuda()
+    counts = {}
+    for steps in (16, 48):
+        attack = pertattack.get_attack(name, eps=0.01, steps=steps, seed=0)
+        attack(model, x, y)
+        counts[steps] = _syncs(lambda a=attack: a(model, x, y))
+    assert counts[48] - counts[16] <= (48 - 16) // schedule.SYNC_EVERY + 2, counts
 
 
 def test_evaluate_on_cuda_gives_the_cpu_rows(tmp_path):

@@ -10,6 +10,7 @@ from conftest import MLP, MLP_SHAPE, rand_x
 from torch import nn
 
 import pertattack
+from pertattack import schedule
 
 SYNCS = ("__bool__", "item", "nonzero", "tolist", "__int__", "__float__")
 
@@ -79,6 +80,45 @@ def test_no_sync_per_step(name, sync_counter):
     assert runs[3] > 0  # the counter works: the checks before and after the loop synchronise
     # one sync per step would add 9; the final budget fit may take one more or less, depending on the data
     assert abs(runs[12] - runs[3]) <= 2, runs
+
+
+@pytest.mark.parametrize("name", ["apgd-ce", "apgd-dlr"])
+def test_early_stop_syncs_every_few_steps(name, sync_counter, monkeypatch):
+    """On a GPU, APGD's early stop refreshes the inputs in play every SYNC_EVERY steps, not at every step (the
+    CPU's interval set to the GPU's here; tests/test_cuda.py counts them on CUDA)."""
+    monkeypatch.setattr(schedule, "SYNC_EVERY_CPU", schedule.SYNC_EVERY)
+    model, x, y = _data()
+    runs = {}
+    for steps in (16, 48):
+        attack = pertattack.get_attack(name, eps=0.01, steps=steps, seed=0)  # eps small: few inputs fooled
+        attack(model, x, y)
+        sync_counter.clear()
+        attack(model, x, y)
+        runs[steps] = sum(sync_counter.values())
+    refreshes = (48 - 16) // schedule.SYNC_EVERY
+    assert runs[48] - runs[16] <= refreshes + 2, runs  # one nonzero() per refresh (3 per step before)
+
+
+@pytest.mark.parametrize("every", [3, 8])
+@pytest.mark.parametrize("name, kw", [("apgd-ce", {"steps": 30}), ("apgd-dlr", {"steps": 30}),
+                                      ("apgd-ce", {"steps": 30, "p": 2.0, "eps": 0.5}),
+                                      ("square", {"queries": 60}), ("deepfool", {"eps": None, "steps": 2}),
+                                      ("apgd-t", {"steps": 12})])
+def test_early_stop_results_do_not_depend_on_the_sync_interval(name, kw, every, monkeypatch):
+    """Inputs done between two refreshes get gradients but stay frozen and unobserved: the same results."""
+    torch.manual_seed(0)
+    model = MLP().eval()
+    x = rand_x(24, MLP_SHAPE, seed=3, lo=0.05, hi=0.95)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    kw = {"eps": 0.15, **kw}
+    ref = pertattack.get_attack(name, seed=0, **kw)(model, x, y)
+    assert 0 < int(ref.success.sum()) < len(x)  # some inputs stop early, some run to the end
+    monkeypatch.setattr(schedule, "SYNC_EVERY_CPU", every)
+    other = pertattack.get_attack(name, seed=0, **kw)(model, x, y)
+    torch.testing.assert_close(other.x_adv, ref.x_adv, rtol=0, atol=1e-12)
+    assert torch.equal(other.success, ref.success)
+    assert torch.equal(other.steps, ref.steps)
 
 
 @pytest.mark.parametrize("name, steps", [("fgsm", 1), ("bim", 10), ("alg1-5", 5), ("pgd", 40)])
