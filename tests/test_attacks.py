@@ -153,6 +153,43 @@ def test_deepfool_batched_backward_reports_a_nan_gradient():
         assert not r.success.any()
 
 
+class _ItemInBackward(torch.autograd.Function):
+    """Identity whose backward reads a Python number from its gradient: vmap has no batching rule for it."""
+
+    @staticmethod
+    def forward(ctx, z):
+        return z * 1
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * (1.0 + 0.0 * g.abs().max().item())
+
+
+def test_deepfool_default_falls_back_to_the_loop_when_vmap_fails(monkeypatch):
+    from pertattack import objectives
+
+    model, shape, k = build_model("mlp", "eval")
+    x = rand_x(6, shape, seed=4)
+
+    class Custom(nn.Module):
+        def forward(self, z):
+            return model(_ItemInBackward.apply(z))
+
+    loop = get_attack("deepfool", batched_backward=False)(Custom(), x)
+    with pytest.raises(RuntimeError, match="item"):  # asked for explicitly: the error is the user's to see
+        get_attack("deepfool", batched_backward=True)(Custom(), x)
+    monkeypatch.setattr(objectives, "_vmapped_default", lambda x: True)  # the default as on CUDA
+    attack = get_attack("deepfool")
+    with pytest.warns(UserWarning, match="vmapped over the candidates failed") as caught:
+        first = attack(Custom(), x)
+    assert len([w for w in caught if "vmapped" in str(w.message)]) == 1  # once, then the loop
+    np.testing.assert_allclose(first.x_adv.numpy(), loop.x_adv.numpy(), rtol=0, atol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = attack(Custom(), x)  # remembered: no second attempt, no warning
+    np.testing.assert_allclose(again.x_adv.numpy(), loop.x_adv.numpy(), rtol=0, atol=1e-12)
+
+
 def test_deepfool_batched_backward_must_be_a_flag():
     with pytest.raises(TypeError, match="batched_backward must be True or False"):
         get_attack("deepfool", batched_backward="yes")

@@ -23,6 +23,7 @@ softmax first, as the paper's f (class probabilities) does. Cross-entropy always
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -213,6 +214,11 @@ class Targeted(Objective):
         return _other_max(s, ctx.target) - s.gather(1, ctx.target[:, None])[:, 0]
 
 
+def _vmapped_default(x: Tensor) -> bool:
+    """Whether DeepFool's ``batched_backward=None`` takes the vmapped backward for inputs like ``x``: on CUDA."""
+    return x.is_cuda
+
+
 @dataclass(repr=False)
 class DeepFoolObjective(Objective):
     """DeepFool's objective: f_k - f_l^ with l^ the class closest by the rho1 criterion.
@@ -226,6 +232,8 @@ class DeepFoolObjective(Objective):
     faster with it (one launch sequence instead of 9; LeNet-5, 1,024 MNIST images, an H200), and the loop
     elsewhere: on a CPU both took the same time within 7%, the loop ahead, and the loop never holds the
     candidates' gradients all at once (``bench_classification.py --deepfool-variants``, benchmarks/README.md).
+    Where the default's vmapped backward fails (an operation without a batching rule, such as ``.item()`` in a
+    custom backward, or out of memory), it warns once and takes the loop from then on.
     """
 
     candidates: int = 10
@@ -238,6 +246,7 @@ class DeepFoolObjective(Objective):
         flag("probs", self.probs)
         if self.batched_backward is not None:
             flag("batched_backward", self.batched_backward)
+        self._vmap_failed = False  # set once the default vmapped backward failed: the loop from then on
 
     def loss(self, out: Tensor, ctx: Context) -> Tensor:  # the value at the chosen class
         raise NotImplementedError("DeepFoolObjective computes its value in value_and_grad")
@@ -245,7 +254,8 @@ class DeepFoolObjective(Objective):
     def value_and_grad(self, forward: Forward, x: Tensor, ctx: Context) -> tuple[Tensor, Tensor, Tensor]:
         xg = x.detach().requires_grad_(True)
         k = ctx.label
-        batched = x.is_cuda if self.batched_backward is None else self.batched_backward
+        auto = self.batched_backward is None
+        batched = (_vmapped_default(x) and not self._vmap_failed) if auto else self.batched_backward
         with torch.enable_grad():
             out = forward(xg)
             s = _scores(out, self.probs)
@@ -256,7 +266,16 @@ class DeepFoolObjective(Objective):
             diff = s.gather(1, k[:, None]) - s.gather(1, cand)  # (N, c): f_k - f_l for each candidate
             if batched:
                 cot = torch.eye(c, dtype=diff.dtype, device=diff.device)[:, None, :].expand(c, n, c)
-                (grads,) = torch.autograd.grad(diff, xg, cot, is_grads_batched=True)  # (c, N, ...)
+                try:  # (c, N, ...); the graph kept when chosen by default, for the loop to fall back on
+                    (grads,) = torch.autograd.grad(diff, xg, cot, is_grads_batched=True, retain_graph=auto)
+                except RuntimeError as err:  # an op without a batching rule (.item() in a custom backward), OOM
+                    if not auto:
+                        raise
+                    self._vmap_failed = True
+                    batched = False
+                    warnings.warn(f"deepfool: the backward vmapped over the candidates failed ({err}); taking one "
+                                  "backward per candidate instead (batched_backward=False skips the attempt)",
+                                  stacklevel=2)
             best_d = torch.full((n,), math.inf, dtype=x.dtype, device=x.device)
             best_L = torch.zeros(n, dtype=x.dtype, device=x.device)
             best_g = torch.zeros_like(x)
