@@ -38,7 +38,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import resource
@@ -188,12 +187,9 @@ def main() -> None:
         if a.kill_resume:
             print(_kill_resume(a, work, work / "p1-r0"))
         if a.out is not None:
-            a.out.parent.mkdir(parents=True, exist_ok=True)
-            with open(a.out, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
-            print(f"wrote {a.out}")
+            from bench_classification import write_csv  # imports torch: only when a CSV is written
+
+            write_csv(a.out, rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -27,7 +27,6 @@ A peer that is not installed is skipped with a note on stderr.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import sys
@@ -40,6 +39,9 @@ from torch import Tensor, nn
 import pertattack
 from pertattack.data import load_mnist
 from pertattack.training import load_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_classification import write_csv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = os.environ.get("PERTATTACK_MNIST", str(ROOT.parent / "shared" / "data" / "mnist"))
@@ -184,11 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                     med = float(norms[fooled].median()) if bool(fooled.any()) else math.nan
                     add(mname, "min-norm", impl, None, p, None, s, float(fooled.sum()) / float(correct.sum()), med)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(args.out, rows)
     return 0
 
 
