@@ -82,6 +82,21 @@ def test_no_sync_per_step(name, sync_counter):
     assert abs(runs[12] - runs[3]) <= 2, runs
 
 
+@pytest.mark.parametrize("name, dtype, most", [("fgsm", torch.float64, 14), ("fgsm", torch.float32, 14),
+                                              ("pgd", torch.float32, 15)])
+def test_syncs_of_the_checks_around_the_loop(name, dtype, most, sync_counter):
+    """The checks before and after the loop (box, eps, labels, scores, budget fit, success) wait for the device
+    at most 14 times an FGSM call, 15 with PGD's random start (the first output's finiteness); scalar boxes,
+    numeric eps and the score checks are read as numbers, or several at once (they were 23 and 24)."""
+    model, x, y = _data()
+    model, x = model.to(dtype), x.to(dtype)
+    attack = pertattack.get_attack(name, eps=0.1, seed=0)
+    attack(model, x, y)
+    sync_counter.clear()
+    attack(model, x, y)
+    assert sum(sync_counter.values()) <= most, dict(sync_counter)
+
+
 @pytest.mark.parametrize("name", ["apgd-ce", "apgd-dlr"])
 def test_early_stop_syncs_every_few_steps(name, sync_counter, monkeypatch):
     """On a GPU, APGD's early stop refreshes the inputs in play every SYNC_EVERY steps, not at every step (the

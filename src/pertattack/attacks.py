@@ -805,7 +805,7 @@ def _check_labels(y: Tensor, out: Tensor, name: str) -> Tensor:
         raise ValueError(f"{name} must have shape ({out.shape[0]},), got {tuple(y.shape)}")
     if y.is_floating_point() or y.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer class indices, got {y.dtype}")
-    if (y < 0).any() or (y >= out.shape[1]).any():
+    if bool(((y < 0) | (y >= out.shape[1])).any()):
         raise ValueError(f"{name} must lie in [0, {out.shape[1] - 1}] (the model has {out.shape[1]} classes)")
     return y.long()
 

@@ -60,12 +60,16 @@ def as_batch_eps(eps: float | Tensor, n: int, like: Tensor) -> Tensor:
 
     Accepts a scalar or a tensor of shape () or (N,) (per-input budgets, broadcast as in ART).
     """
+    if _numbers(eps):  # checked as a number: no host-device sync
+        if math.isnan(eps) or eps < 0:  # type: ignore[arg-type]
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        return torch.as_tensor(eps, dtype=like.dtype, device=like.device).expand(n)
     e = torch.as_tensor(eps, dtype=like.dtype, device=like.device)
     if e.dim() == 0:
         e = e.expand(n)
     if e.shape != (n,):
         raise ValueError(f"eps must be a scalar or have shape ({n},), got {tuple(e.shape)}")
-    if torch.isnan(e).any() or (e < 0).any():
+    if bool((torch.isnan(e) | (e < 0)).any()):
         raise ValueError(f"eps must be >= 0, got {eps}")
     return e
 
@@ -194,6 +198,11 @@ def _project_l1(eta: Tensor, eps: Tensor) -> Tensor:
     return out.reshape(eta.shape)
 
 
+def _numbers(*values: object) -> bool:
+    """Whether every value is a Python int or float (not a bool, not a tensor)."""
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
 @dataclass(frozen=True)
 class Box:
     """The box of valid inputs [lo, hi] (scalars or tensors broadcastable to one input, e.g. (C, 1, 1))."""
@@ -204,7 +213,9 @@ class Box:
     def bounds(self, like: Tensor) -> tuple[Tensor, Tensor]:
         lo = torch.as_tensor(self.lo, dtype=like.dtype, device=like.device)
         hi = torch.as_tensor(self.hi, dtype=like.dtype, device=like.device)
-        if (lo > hi).any():
+        # numbers are compared as numbers: no host-device sync for the common scalar box
+        bad = self.lo > self.hi if _numbers(self.lo, self.hi) else bool((lo > hi).any())
+        if bad:
             raise ValueError(f"box: lo must be <= hi, got lo={self.lo}, hi={self.hi}")
         return lo, hi
 
@@ -217,9 +228,9 @@ class Box:
         if not isinstance(self.lo, Tensor) and not isinstance(self.hi, Tensor) and x.numel():
             # scalar bounds: one pass (min and max; NaN propagates, inf leaves the box); any doubt goes on to
             # the checks below, which say what is wrong
-            mn, mx = torch.aminmax(x)
+            mn, mx = torch.stack(torch.aminmax(x)).tolist()  # one host-device sync
             lo, hi = (torch.tensor(b, dtype=x.dtype).item() for b in (self.lo, self.hi))
-            if lo <= hi and lo <= mn.item() and mx.item() <= hi:
+            if lo <= hi and lo <= mn and mx <= hi:
                 return
         if not torch.isfinite(x).all():
             raise ValueError(f"{name} contains NaN or inf")

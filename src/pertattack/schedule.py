@@ -546,7 +546,9 @@ class _ResolvedBox(Box):
         lo, hi = Box.bounds(box, like)
         out._cache[(like.dtype, like.device)] = (lo, hi)  # type: ignore[attr-defined]
         if lo.dim() == 0 and hi.dim() == 0:  # the values as the dtype rounds them: clamp gives the same result
-            object.__setattr__(out, "_scalars", (lo.item(), hi.item()))
+            # rounded on the CPU: no host-device sync
+            scalars = [torch.as_tensor(b, dtype=like.dtype).item() for b in (box.lo, box.hi)]
+            object.__setattr__(out, "_scalars", tuple(scalars))
         return out
 
     def bounds(self, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -697,15 +699,20 @@ class Schedule:
         if eps is None and needs_eps:
             raise ValueError(f"{solver} with this schedule needs a budget eps")
         done = torch.zeros(n, dtype=torch.bool, device=x.device)
-        eps_scalar = None
-        if eps is not None and n and bool((eps == eps[0]).all()):  # one sync per run, none per step
-            eps_scalar = eps[0].item()
-        loop = Loop(x=x, eps=eps, ball=ball, box=box, noise=noise, steps=T, done=done, eps_scalar=eps_scalar)
         alpha = self.step_size.init(eps, T, x)
-        # one number for every input's step (a constant step of a uniform budget): the steepest step is then
-        # one multiplication by a Python number (same values)
-        alpha_scalar = alpha[0].item() if eps_scalar is not None and isinstance(self.step_size, Constant) \
-            and alpha is not None else None
+        # eps as one number when every input has the same budget (an l-inf projection is then one clamp), and
+        # alpha too for a constant step (the steepest step is then one multiplication by a Python number):
+        # the same values, from one host-device sync per run, none per step
+        eps_scalar = alpha_scalar = None
+        if eps is not None and n:
+            same = (eps == eps[0]).all().to(eps.dtype)
+            a0 = alpha[0].to(eps.dtype) if alpha is not None else eps[0]
+            uniform, e0, a0 = torch.stack([same, eps[0], a0]).tolist()
+            if uniform:
+                eps_scalar = e0
+                if isinstance(self.step_size, Constant) and alpha is not None:
+                    alpha_scalar = a0
+        loop = Loop(x=x, eps=eps, ball=ball, box=box, noise=noise, steps=T, done=done, eps_scalar=eps_scalar)
         scale = 1.0 + self.overshoot
         eta = self.start(loop)
         keep = copy.copy(self.keep)  # the policy is configuration; its tracking state lives in a copy
