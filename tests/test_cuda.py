@@ -85,16 +85,22 @@ def _syncs(run) -> int:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-@pytest.mark.parametrize("name", ["pgd", "bim", "alg1", "pgd-paper"])
-def test_no_sync_per_step(name):
-    """The synchronisations do not grow with the number of steps: before and after the loop only."""
+def _syncs_by_steps(name: str, eps: float, steps: tuple[int, ...]) -> dict[int, int]:
+    """The syncs of one warm call of preset ``name`` on CUDA, for each number of steps."""
     model, x, y = _problem()
     model, x, y = model.cuda(), x.cuda(), y.cuda()
     counts = {}
-    for steps in (4, 16):
-        attack = pertattack.get_attack(name, eps=0.1, steps=steps, seed=0)
+    for t in steps:
+        attack = pertattack.get_attack(name, eps=eps, steps=t, seed=0)
         attack(model, x, y)  # warm-up
-        counts[steps] = _syncs(lambda a=attack: a(model, x, y))
+        counts[t] = _syncs(lambda a=attack: a(model, x, y))
+    return counts
+
+
+@pytest.mark.parametrize("name", ["pgd", "bim", "alg1", "pgd-paper"])
+def test_no_sync_per_step(name):
+    """The synchronisations do not grow with the number of steps: before and after the loop only."""
+    counts = _syncs_by_steps(name, 0.1, (4, 16))
     assert counts[4] > 0  # the counter works: the checks before and after the loop synchronise
     assert counts[16] - counts[4] <= 2, counts
 
@@ -102,13 +108,7 @@ def test_no_sync_per_step(name):
 @pytest.mark.parametrize("name", ["apgd-ce", "apgd-dlr"])
 def test_early_stop_syncs_every_few_steps(name):
     """APGD's early stop refreshes the inputs in play every SYNC_EVERY steps on CUDA, not at every step."""
-    model, x, y = _problem()
-    model, x, y = model.cuda(), x.cuda(), y.cuda()
-    counts = {}
-    for steps in (16, 48):
-        attack = pertattack.get_attack(name, eps=0.01, steps=steps, seed=0)
-        attack(model, x, y)
-        counts[steps] = _syncs(lambda a=attack: a(model, x, y))
+    counts = _syncs_by_steps(name, 0.01, (16, 48))  # eps small: few inputs fooled
     assert counts[48] - counts[16] <= (48 - 16) // schedule.SYNC_EVERY + 2, counts
 
 
