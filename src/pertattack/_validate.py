@@ -5,7 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["integer", "flag"]
+__all__ = ["integer", "flag", "is_number"]
+
+
+def is_number(value: Any) -> bool:
+    """Whether ``value`` is a Python int or float (not a bool, not a tensor)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def integer(name: str, value: Any, lo: int = 1) -> int:

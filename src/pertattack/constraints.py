@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ._validate import is_number
 from .noise import Noise, box_muller
 
 __all__ = [
@@ -60,7 +61,7 @@ def as_batch_eps(eps: float | Tensor, n: int, like: Tensor) -> Tensor:
 
     Accepts a scalar or a tensor of shape () or (N,) (per-input budgets, broadcast as in ART).
     """
-    if _numbers(eps):  # checked as a number: no host-device sync
+    if is_number(eps):  # checked as a number: no host-device sync
         if math.isnan(eps) or eps < 0:  # type: ignore[arg-type]
             raise ValueError(f"eps must be >= 0, got {eps}")
         return torch.as_tensor(eps, dtype=like.dtype, device=like.device).expand(n)
@@ -198,11 +199,6 @@ def _project_l1(eta: Tensor, eps: Tensor) -> Tensor:
     return out.reshape(eta.shape)
 
 
-def _numbers(*values: object) -> bool:
-    """Whether every value is a Python int or float (not a bool, not a tensor)."""
-    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-
-
 @dataclass(frozen=True)
 class Box:
     """The box of valid inputs [lo, hi] (scalars or tensors broadcastable to one input, e.g. (C, 1, 1))."""
@@ -214,7 +210,7 @@ class Box:
         lo = torch.as_tensor(self.lo, dtype=like.dtype, device=like.device)
         hi = torch.as_tensor(self.hi, dtype=like.dtype, device=like.device)
         # numbers are compared as numbers: no host-device sync for the common scalar box
-        bad = self.lo > self.hi if _numbers(self.lo, self.hi) else bool((lo > hi).any())
+        bad = self.lo > self.hi if is_number(self.lo) and is_number(self.hi) else bool((lo > hi).any())
         if bad:
             raise ValueError(f"box: lo must be <= hi, got lo={self.lo}, hi={self.hi}")
         return lo, hi
@@ -351,7 +347,7 @@ class Constraint:
             if self.p.lower() not in ("inf", "+inf", "linf"):
                 raise ValueError(f"p must be a number >= 1 or 'inf', got {self.p!r}")
             object.__setattr__(self, "p", math.inf)
-        if isinstance(self.p, bool) or not isinstance(self.p, (int, float)):
+        if not is_number(self.p):
             raise TypeError(f"p must be a number >= 1 or inf, got {self.p!r}")
         object.__setattr__(self, "p", LpBall(self.p).p)
         if self.box is not None and not isinstance(self.box, Box):

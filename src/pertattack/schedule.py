@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._validate import is_number
 from .constraints import Box, LpBall, Partition, expand_like
 from .noise import Noise
 from .objectives import Context, Objective
@@ -73,7 +74,7 @@ __all__ = [
 def _number(name: str, value: Any, *, lo: float | None = None, lo_open: bool = False, hi: float | None = None,
             integer: bool = False) -> None:
     """Raise a ValueError/TypeError naming ``name`` unless ``value`` is a finite number in range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         raise TypeError(f"{name} must be a number, got {value!r}")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
@@ -617,7 +618,7 @@ class Schedule:
     push: float = 0.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, (int, float)) or not math.isfinite(self.steps) \
+        if not is_number(self.steps) or not math.isfinite(self.steps) \
                 or int(self.steps) != self.steps or self.steps < 1:
             raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
         object.__setattr__(self, "steps", int(self.steps))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ._validate import integer
+from ._validate import integer, is_number
 from .constraints import Box, Constraint, LpBall, Partition, expand_like
 from .noise import Noise
 from .objectives import Context, Objective
@@ -292,8 +292,7 @@ class Quadratic(Solver):
         if self.norm not in ("l2", "l1", "linf", "subset"):
             raise ValueError(f"quadratic solver norm must be l2, l1, linf or subset, got {self.norm!r}")
         self.power_iters = integer("power_iters", self.power_iters)
-        if isinstance(self.tol, bool) or not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol)
-                                              and self.tol >= 0):
+        if not (is_number(self.tol) and math.isfinite(self.tol) and self.tol >= 0):
             raise ValueError(f"tol must be a finite number >= 0, got {self.tol!r}")
         if self.svd_method not in ("lanczos", "power"):
             raise ValueError(f"svd_method must be 'lanczos' or 'power', got {self.svd_method!r}")
@@ -368,7 +367,7 @@ class Square(Solver):
 
     def __post_init__(self) -> None:
         v = self.p_init
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= 1:
+        if not is_number(v) or not math.isfinite(v) or not 0 < v <= 1:
             raise ValueError(f"p_init (the share of the input the first squares cover) must be in (0, 1], got {v!r}")
 
     def __call__(self, step: Step) -> Tensor:

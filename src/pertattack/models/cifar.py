@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .._validate import is_number
+
 __all__ = ["NIN", "DenseNet40"]
 
 
@@ -51,7 +53,7 @@ class NIN(nn.Module):
 
     def __init__(self, classes: int = 10, dropout: float = 0.5, width: float = 1.0) -> None:
         super().__init__()
-        if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 16:
+        if not is_number(width) or not 0 < width <= 16:
             raise ValueError(f"width must be a number in (0, 16], got {width!r}")
 
         def w(c: int) -> int:
