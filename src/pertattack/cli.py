@@ -20,11 +20,9 @@ from typing import Any
 
 import torch
 
+from .specs import DATA_HELP, MODEL_HELP, UsageError, load_data_spec, load_model_spec
+
 __all__ = ["main", "UsageError", "build_parser"]
-
-
-class UsageError(ValueError):
-    """A mistake in the command line: reported as one line, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -153,18 +151,6 @@ def _output_folder(text: str, option: str = "--out") -> Path:
     return path
 
 
-def _load_model(text: str, device: str) -> torch.nn.Module:
-    from .training import load_model
-
-    path = Path(text).expanduser()
-    if not path.exists():
-        raise UsageError(f"--model {path}: no such file")
-    try:
-        return load_model(path, map_location=device)
-    except ValueError as err:
-        raise UsageError(f"--model {_one_line(err)}") from err
-
-
 def _probe(model: torch.nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
     """One forward pass on one input: the model must take the data's inputs. Returns its output."""
     name = type(model).__name__
@@ -182,21 +168,12 @@ def _probe(model: torch.nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
                          f"{_one_line(err)}") from err
 
 
-def _load_data(name: str, split: str, root: str | None, n: int | None, download: bool = False
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    from .data import load_cifar10, load_digits, load_mnist
-
+def _load_data(args: argparse.Namespace, split: str, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``--data`` (with ``--root``, ``--download``): the first n inputs of ``split`` as tensors (x, y)."""
     try:
-        if name == "mnist":
-            return load_mnist(root, split, download=download, limit=n)
-        if name == "cifar10":
-            return load_cifar10(root, split, download=download, limit=n)
+        return load_data_spec(args.data, args.root, split, n, download=args.download).xy()
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{err} On the command line: add --download.") from err
-    if name == "digits":
-        x, y = load_digits(split)
-        return (x[:n], y[:n]) if n is not None else (x, y)
-    raise UsageError(f"unknown data set {name!r}: mnist, cifar10 or digits")
 
 
 def _default_device() -> str:
@@ -250,8 +227,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     _at_least("--batch-size", args.batch_size, 1)
     _at_least("--lr", args.lr, 0, strict=True)
     model = build_model(args.model, seed=args.seed)
-    x, y = _load_data(args.data, "train", args.root, args.n, args.download)
-    x_te, y_te = _load_data(args.data, "test", args.root, None, args.download)
+    x, y = _load_data(args, "train", args.n)
+    x_te, y_te = _load_data(args, "test", None)
     autoencoder = args.model.endswith("-ae")
     sample = _probe(model, x, f"--data {args.data}")
     if not autoencoder and (sample.dim() != 2 or sample.shape[1] <= int(y.max())):
@@ -342,11 +319,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                          + ("; give --target CLASS, random or least-likely" if targeted else ""))
     if args.surrogate is not None:
         attack = get_attack(args.attack, seed=args.seed, progress=True, batch_size=args.batch_size,
-                            surrogate=_load_model(args.surrogate, device), **overrides)
-    model = _load_model(args.model, device)
-    x, y = (t.to(device) for t in _load_data(args.data, args.split, args.root, args.n, args.download))
-    if x.shape[0] == 0:
-        raise UsageError(f"--data {args.data} --split {args.split} holds no images")
+                            surrogate=load_model_spec(args.surrogate, device, "--surrogate"), **overrides)
+    model = load_model_spec(args.model, device)
+    x, y = (t.to(device) for t in _load_data(args, args.split, args.n))
     _check_kind(attack, _probe(model, x, f"--data {args.data}"), x, args.model)
     target = None
     if args.target is not None:
@@ -479,10 +454,8 @@ def _add_evaluate(sub: Any) -> None:
         description="One row per (input, attack, eps) in OUT/results.csv, a summary in OUT/summary.csv and "
                     "summary.md. Run it again to resume. Sharded over processes and machines with "
                     "`torchrun --nproc-per-node K -m pertattack evaluate ...`.")
-    p.add_argument("--model", required=True, help="checkpoint of `pertattack train`, or package.module:callable "
-                   "returning an nn.Module")
-    p.add_argument("--data", required=True, help="mnist (any folder of MNIST-format IDX files), cifar10, digits, "
-                   "or package.module:callable returning a Dataset of (x, y) or a pair of tensors (x, y)")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--root", default=None, help="folder of the mnist / cifar10 files")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--attack", required=True, help="preset name(s), comma-separated, e.g. pgd,deepfool")
@@ -509,7 +482,7 @@ def _add_evaluate(sub: Any) -> None:
 
 
 def _data_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="mnist", choices=["mnist", "cifar10", "digits"], help="data set")
+    p.add_argument("--data", default="mnist", help=DATA_HELP)
     p.add_argument("--root", default=None,
                    help="data folder (default: $PERTATTACK_MNIST / $PERTATTACK_CIFAR10, or ../shared/data/...)")
     p.add_argument("--download", action="store_true",
@@ -535,6 +508,34 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 def _debug_argument(p: argparse.ArgumentParser, default: Any) -> None:
     p.add_argument("--debug", action="store_true", default=default,
                    help="show the Python traceback of an error instead of one line")
+
+
+def _add_run(sub: Any) -> None:
+    p = sub.add_parser("run", help="run one attack on a saved model and report the fooling ratio")
+    p.add_argument("attack", help="a preset name (see `pertattack list`), e.g. alg1-10")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    _data_arguments(p)
+    p.add_argument("--split", default="test", choices=["train", "test"], help="which split to attack")
+    p.add_argument("--n", type=int, default=1000, help="attack the first n images")
+    p.add_argument("--eps", default=None,
+                   help="budget, or comma-separated budgets (default: the preset's; DeepFool: unbounded)")
+    p.add_argument("--target", default=None, metavar="CLASS|random|least-likely",
+                   help="target classes of the targeted preset: one class number (images of that class are "
+                        "left out), a random other class per image (seeded by --seed), or the class the model "
+                        "scores lowest")
+    p.add_argument("--surrogate", default=None, metavar="CHECKPOINT",
+                   help="the transfer preset: compute the attack on this model (a spec like --model's), "
+                        "judge it on --model")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="other overrides, e.g. p=2 steps=20 (default: none)")
+    p.add_argument("--batch-size", type=int, default=500, help="inputs per chunk")
+    p.add_argument("--seed", type=int, default=0, help="seed of random starts, dithering and --target random")
+    p.add_argument("--out", default=None,
+                   help="save the result as .npz (plain NumPy arrays); with several --eps, one file whose arrays "
+                        "are stacked along a first axis, one entry per budget, listed in 'eps_grid'")
+    _device_argument(p)
+    _debug_argument(p, argparse.SUPPRESS)
+    p.set_defaults(func=cmd_run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -586,31 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     _debug_argument(p, argparse.SUPPRESS)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("run", help="run one attack on a saved model and report the fooling ratio")
-    p.add_argument("attack", help="a preset name (see `pertattack list`), e.g. alg1-10")
-    p.add_argument("--model", required=True, help="checkpoint written by `pertattack train`")
-    _data_arguments(p)
-    p.add_argument("--split", default="test", choices=["train", "test"], help="which split to attack")
-    p.add_argument("--n", type=int, default=1000, help="attack the first n images")
-    p.add_argument("--eps", default=None,
-                   help="budget, or comma-separated budgets (default: the preset's; DeepFool: unbounded)")
-    p.add_argument("--target", default=None, metavar="CLASS|random|least-likely",
-                   help="target classes of the targeted preset: one class number (images of that class are "
-                        "left out), a random other class per image (seeded by --seed), or the class the model "
-                        "scores lowest")
-    p.add_argument("--surrogate", default=None, metavar="CHECKPOINT",
-                   help="the transfer preset: compute the attack on this model (a `pertattack train` "
-                        "checkpoint), judge it on --model")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="other overrides, e.g. p=2 steps=20 (default: none)")
-    p.add_argument("--batch-size", type=int, default=500, help="inputs per chunk")
-    p.add_argument("--seed", type=int, default=0, help="seed of random starts, dithering and --target random")
-    p.add_argument("--out", default=None,
-                   help="save the result as .npz (plain NumPy arrays); with several --eps, one file whose arrays "
-                        "are stacked along a first axis, one entry per budget, listed in 'eps_grid'")
-    _device_argument(p)
-    _debug_argument(p, argparse.SUPPRESS)
-    p.set_defaults(func=cmd_run)
+    _add_run(sub)
 
     p = sub.add_parser("reproduce", help="reproduce a figure or table of the paper (CSV + PNG + REPORT.md)")
     p.add_argument("experiment",

@@ -32,13 +32,11 @@ import csv
 import datetime as _dt
 import fcntl
 import hashlib
-import importlib
 import io
 import json
 import math
 import os
 import platform
-import sys
 import tempfile
 import time
 import traceback
@@ -50,6 +48,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from .specs import DataSource, UsageError, load_data_spec, load_model_spec
 
 __all__ = [
     "EvalConfig",
@@ -72,7 +72,7 @@ _RESERVED = {"eps": "--eps", "seed": "--seed", "p": "--p", "progress": "(the eng
              "preprocess": "--preprocess", "output": "--model-output"}
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UsageError):
     """A user mistake or a failed rank: the message says which and what to do."""
 
 
@@ -81,9 +81,9 @@ class EvalConfig:
     """The arguments of one evaluation (those of ``pertattack evaluate``).
 
     Attributes:
-        model: a checkpoint written by ``pertattack train``, or ``package.module:callable``
-            returning an ``nn.Module`` (an ``nn.Module`` object at that name is used as is).
-        data: ``mnist``, ``cifar10``, ``digits`` or ``package.module:callable`` returning a
+        model: a model spec (see :mod:`pertattack.specs`): a checkpoint written by ``pertattack train``,
+            or ``package.module:callable`` returning an ``nn.Module``.
+        data: a data spec: ``mnist``, ``cifar10``, ``digits`` or ``package.module:callable`` returning a
             ``torch.utils.data.Dataset`` of ``(x, y)`` or a pair of tensors ``(x, y)``.
         attacks: preset names (see ``pertattack list``).
         eps: the budgets; every attack runs at each of them.
@@ -150,118 +150,21 @@ class EvalConfig:
                 raise EvaluationError(f"--set {k}=... is not taken here: use {_RESERVED[k]}")
 
 
-# --------------------------------------------------------------------------- model and data specs
-
-
-def _import_callable(spec: str, what: str) -> Any:
-    """The object named by ``package.module:attr.attr``; the current folder is on the path (as with ``python -m``)."""
-    mod_name, _, attr = spec.partition(":")
-    if not mod_name or not attr:
-        raise EvaluationError(f"{what} {spec!r}: expected package.module:callable")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.append(os.getcwd())
-    try:
-        obj: Any = importlib.import_module(mod_name)
-    except ImportError as err:
-        raise EvaluationError(f"{what} {spec!r}: cannot import {mod_name!r} ({err}); is it on PYTHONPATH?") from err
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise EvaluationError(f"{what} {spec!r}: module {mod_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    return obj
-
-
-def load_model_spec(spec: str, device: str | torch.device = "cpu") -> nn.Module:
-    """A model from a ``pertattack train`` checkpoint or ``package.module:callable``, in eval mode on ``device``."""
-    from .training import load_model
-
-    if Path(spec).is_file():
-        return load_model(spec, map_location=device)
-    if ":" not in spec:
-        raise EvaluationError(f"--model {spec!r}: no such checkpoint file, and not of the form package.module:callable")
-    obj = _import_callable(spec, "--model")
-    model = obj if isinstance(obj, nn.Module) else obj() if callable(obj) else obj
-    if not isinstance(model, nn.Module):
-        raise EvaluationError(f"--model {spec!r} gave a {type(model).__name__}, not a torch.nn.Module")
-    return model.to(device).eval()
-
-
-class DataSource:
-    """Indexable inputs ``(x, y)``: a pair of tensors or a ``torch.utils.data.Dataset``.
-
-    ``batch(indices)`` returns the stacked inputs (N, ...) and labels (N,) at those positions.
-    """
-
-    def __init__(self, data: Any, spec: str, limit: int | None = None):
-        self.spec = spec
-        self.tensors: tuple[Tensor, Tensor] | None = None
-        self.dataset: Any = None
-        if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-            x, y = data
-            if x.shape[0] != y.shape[0]:
-                raise EvaluationError(f"--data {spec!r}: x has {x.shape[0]} inputs, y {y.shape[0]} labels")
-            if y.dim() != 1:
-                raise EvaluationError(f"--data {spec!r}: y must be (N,) class labels, got shape {tuple(y.shape)}")
-            self.tensors = (x, y.long())
-            n = x.shape[0]
-        elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):
-            self.dataset = data
-            n = len(data)
-        else:
-            raise EvaluationError(f"--data {spec!r} gave a {type(data).__name__}: expected a Dataset of (x, y) "
-                                  "or a pair of tensors (x, y)")
-        self.n = n if limit is None else min(n, limit)
-        if self.n == 0:
-            raise EvaluationError(f"--data {spec!r} is empty")
-
-    def __len__(self) -> int:
-        return self.n
-
-    def batch(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
-        if self.tensors is not None:
-            idx = torch.as_tensor(list(indices), dtype=torch.long)
-            return self.tensors[0][idx], self.tensors[1][idx]
-        xs, ys = [], []
-        for i in indices:
-            item = self.dataset[int(i)]
-            if not (isinstance(item, (tuple, list)) and len(item) >= 2):
-                raise EvaluationError(f"--data {self.spec!r}: item {i} is not an (x, y) pair")
-            xs.append(torch.as_tensor(item[0]))
-            ys.append(int(item[1]))
-        return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
-
-    def fingerprint(self) -> str:
-        """sha256 of the tensors (first n inputs), or of the spec and length for a Dataset."""
-        h = hashlib.sha256(f"{self.spec}|{self.n}".encode())
-        if self.tensors is not None:
-            for t in self.tensors:
-                h.update(_tensor_bytes(t[: self.n]))
-        return h.hexdigest()
-
-
-def load_data_spec(spec: str, root: str | None = None, split: str = "test", limit: int | None = None) -> DataSource:
-    """``mnist`` (any folder of MNIST-format IDX files), ``cifar10``, ``digits`` or ``package.module:callable``."""
-    from .data import load_cifar10, load_digits, load_mnist
-
-    if split not in ("train", "test"):
-        raise EvaluationError(f"--split must be train or test, got {split!r}")
-    if spec == "mnist":
-        return DataSource(load_mnist(root, split, limit=limit), spec, limit)  # type: ignore[arg-type]
-    if spec == "cifar10":
-        return DataSource(load_cifar10(root, split, limit=limit), spec, limit)  # type: ignore[arg-type]
-    if spec == "digits":
-        return DataSource(load_digits(split), spec, limit)  # type: ignore[arg-type]
-    if ":" not in spec:
-        raise EvaluationError(f"--data {spec!r}: mnist, cifar10, digits or package.module:callable")
-    obj = _import_callable(spec, "--data")
-    is_data = not isinstance(obj, type) and hasattr(obj, "__getitem__") and hasattr(obj, "__len__")
-    data = obj if is_data or not callable(obj) else obj()
-    return DataSource(data, spec, limit)
+# --------------------------------------------------------------------------- fingerprints
 
 
 def _tensor_bytes(t: Tensor) -> bytes:
     flat = t.detach().cpu().contiguous().reshape(-1)
     return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+
+
+def _data_fingerprint(data: DataSource) -> str:
+    """sha256 of the tensors (first n inputs), or of the spec and length for a Dataset."""
+    h = hashlib.sha256(f"{data.spec}|{data.n}".encode())
+    if data.tensors is not None:
+        for t in data.tensors:
+            h.update(_tensor_bytes(t[: data.n]))
+    return h.hexdigest()
 
 
 def _model_fingerprint(model: nn.Module) -> str:
@@ -432,7 +335,7 @@ def _fingerprint(cfg: EvalConfig, attacks: list[Any], model: nn.Module, data: Da
     """What makes two runs the same evaluation (JSON-normalised, as read back from the manifest)."""
     fp = dict(
         model=cfg.model, model_sha256=_model_fingerprint(model), data=cfg.data, split=cfg.split,
-        data_sha256=data.fingerprint(), n_inputs=len(data), attacks=[repr(a) for a in attacks],
+        data_sha256=_data_fingerprint(data), n_inputs=len(data), attacks=[repr(a) for a in attacks],
         eps=[float(e) for e in cfg.eps], seed=cfg.seed, batch_size=cfg.batch_size, device_type=device.type,
         dtype=cfg.dtype, preprocess=cfg.preprocess, model_output=cfg.model_output,
     )
@@ -716,7 +619,7 @@ def _work(cfg: EvalConfig, attacks: list[Any], model: nn.Module, data: DataSourc
     except _Stopped:
         raise
     except BaseException as err:
-        text = str(err) if isinstance(err, EvaluationError) else "".join(traceback.format_exception(err)).rstrip()
+        text = str(err) if isinstance(err, UsageError) else "".join(traceback.format_exception(err)).rstrip()
         _report_failure(out, rank, (f"batch {b}: " if b >= 0 else "") + text)
         raise
     return computed
