@@ -150,9 +150,6 @@ class EvalConfig:
                 raise EvaluationError(f"--set {k}=... is not taken here: use {_RESERVED[k]}")
 
 
-# --------------------------------------------------------------------------- fingerprints
-
-
 def _tensor_bytes(t: Tensor) -> bytes:
     flat = t.detach().cpu().contiguous().reshape(-1)
     return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
@@ -163,7 +160,7 @@ def _data_fingerprint(data: DataSource) -> str:
     h = hashlib.sha256(f"{data.spec}|{data.n}".encode())
     if data.tensors is not None:
         for t in data.tensors:
-            h.update(_tensor_bytes(t[: data.n]))
+            h.update(_tensor_bytes(t))
     return h.hexdigest()
 
 

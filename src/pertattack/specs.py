@@ -81,7 +81,7 @@ class DataSource:
                 raise UsageError(f"--data {spec!r}: x has {x.shape[0]} inputs, y {y.shape[0]} labels")
             if y.dim() != 1:
                 raise UsageError(f"--data {spec!r}: y must be (N,) class labels, got shape {tuple(y.shape)}")
-            self.tensors = (x, y.long())
+            self.tensors = (x[:limit], y[:limit].long())
             n = x.shape[0]
         elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):
             self.dataset = data
@@ -111,9 +111,7 @@ class DataSource:
 
     def xy(self) -> tuple[Tensor, Tensor]:
         """All ``len(self)`` inputs and labels as two tensors."""
-        if self.tensors is not None:
-            return self.tensors[0][: self.n], self.tensors[1][: self.n]
-        return self.batch(range(self.n))
+        return self.tensors if self.tensors is not None else self.batch(range(self.n))
 
 
 def load_data_spec(spec: str, root: str | None = None, split: str = "test", limit: int | None = None,
