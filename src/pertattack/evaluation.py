@@ -81,10 +81,10 @@ class EvalConfig:
     """The arguments of one evaluation (those of ``pertattack evaluate``).
 
     Attributes:
-        model: a model spec (see :mod:`pertattack.specs`): a checkpoint written by ``pertattack train``,
-            or ``package.module:callable`` returning an ``nn.Module``.
-        data: a data spec: ``mnist``, ``cifar10``, ``digits`` or ``package.module:callable`` returning a
-            ``torch.utils.data.Dataset`` of ``(x, y)`` or a pair of tensors ``(x, y)``.
+        model: a model spec (:func:`pertattack.specs.load_model_spec`): a ``pertattack train`` checkpoint
+            or ``package.module:callable``.
+        data: a data spec (:func:`pertattack.specs.load_data_spec`): ``mnist``, ``cifar10``, ``digits`` or
+            ``package.module:callable``.
         attacks: preset names (see ``pertattack list``).
         eps: the budgets; every attack runs at each of them.
         out: the output folder.
