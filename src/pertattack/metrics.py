@@ -29,10 +29,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .attacks import Attack, AttackResult, get_attack
+from .attacks import Attack, AttackResult
 from .constraints import LpBall, lp_norm
 from .modelcall import OutputSelector, Preprocess, as_model, eval_mode
 from .objectives import Context, Margin
+from .presets import get_attack
 
 __all__ = [
     "UndefinedMetricWarning",
