@@ -198,18 +198,9 @@ class Attack:
             r.attack = self.name
         return results if many else results[0]
 
-    def _run_chunk(
-        self,
-        fwd: Model,
-        x: Tensor,
-        y: Tensor | None,
-        target: Tensor | None,
-        eps_list: list[float | Tensor | None],
-        noises: list[Noise],
-        bar: Any,
-        box: Box,
-        dtype: torch.dtype,
-    ) -> list[AttackResult]:
+    def _run_chunk(self, fwd: Model, x: Tensor, y: Tensor | None, target: Tensor | None,
+                   eps_list: list[float | Tensor | None], noises: list[Noise], bar: Any, box: Box,
+                   dtype: torch.dtype) -> list[AttackResult]:
         n = x.shape[0]
         ctx, loop_fwd = self._context(fwd, x, y, target)
         progress = bar.update if bar is not None else None
