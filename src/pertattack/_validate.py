@@ -16,8 +16,8 @@ from .modelcall import check_scores
 if TYPE_CHECKING:
     from .constraints import Box
 
-__all__ = ["integer", "flag", "is_number", "EpsLike", "budgets", "eps_as_asked", "check_rows", "check_input",
-           "check_labels", "check_reference", "FirstOutputCheck"]
+__all__ = ["integer", "positive_int", "flag", "is_number", "EpsLike", "budgets", "eps_as_asked", "check_rows",
+           "check_input", "check_labels", "check_reference", "FirstOutputCheck"]
 
 EpsLike = float | Sequence[float] | Tensor | np.ndarray | None
 
@@ -38,6 +38,13 @@ def integer(name: str, value: Any, lo: int = 1) -> int:
     if v < lo:
         raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
     return v
+
+
+def positive_int(name: str, value: Any, what: str = "a positive integer") -> int:
+    """``value`` if it is an int >= 1 (not a bool, not a float), else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return value
 
 
 def flag(name: str, value: Any) -> bool:

@@ -36,6 +36,7 @@ from ._validate import (
     check_rows,
     eps_as_asked,
     flag,
+    positive_int,
 )
 from .cascade import restarted, rows_of
 from .constraints import Box, Constraint, LpBall, as_batch_eps, fit_budget, make_box
@@ -78,11 +79,9 @@ class Attack:
             budgets(self.eps)  # validate early
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer))):
             raise TypeError(f"seed must be an integer or None, got {self.seed!r}")
-        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
-                                            or self.batch_size < 1):
-            raise ValueError(f"batch_size must be a positive integer or None, got {self.batch_size!r}")
-        if isinstance(self.restarts, bool) or not isinstance(self.restarts, int) or self.restarts < 1:
-            raise ValueError(f"restarts must be a positive integer, got {self.restarts!r}")
+        if self.batch_size is not None:
+            positive_int("batch_size", self.batch_size, "a positive integer or None")
+        positive_int("restarts", self.restarts)
         flag("progress", self.progress)
         if self.preprocess is not None or self.output is not None:
             Model(nn.Identity(), preprocess=self.preprocess, output=self.output)  # validates both

@@ -16,6 +16,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from ._validate import positive_int
 from .attacks import Attack
 from .cascade import SHARED, Cascade
 from .keywords import KEYWORDS
@@ -183,8 +184,7 @@ def cascade(attacks: Sequence[Any | str], name: str = "cascade", **shared: Any) 
 def apgd_t(targets: int = 9, **kw: Any) -> Cascade:
     """APGD-T (Croce and Hein 2020): APGD on the targeted DLR loss towards the classes of rank 2 .. targets + 1
     in f(x), each on the inputs still robust (a model with fewer classes uses the ranks it has)."""
-    if isinstance(targets, bool) or not isinstance(targets, int) or targets < 1:
-        raise ValueError(f"targets must be a positive integer, got {targets!r}")
+    positive_int("targets", targets)
     shared = {k: kw.pop(k) for k in list(kw) if k in SHARED}
     members = tuple(get_attack(f"apgd-dlrt-{r}", **kw) for r in range(2, targets + 2))
     return cascade(members, "apgd-t", **shared)
