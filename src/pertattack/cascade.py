@@ -59,6 +59,7 @@ class Cascade:
     preprocess = property(lambda self: self.attacks[0].preprocess)
     output = property(lambda self: self.attacks[0].output)
     box = property(lambda self: self.attacks[0].box)
+    box_for = property(lambda self: self.attacks[0].box_for)
     ball = property(lambda self: self.attacks[0].ball)
     objective = property(lambda self: self.attacks[0].objective)
     minimum_norm = False  # a cascade needs a budget
@@ -84,10 +85,7 @@ class Cascade:
         eps_list, many = budgets(eps)
         if eps_list == [None]:
             raise ValueError(f"cascade {self.name!r} needs a budget: pass eps=...")
-        first = self.attacks[0]
-        while isinstance(first, Cascade):
-            first = first.attacks[0]
-        x = check_input(x, first.box_for(model, box))  # the user's mistakes named before any member runs
+        x = check_input(x, self.box_for(model, box))  # the user's mistakes named before any member runs
         n = x.shape[0]
         check_rows(n, y=y, eps=eps_list)
         index = Noise.create(0, n, x.device, index).index
