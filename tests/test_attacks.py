@@ -31,8 +31,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from pertattack import AttackResult, LpBall, get_attack, list_attacks, rho2
-from pertattack.attacks import PRESETS
 from pertattack.constraints import lp_norm
+from pertattack.presets import PRESETS
 
 INF = math.inf
 P4 = [INF, 2.0, 1.0, 1.5]

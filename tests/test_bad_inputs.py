@@ -46,8 +46,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import pertattack
-from pertattack.attacks import fit_budget
-from pertattack.constraints import Box, LpBall, lp_norm
+from pertattack.constraints import Box, LpBall, fit_budget, lp_norm
 
 INF = math.inf
 N = 4

@@ -15,8 +15,8 @@ from torch import Tensor
 
 import pertattack
 from pertattack import get_attack
-from pertattack.attacks import KEYWORDS
 from pertattack.constraints import Box, LpBall
+from pertattack.keywords import KEYWORDS
 from pertattack.noise import Noise
 from pertattack.objectives import DLR, Context, DLRTargeted, Objective
 from pertattack.schedule import (

@@ -5,8 +5,8 @@ objective x a constraint x a solver x a schedule. Start with :func:`get_attack` 
 :func:`list_attacks`.
 """
 
-from .attacks import Attack, AttackResult, get_attack, list_attacks
-from .cascade import Cascade, cascade
+from .attacks import Attack, AttackResult
+from .cascade import Cascade
 from .constraints import Box, Constraint, LpBall, Partition
 from .data import load_cifar10, load_digits, load_mnist
 from .metrics import (
@@ -24,6 +24,7 @@ from .metrics import (
 )
 from .modelcall import Model, ModelCall, eval_mode
 from .objectives import Objective
+from .presets import cascade, get_attack, list_attacks
 from .schedule import Schedule
 from .solvers import Solver
 

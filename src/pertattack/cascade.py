@@ -1,4 +1,5 @@
-"""Cascades: several attacks in order, each only on the inputs still robust (the shape of AutoAttack).
+"""Cascades: several attacks in order, each only on the inputs still robust (the shape of AutoAttack); and
+restarts, the same run again on the inputs still robust (:func:`restarted`).
 
     auto = cascade([apgd-ce, apgd-t, fmn, square])
 
@@ -10,23 +11,24 @@ later (stronger, slower) members falls on the robust inputs only.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .attacks import _COMPOSITES, EpsLike, _check_input, _check_rows, _eps_list, get_attack
+from ._validate import EpsLike, budgets, check_input, check_rows
 from .modelcall import as_model, check_scores, eval_mode
 from .noise import Noise
+from .objectives import Context
 from .result import AttackResult
 
-__all__ = ["Cascade", "cascade"]
+__all__ = ["Cascade"]
 
 # keywords a cascade passes on to every member
-_SHARED = ("eps", "seed", "batch_size", "progress", "preprocess", "output", "p", "box")
+SHARED = ("eps", "seed", "batch_size", "progress", "preprocess", "output", "p", "box")
 
 
 @dataclass(frozen=True)
@@ -52,39 +54,21 @@ class Cascade:
                 raise ValueError(f"cascade member {a!r}: a cascade attacks classifiers, untargeted "
                                  "(success = the class left)")
 
-    @property
-    def eps(self) -> Any:
-        return self.attacks[0].eps
-
-    @property
-    def minimum_norm(self) -> bool:
-        return False
-
-    @property
-    def preprocess(self) -> Any:
-        return self.attacks[0].preprocess
-
-    @property
-    def output(self) -> Any:
-        return self.attacks[0].output
-
-    @property
-    def box(self) -> Any:
-        return self.attacks[0].box
-
-    @property
-    def ball(self) -> Any:
-        return self.attacks[0].ball
-
-    @property
-    def objective(self) -> Any:
-        return self.attacks[0].objective
+    # what callers read from an attack (budget, model call, box, ball, objective): the first member's
+    eps = property(lambda self: self.attacks[0].eps)
+    preprocess = property(lambda self: self.attacks[0].preprocess)
+    output = property(lambda self: self.attacks[0].output)
+    box = property(lambda self: self.attacks[0].box)
+    box_for = property(lambda self: self.attacks[0].box_for)
+    ball = property(lambda self: self.attacks[0].ball)
+    objective = property(lambda self: self.attacks[0].objective)
+    minimum_norm = False  # a cascade needs a budget
 
     def replace(self, **kw: Any) -> Cascade:
         """The same cascade with shared settings changed on every member (eps, seed, p, box, ...)."""
-        unknown = [k for k in kw if k not in _SHARED]
+        unknown = [k for k in kw if k not in SHARED]
         if unknown:
-            raise TypeError(f"a cascade passes only {', '.join(_SHARED)} to its members, got {unknown}; "
+            raise TypeError(f"a cascade passes only {', '.join(SHARED)} to its members, got {unknown}; "
                             "set other keywords on the member attacks")
         return Cascade(tuple(a.replace(**kw) for a in self.attacks), self.name)
 
@@ -98,15 +82,12 @@ class Cascade:
         if target is not None:
             raise ValueError("a cascade is untargeted: it takes no target=")
         eps = self.eps if eps is None else eps
-        eps_list, many = _eps_list(eps)
+        eps_list, many = budgets(eps)
         if eps_list == [None]:
             raise ValueError(f"cascade {self.name!r} needs a budget: pass eps=...")
-        first = self.attacks[0]
-        while isinstance(first, Cascade):
-            first = first.attacks[0]
-        x = _check_input(x, first.box_for(model, box))  # the user's mistakes named before any member runs
+        x = check_input(x, self.box_for(model, box))  # the user's mistakes named before any member runs
         n = x.shape[0]
-        _check_rows(n, y=y, eps=eps_list)
+        check_rows(n, y=y, eps=eps_list)
         index = Noise.create(0, n, x.device, index).index
         fwd = as_model(model, preprocess=self.preprocess, output=self.output)
         if y is None:  # one label for every member: the model's prediction on x
@@ -131,13 +112,12 @@ class Cascade:
                 continue  # e.g. a targeted-DLR rank beyond the model's classes
             if todo.numel() == 0:
                 break
-            e = eps[todo] if isinstance(eps, Tensor) and eps.dim() == 1 else eps
-            r = member(model, x[todo], y[todo], eps=e, box=box, index=index[todo])
+            r = member(model, x[todo], y[todo], eps=rows_of(eps, todo), box=box, index=index[todo])
             assert isinstance(r, AttackResult) and r.success is not None
-            first = res is None  # the first member that ran (earlier ones may not apply) fills every row
-            if res is None:
-                res = _empty_like(r, n, todo)
-            _put(res, r, todo, take=torch.ones_like(r.success) if first else r.success)
+            if res is None:  # the first member that ran (earlier ones may not apply) ran on every row
+                res = dataclasses.replace(r, info={})
+            else:
+                put_rows(vars(res), vars(r), todo, take=r.success)
             who[todo[r.success]] = j
             todo = todo[~r.success]
         if res is None:
@@ -148,53 +128,52 @@ class Cascade:
         return res
 
 
-def _empty_like(r: AttackResult, n: int, todo: Tensor) -> AttackResult:
-    """A result for n inputs to be filled row by row (fields shaped like r's, first dimension n)."""
-
-    def alloc(t: Tensor | None) -> Tensor | None:
-        return None if t is None else t.new_zeros((n, *t.shape[1:]))
-
-    return AttackResult(x_adv=alloc(r.x_adv), eta=alloc(r.eta), norms=alloc(r.norms), success=alloc(r.success),
-                        eps=alloc(r.eps), label=alloc(r.label), pred=alloc(r.pred), steps=alloc(r.steps), p=r.p,
-                        margin=alloc(r.margin), info={})
-
-
-def _put(res: AttackResult, r: AttackResult, rows: Tensor, take: Tensor) -> None:
-    """Write r's rows where ``take`` (the member fooled them, or the first member's result) into res;
-    every member's steps add up."""
-    sel = rows[take]
-    for name in ("x_adv", "eta", "norms", "success", "eps", "label", "pred", "margin"):
-        dst, src = getattr(res, name), getattr(r, name)
-        if dst is not None and src is not None:
-            dst[sel] = src[take]
-    res.steps[rows] += r.steps
+def rows_of(v: Any, rows: Tensor | slice | None) -> Any:
+    """``v`` on the inputs ``rows`` (an index tensor or a slice; all of them when None): a per-input tensor indexed, a
+    :class:`Context` taken on those rows, anything else (a scalar eps, None) as it is."""
+    if rows is None:
+        return v
+    if isinstance(v, Context):
+        return v.subset(rows)
+    return v[rows] if isinstance(v, Tensor) and v.dim() >= 1 else v
 
 
-def cascade(attacks: Sequence[Any | str], name: str = "cascade", **shared: Any) -> Cascade:
-    """A :class:`Cascade` of attacks or preset names, with shared keywords (eps, seed, p, ...) set on all:
-    ``pertattack.cascade(["apgd-ce", "square"], eps=8 / 255, seed=0)``."""
-    members = tuple(get_attack(a) if isinstance(a, str) else a for a in attacks)
-    c = Cascade(members, name)
-    return c.replace(**shared) if shared else c
+def put_rows(dst: dict[str, Any], src: dict[str, Any], rows: Tensor, take: Tensor | None = None) -> None:
+    """Put back a run on the inputs ``rows``: its per-input tensors overwrite those rows of ``dst`` (only where
+    ``take``, when given: where a later cascade member fooled them); every run's steps add up, and NaN met
+    (``nonfinite``) in any run stays reported."""
+    sel = rows if take is None else rows[take]
+    for name, s in src.items():
+        d = dst.get(name)
+        if not isinstance(d, Tensor) or not isinstance(s, Tensor):
+            continue
+        if name == "steps":
+            d[rows] += s
+        elif name == "nonfinite":
+            d[rows] |= s
+        else:
+            d[sel] = s if take is None else s[take]
 
 
-def apgd_t(targets: int = 9, **kw: Any) -> Cascade:
-    """APGD-T (Croce and Hein 2020): APGD on the targeted DLR loss towards the classes of rank 2 .. targets + 1
-    in f(x), each on the inputs still robust (a model with fewer classes uses the ranks it has)."""
-    if isinstance(targets, bool) or not isinstance(targets, int) or targets < 1:
-        raise ValueError(f"targets must be a positive integer, got {targets!r}")
-    shared = {k: kw.pop(k) for k in list(kw) if k in _SHARED}
-    members = tuple(get_attack(f"apgd-dlrt-{r}", **kw) for r in range(2, targets + 2))
-    return cascade(members, "apgd-t", **shared)
+Run = Callable[[Tensor | None, Noise], tuple[Tensor, Tensor, dict[str, Tensor]]]
 
 
-def auto(p: float = math.inf, queries: int = 5000, **kw: Any) -> Cascade:
-    """The strongest evaluation: apgd-ce, apgd-t (9 targets), fmn, square (``queries``), each on the inputs
-    still robust. Square needs no gradient: it is what catches gradient masking."""
-    members = [get_attack("apgd-ce"), apgd_t(), get_attack("fmn"), get_attack("square", queries=queries)]
-    return cascade(members, "auto", p=p, **kw)
-
-
-_COMPOSITES["apgd-t"] = ("APGD-T: apgd-dlrt-R for R = 2..10 (targets=), each on the inputs still robust", apgd_t)
-_COMPOSITES["auto"] = ("The strongest evaluation: apgd-ce, apgd-t, fmn, square, each on the inputs still robust "
-                       "(AutoAttack's shape, FMN in place of FAB-T)", auto)
+def restarted(run: Run, restarts: int, noise: Noise, robust: Callable[[Tensor], Tensor]
+              ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """``run(None, noise)`` on every input, then up to ``restarts - 1`` more times on the inputs still robust
+    (``robust(eta)``, a mask), like a cascade's members: ``run(rows, noise)`` on those rows, its noise
+    carrying on from where the previous run left it (a new random start), its eta replacing theirs.
+    Returns eta, the steps of every run added up, and the first run's info."""
+    eta, steps, info = run(None, noise)
+    if restarts == 1:
+        return eta, steps, info
+    out = {"eta": eta, "steps": steps, "nonfinite": info.get("nonfinite", torch.zeros_like(steps, dtype=torch.bool))}
+    for _ in range(restarts - 1):
+        rows = robust(out["eta"]).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            break
+        sub = Noise(noise.seed, noise.index[rows], noise.counter)
+        eta_r, steps_r, info_r = run(rows, sub)
+        noise.counter = sub.counter
+        put_rows(out, {"eta": eta_r, "steps": steps_r, "nonfinite": info_r.get("nonfinite")}, rows)
+    return out["eta"], out["steps"], {**info, "nonfinite": out["nonfinite"]}

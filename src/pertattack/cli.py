@@ -181,7 +181,7 @@ def _default_device() -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .attacks import list_attacks
+    from .presets import list_attacks
 
     rows = list_attacks()
     fmt = "{:<16} {:<14} {:<10} {:<16} {}"
@@ -296,8 +296,8 @@ def _check_kind(attack: Any, sample: torch.Tensor, x: torch.Tensor, model_path: 
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .attacks import get_attack
     from .metrics import predict, psnr
+    from .presets import get_attack
     from .result import save_results
 
     out = _output_file(args.out, suffix=".npz") if args.out is not None else None

@@ -29,6 +29,7 @@ __all__ = [
     "lp_norm",
     "as_batch_eps",
     "expand_like",
+    "fit_budget",
 ]
 
 _TINY = 1e-12
@@ -381,3 +382,47 @@ def make_box(lo: float | Tensor, hi: float | Tensor) -> Box:
     if (torch.as_tensor(lo).double() > torch.as_tensor(hi).double()).any():
         raise ValueError(f"box: lo must be <= hi, got lo={lo}, hi={hi}")
     return Box(lo, hi)
+
+
+def fit_budget(x: Tensor, x_adv: Tensor, eps: Tensor | None, ball: LpBall, box: Box) -> Tensor:
+    """``x_adv`` in the dtype of ``x``, inside the box, with norm_p(x_adv - x) <= eps exactly as computed in
+    float64 from the returned tensors: rounding to the dtype goes toward x wherever it would move a
+    coordinate away from x, and a row still over its budget (float rounding of the projection) is shrunk."""
+    out = box.clip(x_adv.to(x.dtype))
+    xd = x.double()  # converted once (the float64 copies were a fifth of FGSM's time on LeNet-5)
+    d = out.double() - xd
+    if x_adv.dtype != x.dtype:  # rounded to a lower precision: toward x where the rounding went away from it
+        want = (x_adv - x.to(x_adv.dtype)).double()
+        away = d.abs() > want.abs()
+        if bool(away.any()):
+            out = torch.where(away, torch.nextafter(out, x), out)
+            d = out.double() - xd
+    if eps is None:
+        return out
+    e64 = eps.double()
+    if math.isinf(ball.p):  # per coordinate, without the loop below: where x + eta rounded past the budget
+        e_el = e64.reshape(-1, *([1] * (x.dim() - 1)))  # (float32 at eps = 0.1 does), the nearest value to the
+        for i in range(8):  # bound x +- eps (within half an ulp of it), then one ulp toward x if still over
+            over = d.abs() > e_el
+            if not bool(over.any()):
+                return out
+            near = (xd + d.clamp(-e_el, e_el)).to(x.dtype) if i == 0 else torch.nextafter(out, x)
+            out = torch.where(over, near, out)
+            d = out.double() - xd
+    for _ in range(8):
+        norms = ball.norm(d)
+        over = norms > e64
+        if not bool(over.any()):
+            break
+        tiny = 4.0 * torch.finfo(x.dtype).eps * 2.0 ** _  # a few ulps, more if rounding keeps it over
+        factor = torch.where(over, e64 / norms.clamp_min(1e-300) * (1 - tiny), torch.ones_like(norms))
+        shrunk = xd + d * factor.reshape(-1, *([1] * (x.dim() - 1)))
+        cand = shrunk.to(x.dtype)
+        away = (cand.double() - xd).abs() > (shrunk - xd).abs()
+        cand = torch.where(away, torch.nextafter(cand, x), cand)
+        out = torch.where(over.reshape(-1, *([1] * (x.dim() - 1))), cand, out)
+        d = out.double() - xd
+    still = ball.norm(d) > e64
+    if bool(still.any()):  # never seen; the budget is a promise, so x itself rather than a row over it
+        out = torch.where(still.reshape(-1, *([1] * (x.dim() - 1))), x, out)
+    return out

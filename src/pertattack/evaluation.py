@@ -280,7 +280,7 @@ def _distributed(requested_device: str | None, timeout: float) -> Iterator[_Dist
 
 
 def _build_attacks(cfg: EvalConfig) -> list[Any]:
-    from .attacks import get_attack
+    from .presets import get_attack
 
     attacks = []
     for name in cfg.attacks:

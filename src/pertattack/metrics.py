@@ -29,10 +29,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .attacks import Attack, AttackResult, get_attack
+from ._validate import positive_int
+from .attacks import Attack, AttackResult
 from .constraints import LpBall, lp_norm
 from .modelcall import OutputSelector, Preprocess, as_model, eval_mode
 from .objectives import Context, Margin
+from .presets import get_attack
 
 __all__ = [
     "UndefinedMetricWarning",
@@ -64,8 +66,7 @@ def _require_inputs(x: Tensor, what: str) -> None:
 
 
 def _check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    positive_int("batch_size", batch_size, "an int >= 1")
 
 
 def _check_eps_grid(eps: Sequence[float]) -> None:

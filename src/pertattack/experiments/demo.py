@@ -30,10 +30,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..attacks import get_attack
 from ..data import load_digits
 from ..metrics import eps_for_psnr, fooling_curve, operator_norm, predict, psnr, psnr_curve, robustness
 from ..models import build_model
+from ..presets import get_attack
 from ..training import accuracy, reconstruction_mse, train_autoencoder, train_classifier
 from . import demo_plots
 from .classification import FIG3_ATTACKS

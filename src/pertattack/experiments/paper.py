@@ -217,8 +217,8 @@ def _pair_figure(out: Path, tag: str, model: torch.nn.Module, x: torch.Tensor, a
 
 def _fig2a(*, out: Path, n: int, root: str | None, seed: int, epochs: int, device: str) -> dict:
     """Figure 2(a): the autoencoder denoises random noise but not quadratic-linf noise of the same size."""
-    from ..attacks import get_attack
     from ..metrics import eps_for_psnr
+    from ..presets import get_attack
 
     model, info = _timed_autoencoder("mnist", root, epochs, seed, device)
     x_all = load_mnist(root, "test")[0].to(device)
@@ -240,7 +240,7 @@ def _fig2b(*, out: Path, n: int, root: str | None, seed: int, epochs: int, devic
     """Figure 2(b): linear-pixel-100 against random 100-pixel noise (rand-pixel-100) of the same per-pixel
     budget, on the CIFAR-10 autoencoder as in the paper when the CIFAR-10 files are found, else on the MNIST
     autoencoder (100 of its 784 pixels)."""
-    from ..attacks import get_attack
+    from ..presets import get_attack
 
     dataset = "cifar10" if _cifar_available() is None else "mnist"
     droot = None if dataset == "cifar10" else root
@@ -264,8 +264,8 @@ FIG1_EPS = {"mnist": 0.2, "cifar10": 0.03}
 
 def _fig1_one(dataset: str, model_name: str, root: str | None, n: int, seed: int, epochs: int, device: str,
               out: Path, tag: str) -> tuple[list[list], dict, str]:
-    from ..attacks import get_attack
     from ..metrics import predict
+    from ..presets import get_attack
     from .common import plot_images
 
     model, info = _timed_classifier(dataset, model_name, root, epochs, seed, device)
@@ -371,8 +371,8 @@ FIG2C_PSNR = 30.0
 
 def _fig2c(*, out: Path, n: int, root: str | None, seed: int, epochs: int, device: str) -> dict:
     """Figure 2(c): linear-linf-20 against random l-inf noise of the same size on the colorization network."""
-    from ..attacks import get_attack
     from ..metrics import eps_for_psnr, psnr
+    from ..presets import get_attack
     from .common import plot_images, write_csv
 
     model, gray, rgb, info = _stl10_setup(root, n, epochs, seed, device, 6)

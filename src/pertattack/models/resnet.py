@@ -11,6 +11,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .._validate import positive_int
+
 __all__ = ["ResNet18"]
 
 
@@ -47,8 +49,7 @@ class ResNet18(nn.Module):
 
     def __init__(self, classes: int = 10, in_channels: int = 3, width: int = 64) -> None:
         super().__init__()
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"width must be a positive integer, got {width!r}")
+        positive_int("width", width)
         self.in_shape = (in_channels, 32, 32)
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
                                   nn.ReLU())
