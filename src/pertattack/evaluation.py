@@ -9,7 +9,10 @@ How a run is organised (all of it under ``--out``):
   positions; batch b holds the positions ``b*B .. (b+1)*B - 1``.
 * At start, rank 0 checks ``manifest.json`` (a folder made with other arguments is refused), lists
   the batches already finished (``parts/b*.npz``) and broadcasts the pending ones; rank r takes
-  ``pending[r::world]``. That broadcast is the only collective operation of the run.
+  ``pending[r::world]``. That broadcast is the only collective operation of the run. A finished part
+  is reused only if it reads back as its own batch's rows, and its batch's data (read again, its
+  sha256 kept in the part) is unchanged: else a warning and the batch again, or, for changed data,
+  a refusal.
 * Every finished batch is written atomically (a temporary file in the same folder, fsync, rename):
   a rank killed at any moment loses at most the batch it was working on, and running the same
   command again redoes only the missing batches.
