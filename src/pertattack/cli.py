@@ -622,7 +622,8 @@ _USER_ERRORS = (UsageError, ValueError, TypeError, OSError, ImportError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0, 1 for an internal error, 2 for a user's mistake)."""
+    """Run the command line; returns the exit status (0, 1 for an internal error, 2 for a user's mistake, 130 when
+    interrupted, 141 when stdout's reader has gone, as for a tool killed by SIGPIPE)."""
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     prog = f"pertattack {args.command}"

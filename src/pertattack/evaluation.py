@@ -476,7 +476,8 @@ def _check_part(path: Path, idx: range, ae: tuple[int, int]) -> str | None:
         else:
             return str(part["data_sha256"])
     except Exception as err:  # noqa: BLE001 - whatever a damaged file raises (BadZipFile, EOFError, pickled data)
-        why = f"it cannot be read ({type(err).__name__}: {err})"
+        first = str(err).split(". ")[0]  # (not NumPy's advice to load a pickle: a part never holds one)
+        why = f"it is not a readable part ({type(err).__name__}{': ' + first if first else ''})"
     warnings.warn(f"{path}: {why}; computing this batch again", stacklevel=2)
     return None
 
