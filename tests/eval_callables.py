@@ -97,3 +97,31 @@ class Tupled(Centroids):
 
 def tupled() -> nn.Module:
     return Tupled()
+
+
+class ShiftedDataset(DigitsDataset):
+    """The digits, with input 20 changed when $EVAL_TEST_SHIFT is set: a data set that changed between two runs."""
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        x, y = super().__getitem__(i)
+        return (x + 0.25 if i == 20 and os.environ.get("EVAL_TEST_SHIFT") else x), y
+
+
+def float_labels() -> tuple[Tensor, Tensor]:
+    x, y = digits_test()
+    return x, y.double() + 0.5
+
+
+class FloatLabelDataset(DigitsDataset):
+    def __getitem__(self, i: int) -> tuple[Tensor, float]:  # type: ignore[override]
+        return self.x[i], float(self.y[i]) + 0.5
+
+
+def uint8_inputs() -> tuple[Tensor, Tensor]:
+    x, y = digits_test()
+    return (x * 16).to(torch.uint8), y
+
+
+def wrong_shape() -> tuple[Tensor, Tensor]:
+    x, y = digits_test()
+    return x.flatten(1)[:, :49].reshape(-1, 1, 7, 7), y

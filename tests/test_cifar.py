@@ -320,6 +320,37 @@ def test_restricted_unpickler_refuses_non_numeric_arrays_and_foreign_objects() -
         read_batch_pickle(pickle.dumps(_Evil(__import__("codecs").encode, "eJwDAAAAAAE=", "base64"), protocol=2))
 
 
+def test_shared_references_are_checked_once(tmp_path: Path) -> None:
+    """A crafted batch of shared references (50 wide, 8 deep: 50**8 paths, a few hundred bytes) is read in
+    moments: the structure check visits objects, not paths (issue 18)."""
+    import signal
+
+    labels: list = [0]
+    for _ in range(8):
+        labels = [labels] * 50
+    assert len(pickle.dumps(labels, protocol=2)) < 1000
+    payload = pickle.dumps({b"data": np.zeros((3, 3072), np.uint8), b"labels": labels}, protocol=2)
+
+    def too_slow(*_: object) -> None:
+        raise TimeoutError("the structure check walks paths")
+
+    old = signal.signal(signal.SIGALRM, too_slow)
+    signal.setitimer(signal.ITIMER_REAL, 5.0)
+    try:
+        got = read_batch_pickle(payload)[b"labels"]  # (no == here: comparing would walk the paths)
+        assert len(got) == 50 and got[0] is got[1]
+        _write_folder(tmp_path, {**_fake_batches(), "test_batch": {b"data": np.zeros((3, 3072), np.uint8),
+                                                                   b"labels": labels}})
+        with pytest.raises(ValueError, match="b'labels' must be a list of integers"):
+            load_cifar10(tmp_path, "test")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    cyclic: list = []
+    cyclic.append(cyclic)
+    assert read_batch_pickle(pickle.dumps(cyclic, protocol=2))[0][0] is not None  # a cycle ends too
+
+
 @pytest.mark.skipif(not (REAL_CIFAR10 / FOLDER).is_dir() and not (REAL_CIFAR10 / TARBALL).is_file(),
                     reason="real CIFAR-10 not available")  # fmt: skip
 def test_real_cifar10_test_split() -> None:

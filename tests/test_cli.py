@@ -263,3 +263,50 @@ def test_demo_report_without_figures_says_so(tmp_path):
     assert "| Alg1-10 | 0.000 | 0.500 | 0.900 |" in text
     assert "| quadratic-l2 | 9.5 | 21.0 | 31.0 |" in text
     assert "1.00%" in text and not math.isnan(res.seconds)
+
+
+def test_eps_takes_fractions(tmp_path, capsys):
+    """`--eps 8/255` is how l-inf budgets are written: run and evaluate take it (issue 18)."""
+    from pertattack.cli import _eps_list
+
+    assert _eps_list("8/255, 0.1,1/2") == [8 / 255, 0.1, 0.5]
+    ckpt = tmp_path / "cnn.pt"
+    save_model(ckpt, build_model("smallcnn", seed=1), "smallcnn")
+    assert main(["run", "fgsm", "--model", str(ckpt), "--data", "digits", "--n", "5", "--eps", "8/255"]) == 0
+    assert f"eps {8 / 255:g}" in capsys.readouterr().out
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(ckpt), "--data", "digits", "--attack", "fgsm", "--eps", "8/255,16/255",
+                 "--limit", "4", "--out", str(out), "--no-progress"]) == 0
+    assert [float(r["eps"]) for r in csv.DictReader(open(out / "summary.csv"))] == [8 / 255, 16 / 255]
+    for bad in ("8/0", "8/", "a/255", "1/2/3"):
+        assert main(["run", "fgsm", "--model", str(ckpt), "--data", "digits", "--n", "5", "--eps", bad]) == 2
+        assert f"--eps: {bad!r} is not a number" in capsys.readouterr().err
+
+
+def test_list_into_a_closed_pipe_exits_quietly():
+    """`pertattack list | head -c 10`: the reader has gone; stop without an error message, as unix tools do."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first write: every write fails with EPIPE
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pertattack", "list"], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert proc.stderr == ""
+    assert proc.returncode == 141  # 128 + SIGPIPE: what a shell reports for `yes | head`
+
+
+def test_demo_default_output_folder_is_git_ignored():
+    from pertattack.cli import build_parser
+
+    gitignore = Path(__file__).resolve().parents[1] / ".gitignore"
+    if not gitignore.exists():
+        pytest.skip("not a source checkout")
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    default = sub.choices["demo"].get_default("out")
+    lines = gitignore.read_text().split()
+    assert default in lines or f"{default}/" in lines or f"/{default}/" in lines

@@ -249,3 +249,29 @@ def test_gzip_module_compat(tmp_path: Path) -> None:
     """Files written by write_idx(.gz) are ordinary gzip files readable by other tools."""
     write_idx(tmp_path / "a.gz", np.arange(4, dtype=np.uint8))
     assert gzip.decompress((tmp_path / "a.gz").read_bytes())[:4] == b"\x00\x00\x08\x01"
+
+
+def test_idx_reads_only_what_the_header_announces(tmp_path: Path) -> None:
+    """A 64 KB gzip file announcing 10 bytes, then 64 MB of zeros: refused without inflating the zeros; a
+    header promising far more than the file holds is refused without allocating the promise (issue 18)."""
+    import struct
+    import tracemalloc
+    import zlib
+
+    comp = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: a gzip stream
+    parts = [comp.compress(bytes([0, 0, 8, 1]) + struct.pack(">I", 10) + bytes(range(10)))]
+    parts += [comp.compress(bytes(1 << 20)) for _ in range(64)]
+    bomb = tmp_path / "bomb.gz"
+    bomb.write_bytes(b"".join([*parts, comp.flush()]))
+    assert bomb.stat().st_size < 200_000
+    promise = tmp_path / "promise.idx"
+    promise.write_bytes(bytes([0, 0, 8, 4]) + struct.pack(">4I", *[2**32 - 1] * 4) + b"\x01\x02")
+    for path, message in ((bomb, "trailing bytes"), (promise, "truncated")):
+        tracemalloc.start()
+        try:
+            with pytest.raises(ValueError, match=message):
+                read_idx(path)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 4 << 20, f"{path.name}: {peak} bytes"

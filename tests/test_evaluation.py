@@ -232,11 +232,93 @@ def test_out_made_with_other_arguments_is_refused(reference, tmp_path, capsys):
     (dict(extra=("--attack", "quadratic-l2")), "regression"),
     (dict(extra=("--set", "seed=3")), "use --seed"),
     (dict(extra=("--attack", "pgd-papr")), "pgd-paper"),
+    # issue 18: labels that are not class indices, inputs of the wrong dtype or shape: exit 2 naming --data
+    (dict(data="eval_callables:float_labels"), "--data 'eval_callables:float_labels': labels y must be integer "
+                                               "class indices, got torch.float64"),
+    (dict(data="eval_callables:FloatLabelDataset"), "labels y (item 0) must be integer class indices"),
+    (dict(data="eval_callables:uint8_inputs"), "inputs x must be floating point"),
+    (dict(data="eval_callables:wrong_shape"), "--data eval_callables:wrong_shape: the model (Centroids) cannot take "
+                                              "its inputs of shape (1, 7, 7)"),
 ])
 def test_user_mistakes_are_clear_errors(tmp_path, capsys, change, message):
     argv = _args(tmp_path / "out", **change)
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # a failed run leaves no --out behind (not even its .lock)
+    (tmp_path / "out").mkdir()
+    assert main(argv) == 2
+    assert list((tmp_path / "out").iterdir()) == []  # nor anything in a folder that was there
+
+
+def _damage(kind: str, part: Path) -> None:
+    if kind == "copied over":
+        part.write_bytes(part.with_name("b0000000.npz").read_bytes())
+    elif kind == "truncated":
+        part.write_bytes(part.read_bytes()[:200])
+    elif kind == "empty":
+        part.write_bytes(b"")
+    elif kind == "garbage":
+        part.write_bytes(b"not a part at all")
+    elif kind == "wrong key":  # (or a part of an older pertattack, without the data's digest)
+        with np.load(part) as z:
+            arrays = {("nrom" if k == "norm" else k): z[k] for k in z.files}
+        np.savez(part, **arrays)
+    elif kind == "pickled":
+        np.savez(part, index=np.array([object()], dtype=object))
+
+
+def test_damaged_or_misplaced_parts_are_computed_again(tmp_path, capsys):
+    """A part that cannot be reused (another batch's rows, or a damaged file) is named and computed again: the
+    rows stay those of an uninterrupted run (issue 18)."""
+    out = tmp_path / "out"
+    argv = _args(out, extra=("--limit", "26"))
+    assert main(argv) == 0
+    want = (out / "results.csv").read_bytes()
+    for kind in ("copied over", "truncated", "empty", "garbage", "wrong key", "pickled"):
+        _damage(kind, out / "parts" / "b0000001.npz")
+        capsys.readouterr()
+        with pytest.warns(UserWarning, match=r"b0000001\.npz: .*; computing this batch again") as record:
+            assert main(argv) == 0, (kind, capsys.readouterr().err)
+        assert len(record) == 1, (kind, [str(w.message) for w in record])
+        assert "(1 reused, 1 computed" in capsys.readouterr().out, kind
+        assert (out / "results.csv").read_bytes() == want, kind
+
+
+def test_resume_on_changed_data_is_refused(tmp_path, capsys, monkeypatch):
+    """A Dataset is checked by content, batch by batch: rows of two data sets never mix (issue 18)."""
+    out = tmp_path / "out"
+    argv = _args(out, data="eval_callables:ShiftedDataset", extra=("--limit", "26"))
+    assert main(argv) == 0
+    want = (out / "results.csv").read_bytes()
+    (out / "parts" / "b0000000.npz").unlink()  # as if the run had been stopped
+    monkeypatch.setenv("EVAL_TEST_SHIFT", "1")  # input 20, in batch 1, changed since
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "made with other arguments (data of batch 1 (inputs 13 to 25): sha256 " in err and "batch 0" not in err
+    monkeypatch.delenv("EVAL_TEST_SHIFT")
+    assert main(argv) == 0
+    assert (out / "results.csv").read_bytes() == want
+
+
+def test_manifest_is_strict_json_and_old_ones_still_resume(tmp_path, capsys):
+    def strict(text: str) -> dict:
+        def refuse(name: str) -> None:
+            raise ValueError(f"{name} is not JSON")
+
+        return json.loads(text, parse_constant=refuse)
+
+    out = tmp_path / "out"
+    argv = _args(out, extra=("--limit", "13", "--p", "inf"))
+    assert main(argv) == 0
+    manifest = out / "manifest.json"
+    assert strict(manifest.read_text())["arguments"]["p"] == "inf"
+    # a manifest written before (bare Infinity, as Python's json wrote it) is still read, and rewritten strict
+    manifest.write_text(manifest.read_text().replace('"p": "inf"', '"p": Infinity'))
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "(1 reused, 0 computed" in capsys.readouterr().out
+    assert strict(manifest.read_text())["arguments"]["p"] == "inf"
 
 
 def test_checkpoint_model_and_builtin_data(tmp_path, capsys):

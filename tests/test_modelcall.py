@@ -96,3 +96,37 @@ def test_check_scores():
         warnings.simplefilter("error")
         check_scores(torch.randn(3, 4).softmax(dim=1) * 0.9)  # rows do not sum to 1
         check_scores(torch.randn(3, 4) + 10)  # positive logits
+
+
+def test_preprocess_channel_count_must_fit_the_inputs():
+    """3 channel statistics on 1-channel inputs: an error naming preprocess, not a silent broadcast (issue 18)."""
+    from pertattack import Model
+
+    class Gray(nn.Module):  # (N, 1, 4, 4) -> (N, 2); would take a broadcast (N, 3, 4, 4) without a word
+        def forward(self, z):
+            return z.flatten(2).mean(2)[:, :2] if z.shape[1] > 1 else torch.cat([z.flatten(1)[:, :1]] * 2, 1)
+
+    x = torch.rand(2, 1, 4, 4, dtype=DTYPE)
+    imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    with pytest.raises(ValueError, match=r"preprocess mean has 3 channel statistics, but the inputs of shape "
+                                         r"\(2, 1, 4, 4\) have 1 channels"):
+        Model(Gray(), preprocess=imagenet)(x)
+    with pytest.raises(ValueError, match="preprocess mean has 3 channel statistics"):
+        Model(MLP(), preprocess=imagenet)(torch.rand(2, 12, dtype=DTYPE))
+    with pytest.raises(ValueError, match=r"preprocess \(mean, std\) does not fit inputs of shape"):
+        Model(Gray(), preprocess=(torch.zeros(2, 2), torch.ones(2, 2)))(x)
+    assert Model(Gray(), preprocess=((0.5,), (0.25,)))(x).shape == (2, 2)  # one per channel
+    assert Model(ConvNet().eval(), preprocess=((0.4, 0.6), (0.2, 0.3)))(rand_x(2, CONV_SHAPE)).shape[0] == 2
+
+
+def test_output_that_names_no_part_is_a_clear_error():
+    from pertattack import Model
+
+    x = torch.rand(2, 12, dtype=DTYPE)
+    with pytest.raises(ValueError, match=r"output=5 names no part of what the model returned: a tuple of 2 "
+                                         r"\(indices 0 to 1\)"):
+        Model(TupleModel(MLP()), output=5)(x)
+    with pytest.raises(ValueError, match=r"output='logit' .* a dict with keys \['features', 'logits'\]"):
+        Model(DictModel(MLP()), output="logit")(x)
+    with pytest.raises(ValueError, match=r"output='logits' .* a tensor of shape \(2, 4\)"):
+        Model(MLP(), output="logits")(x)

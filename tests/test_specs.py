@@ -56,6 +56,9 @@ def garbage(tmp_path: Path) -> str:
     ("eval_callables:centroids", "imagenet", "invalid choice: 'imagenet' (choose from mnist, cifar10, digits"),
     ("eval_callables:centroids", "eval_callables:centroids", "expected a Dataset of (x, y)"),
     ("eval_callables:centroids", "eval_callables:", "expected package.module:callable"),
+    ("eval_callables:centroids", "eval_callables:float_labels", "labels y must be integer class indices"),  # issue 18
+    ("eval_callables:centroids", "eval_callables:FloatLabelDataset", "labels y (item 0) must be integer class"),
+    ("eval_callables:centroids", "eval_callables:uint8_inputs", "inputs x must be floating point"),
 ])
 def test_the_same_bad_spec_gives_the_same_error_from_run_and_evaluate(
         model: str, data: str, message: str, garbage: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]

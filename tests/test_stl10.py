@@ -117,3 +117,27 @@ def test_fig4d_skipped_with_what_to_provide(tmp_path, monkeypatch):
         paper.reproduce("fig4d", out=tmp_path / "res", n=2, epochs=1)
     rep = (tmp_path / "res" / "REPORT.md").read_text()
     assert "| fig4d | skipped |" in rep and "PERTATTACK_STL10" in rep
+
+
+def test_labels_must_match_the_images_and_are_read_only_up_to_limit(tmp_path):
+    """More labels than images is refused, from the file's size: a huge labels file is not read (issue 18)."""
+    import tracemalloc
+
+    imgs = torch.zeros((3, 3, S, S), dtype=torch.uint8)
+    write_stl10(tmp_path, "test", imgs, torch.tensor([0, 4, 9]))
+    (tmp_path / "test_y.bin").write_bytes(bytes([1, 5, 10, 2]))
+    with pytest.raises(ValueError, match="4 labels for the 3 images"):
+        load_stl10(tmp_path, "test")
+    with open(tmp_path / "test_y.bin", "wb") as f:  # 1 GB (sparse): refused without reading it
+        f.truncate(1 << 30)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=f"{1 << 30} labels for the 3 images"):
+            load_stl10(tmp_path, "test", limit=1)
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()
+    (tmp_path / "test_y.bin").write_bytes(bytes([1, 5, 99]))  # only the first limit labels are read and checked
+    assert load_stl10(tmp_path, "test", limit=2)[1].tolist() == [0, 4]
+    with pytest.raises(ValueError, match="1..10"):
+        load_stl10(tmp_path, "test")

@@ -55,7 +55,7 @@ def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def _eps_list(text: str | None, option: str = "--eps") -> list[float] | None:
-    """Comma-separated budgets; ``None`` when the option was not given."""
+    """Comma-separated budgets, each a number or a fraction a/b (8/255); ``None`` when the option was not given."""
     if text is None:
         return None
     parts = [e.strip() for e in text.split(",")]
@@ -65,10 +65,11 @@ def _eps_list(text: str | None, option: str = "--eps") -> list[float] | None:
         raise UsageError(f"{option}: empty entry in {text!r} (expected numbers separated by single commas)")
     values = []
     for part in parts:
+        num, slash, den = part.partition("/")  # a fraction a/b, the way l-inf budgets are written (8/255)
         try:
-            value = float(part)
-        except ValueError:
-            raise UsageError(f"{option}: {part!r} is not a number") from None
+            value = float(num) / float(den) if slash else float(part)
+        except (ValueError, ZeroDivisionError):
+            raise UsageError(f"{option}: {part!r} is not a number (or a fraction a/b)") from None
         if math.isnan(value):
             raise UsageError(f"{option}: {part!r} is not a number")
         if value < 0:
@@ -459,7 +460,7 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--root", default=None, help="folder of the mnist / cifar10 files")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--attack", required=True, help="preset name(s), comma-separated, e.g. pgd,deepfool")
-    p.add_argument("--eps", required=True, help="budget(s), comma-separated")
+    p.add_argument("--eps", required=True, help="budget(s), comma-separated; a fraction a/b such as 8/255 is taken")
     p.add_argument("--p", default=None, help="norm of every attack (1, 2, inf); default: each preset's own")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N inputs")
     p.add_argument("--batch-size", type=int, default=256, help="inputs per batch (the unit of resumption)")
@@ -518,7 +519,8 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--split", default="test", choices=["train", "test"], help="which split to attack")
     p.add_argument("--n", type=int, default=1000, help="attack the first n images")
     p.add_argument("--eps", default=None,
-                   help="budget, or comma-separated budgets (default: the preset's; DeepFool: unbounded)")
+                   help="budget, or comma-separated budgets, each a number or a fraction such as 8/255 (default: the "
+                        "preset's; DeepFool: unbounded)")
     p.add_argument("--target", default=None, metavar="CLASS|random|least-likely",
                    help="target classes of the targeted preset: one class number (images of that class are "
                         "left out), a random other class per image (seeded by --seed), or the class the model "
@@ -620,12 +622,18 @@ _USER_ERRORS = (UsageError, ValueError, TypeError, OSError, ImportError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0, 1 for an internal error, 2 for a user's mistake)."""
+    """Run the command line; returns the exit status (0, 1 for an internal error, 2 for a user's mistake, 130 when
+    interrupted, 141 when stdout's reader has gone, as for a tool killed by SIGPIPE)."""
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     prog = f"pertattack {args.command}"
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
+        return code
+    except BrokenPipeError:  # `pertattack list | head`: stop quietly, as a unix tool killed by SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush must not fail again
+        return 128 + 13
     except KeyboardInterrupt:
         if debug:
             raise

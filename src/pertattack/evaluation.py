@@ -9,7 +9,10 @@ How a run is organised (all of it under ``--out``):
   positions; batch b holds the positions ``b*B .. (b+1)*B - 1``.
 * At start, rank 0 checks ``manifest.json`` (a folder made with other arguments is refused), lists
   the batches already finished (``parts/b*.npz``) and broadcasts the pending ones; rank r takes
-  ``pending[r::world]``. That broadcast is the only collective operation of the run.
+  ``pending[r::world]``. That broadcast is the only collective operation of the run. A finished part
+  is reused only if it reads back as its own batch's rows, and its batch's data (read again, its
+  sha256 kept in the part) is unchanged: else a warning and the batch again, or, for changed data,
+  a refusal.
 * Every finished batch is written atomically (a temporary file in the same folder, fsync, rename):
   a rank killed at any moment loses at most the batch it was working on, and running the same
   command again redoes only the missing batches.
@@ -40,6 +43,7 @@ import platform
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -156,11 +160,22 @@ def _tensor_bytes(t: Tensor) -> bytes:
 
 
 def _data_fingerprint(data: DataSource) -> str:
-    """sha256 of the tensors (first n inputs), or of the spec and length for a Dataset."""
+    """sha256 of the tensors (first n inputs), or of the spec and length for a Dataset (whose content is checked
+    batch by batch: :func:`_batch_digest`, kept in each part)."""
     h = hashlib.sha256(f"{data.spec}|{data.n}".encode())
     if data.tensors is not None:
         for t in data.tensors:
             h.update(_tensor_bytes(t))
+    return h.hexdigest()
+
+
+def _batch_digest(x: Tensor, y: Tensor) -> str:
+    """sha256 of one batch as read from the data (dtype, shape and bytes of x and y): a part is reused only for
+    the very inputs it was computed on."""
+    h = hashlib.sha256()
+    for t in (x, y):
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(_tensor_bytes(t))
     return h.hexdigest()
 
 
@@ -209,8 +224,28 @@ def _save_part(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _load_part(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
+    with open(path, "rb") as f:  # (np.load leaves its own file open when the zip is damaged)
+        z = np.load(f)
+        if not hasattr(z, "files"):
+            raise ValueError("a single array, not an .npz archive")
+        with z:
+            return {k: z[k] for k in z.files}
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float written as the string "inf", "-inf" or "nan": strict JSON (a manifest
+    written before holds the bare ``Infinity`` that Python reads; it is normalised the same way)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else "inf" if obj > 0 else "-inf"
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(_finite(obj), indent=2, default=repr, allow_nan=False).encode()
 
 
 def _now() -> str:
@@ -304,6 +339,20 @@ def _build_attacks(cfg: EvalConfig) -> list[Any]:
     return attacks
 
 
+def _probe(cfg: EvalConfig, model: nn.Module, data: DataSource, device: torch.device) -> None:
+    """The model's scores for the first input, as the batches will be called: data of the wrong shape or dtype is
+    refused here, naming --data, not inside torch at the first batch."""
+    from .metrics import predict
+
+    x = data.batch([0])[0].to(device, dtype=None if cfg.dtype is None else getattr(torch, cfg.dtype))
+    name = type(model).__name__
+    try:
+        predict(model, x, preprocess=cfg.preprocess, output=cfg.model_output)  # type: ignore[arg-type]
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        raise EvaluationError(f"--data {cfg.data}: the model ({name}) cannot take its inputs of shape "
+                              f"{tuple(x.shape[1:])} and dtype {x.dtype}: {' '.join(str(err).split())}") from err
+
+
 def _call_attack(attack: Any, model: nn.Module, x: Tensor, y: Tensor, eps: list[float], index: Tensor) -> list[Any]:
     """One run of ``attack`` at every eps, seeded per input by its data-set position ``index``."""
     res = attack(model, x, y, eps=eps, index=index)
@@ -336,7 +385,7 @@ def _fingerprint(cfg: EvalConfig, attacks: list[Any], model: nn.Module, data: Da
         eps=[float(e) for e in cfg.eps], seed=cfg.seed, batch_size=cfg.batch_size, device_type=device.type,
         dtype=cfg.dtype, preprocess=cfg.preprocess, model_output=cfg.model_output,
     )
-    return json.loads(json.dumps(fp, default=repr))
+    return json.loads(_json(fp))
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -351,16 +400,18 @@ def _versions() -> dict[str, str]:
                 python=platform.python_version(), platform=platform.platform())
 
 
-def _plan(cfg: EvalConfig, out: Path, fp: dict[str, Any], n_batches: int, world: int, argv: list[str] | None
+def _plan(cfg: EvalConfig, out: Path, fp: dict[str, Any], data: DataSource, world: int, argv: list[str] | None
           ) -> dict[str, Any]:
-    """Rank 0: check or create the manifest, clean up after a killed run, list the pending batches."""
+    """Rank 0: check or create the manifest, clean up after a killed run, check the finished parts, list the
+    pending batches."""
+    n_batches = math.ceil(len(data) / cfg.batch_size)
     out.mkdir(parents=True, exist_ok=True)
     parts, ranks = out / "parts", out / "ranks"
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
         try:
             manifest = json.loads(manifest_path.read_text())
-            old = manifest["fingerprint"]
+            old = _finite(manifest["fingerprint"])
         except (ValueError, KeyError) as err:
             raise EvaluationError(f"--out {out}: manifest.json is unreadable ({err}); use another --out") from err
         diff = _differences(old, fp)
@@ -372,19 +423,30 @@ def _plan(cfg: EvalConfig, out: Path, fp: dict[str, Any], n_batches: int, world:
             raise EvaluationError(f"--out {out} exists, is not empty and has no manifest.json: "
                                   "not a pertattack evaluation folder; use another --out")
         manifest = dict(format=_FORMAT, fingerprint=fp, runs=[])
-        _atomic_write(manifest_path, json.dumps(manifest, indent=2, default=repr).encode())  # claim the folder first
+        _atomic_write(manifest_path, _json(manifest))  # claim the folder first
     parts.mkdir(exist_ok=True)
     ranks.mkdir(exist_ok=True)
     for f in ranks.iterdir():  # reports of an earlier (killed) run
         f.unlink()
-    done = set()
-    for f in parts.iterdir():
+    done, other_data = set(), []
+    for f in sorted(parts.iterdir()):
+        b = _part_index(f.name)
         if f.name.endswith(".tmp"):  # a batch that was being written when its rank died
             f.unlink()
-        else:
-            b = _part_index(f.name)
-            if b is not None and b < n_batches:
-                done.add(b)
+        elif b is not None and b < n_batches:
+            idx = range(b * cfg.batch_size, min((b + 1) * cfg.batch_size, len(data)))
+            old = _check_part(f, idx, (len(cfg.attacks), len(cfg.eps)))
+            if old is None:
+                f.unlink()  # the warning named it: computed again below
+                continue
+            new = _batch_digest(*data.batch(idx))
+            if old != new:
+                other_data.append(f"data of batch {b} (inputs {idx[0]} to {idx[-1]}): sha256 {old[:12]}... there, "
+                                  f"{new[:12]}... now")
+            done.add(b)
+    if other_data:
+        raise EvaluationError(f"--out {out} holds an evaluation made with other arguments (" + "; ".join(other_data)
+                              + "). Use another --out, or delete that folder to start over.")
     run_id = hashlib.sha256(f"{time.time_ns()}-{os.getpid()}".encode()).hexdigest()[:16]
     pending = [b for b in range(n_batches) if b not in done]
     manifest.update(
@@ -394,13 +456,37 @@ def _plan(cfg: EvalConfig, out: Path, fp: dict[str, Any], n_batches: int, world:
     )
     manifest["runs"].append(dict(run_id=run_id, started=_now(), world_size=world, batches_reused=len(done),
                                  batches_pending=len(pending)))
-    _atomic_write(manifest_path, json.dumps(manifest, indent=2, default=repr).encode())
+    _atomic_write(manifest_path, _json(manifest))
     return dict(error=None, pending=pending, run_id=run_id, reused=len(done))
+
+
+def _check_part(path: Path, idx: range, ae: tuple[int, int]) -> str | None:
+    """The data digest a finished part was computed on, or None (with a warning naming the file) when the part
+    cannot be reused: unreadable, keys or shapes not those of a part, or the rows of other inputs than ``idx``
+    (a file copied over another batch's)."""
+    n = len(idx)
+    shapes = dict(index=(n,), label=(n,), clean=(n,), pred=(*ae, n), success=(*ae, n), norm=(*ae, n), data_sha256=())
+    try:
+        part = _load_part(path)
+        wrong = [k for k, shape in shapes.items() if k not in part or part[k].shape != shape]
+        if wrong:
+            why = f"its {', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} missing or of another shape"
+        elif not np.array_equal(part["index"], np.arange(idx.start, idx.stop)):
+            why = f"it holds the rows of other inputs than {idx.start} to {idx.stop - 1}"
+        else:
+            return str(part["data_sha256"])
+    except Exception as err:  # noqa: BLE001 - whatever a damaged file raises (BadZipFile, EOFError, pickled data)
+        first = str(err).split(". ")[0]  # (not NumPy's advice to load a pickle: a part never holds one)
+        why = f"it is not a readable part ({type(err).__name__}{': ' + first if first else ''})"
+    warnings.warn(f"{path}: {why}; computing this batch again", stacklevel=2)
+    return None
 
 
 @contextlib.contextmanager
 def _lock(out: Path) -> Iterator[None]:
-    """Rank 0 holds ``out/.lock`` for the run: a second run into the same folder is refused."""
+    """Rank 0 holds ``out/.lock`` for the run: a second run into the same folder is refused. A run that fails
+    before it wrote anything else takes the lock (and the folder, if it made it) away again."""
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".lock", "a+") as f:
         try:
@@ -410,6 +496,11 @@ def _lock(out: Path) -> Iterator[None]:
         try:
             yield
         finally:
+            with contextlib.suppress(OSError):
+                if [p.name for p in out.iterdir()] == [".lock"]:
+                    (out / ".lock").unlink()
+                    if made:
+                        out.rmdir()
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
@@ -530,9 +621,10 @@ def run_evaluation(cfg: EvalConfig, argv: list[str] | None = None) -> EvalReport
         with _lock(out) if rank == 0 else contextlib.nullcontext():
             if rank == 0 and local_error is None:
                 try:
+                    _probe(cfg, model, data, device)  # (the same model and data on every rank)
                     fp = _fingerprint(cfg, attacks, model, data, device)
-                    plan = _plan(cfg, out, fp, n_batches, world, argv)
-                except EvaluationError as err:
+                    plan = _plan(cfg, out, fp, data, world, argv)
+                except UsageError as err:  # (an EvaluationError, or the data's own)
                     plan = {"error": str(err)}
             plan = dist_ctx.broadcast(plan)
             if plan["error"] is not None:
@@ -596,6 +688,7 @@ def _work(cfg: EvalConfig, attacks: list[Any], model: nn.Module, data: DataSourc
                 raise _Stopped(f"rank {rank} stopped: rank {failure[0]} failed:\n{failure[1]}")
             idx = torch.arange(b * cfg.batch_size, min((b + 1) * cfg.batch_size, len(data)))
             x, y = data.batch(idx.tolist())
+            digest = _batch_digest(x, y)
             x, y, idx_d = x.to(device, dtype=dtype), y.to(device), idx.to(device)
             clean = predict(model, x, preprocess=cfg.preprocess, output=cfg.model_output)  # type: ignore[arg-type]
             preds, succ, norms = [], [], []
@@ -607,7 +700,7 @@ def _work(cfg: EvalConfig, attacks: list[Any], model: nn.Module, data: DataSourc
             _save_part(parts / _part_name(b), dict(
                 index=idx.numpy(), label=y.cpu().numpy(), clean=clean.cpu().numpy(),
                 pred=torch.stack(preds).cpu().numpy(), success=torch.stack(succ).cpu().numpy(),
-                norm=torch.stack(norms).detach().cpu().numpy()))
+                norm=torch.stack(norms).detach().cpu().numpy(), data_sha256=np.array(digest)))
             computed += 1
             _atomic_write(heartbeat, str(computed).encode())
             if progress is not None:
@@ -712,6 +805,9 @@ def _merge(cfg: EvalConfig, attacks: list[Any], out: Path, n_batches: int, plan:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(RESULT_COLUMNS)
     index, label, pred, succ, norm = cat["index"], cat["label"], cat["pred"], cat["success"], cat["norm"]
+    if not np.array_equal(index, np.arange(index.shape[0])):  # a part replaced while the run went on
+        raise EvaluationError(f"the parts in {parts} do not hold each input once, in order; run the same command "
+                              "again to check them and compute what is wrong")
     for i in range(index.shape[0]):
         for a, name in enumerate(names):
             for j in range(len(eps)):
@@ -750,7 +846,7 @@ def _merge(cfg: EvalConfig, attacks: list[Any], out: Path, n_batches: int, plan:
     for run in manifest["runs"]:
         if run.get("run_id") == plan["run_id"]:
             run.update(finished=manifest["finished"], batches_computed=computed)
-    _atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, default=repr).encode())
+    _atomic_write(out / "manifest.json", _json(manifest))
     return rows
 
 

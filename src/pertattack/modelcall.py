@@ -36,11 +36,27 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
                 m.training = mode
 
 
-def _channel_tensor(v: float | Sequence[float] | Tensor, like: Tensor) -> Tensor:
+def _channel_tensor(v: float | Sequence[float] | Tensor, like: Tensor, name: str) -> Tensor:
+    """preprocess's ``name`` (mean or std) shaped to broadcast over ``like`` (N, C, ...): one number, or one per
+    channel (dimension 1); any other count is an error that names preprocess, never a silent broadcast."""
     t = torch.as_tensor(v, dtype=like.dtype, device=like.device)
-    if t.dim() == 1 and like.dim() >= 3:  # per channel: (C,) -> (C, 1, ..., 1)
-        t = t.reshape(-1, *([1] * (like.dim() - 2)))
+    if t.dim() == 1 and t.numel() > 1:
+        if like.dim() < 2 or like.shape[1] != t.numel():
+            raise ValueError(f"preprocess {name} has {t.numel()} channel statistics, but the inputs of shape "
+                             f"{tuple(like.shape)} have {like.shape[1] if like.dim() >= 2 else 'no'} channels "
+                             "(dimension 1): give one number or one per channel")
+        t = t.reshape(-1, *([1] * (like.dim() - 2)))  # per channel: (C,) -> (C, 1, ..., 1)
     return t
+
+
+def _describe(out: Any) -> str:
+    if isinstance(out, (tuple, list)):
+        return f"a {type(out).__name__} of {len(out)} (indices 0 to {len(out) - 1})"
+    if isinstance(out, dict):
+        return f"a dict with keys {list(out)}"
+    if isinstance(out, Tensor):
+        return f"a tensor of shape {tuple(out.shape)}"
+    return f"a {type(out).__name__}"
 
 
 class Model(nn.Module):
@@ -88,17 +104,23 @@ class Model(nn.Module):
         z = x
         if self.preprocess is not None:
             mean, std = self.preprocess
-            z = (x - _channel_tensor(mean, x)) / _channel_tensor(std, x)
+            try:
+                z = (x - _channel_tensor(mean, x, "mean")) / _channel_tensor(std, x, "std")
+            except RuntimeError as err:  # statistics of a shape that does not broadcast over x
+                raise ValueError(f"preprocess (mean, std) does not fit inputs of shape {tuple(x.shape)}: {err}"
+                                 ) from err
         else:
             z = x.clone()  # the module may write into its input; never into the caller's tensor
         out = self.model(z)
         sel = self.output
         if callable(sel):
             out = sel(out)
-        elif isinstance(sel, int):
-            out = out[sel]
-        elif isinstance(sel, str):
-            out = out[sel] if isinstance(out, dict) else getattr(out, sel)
+        elif sel is not None:
+            try:
+                out = out[sel] if isinstance(sel, int) or isinstance(out, dict) else getattr(out, sel)
+            except (IndexError, KeyError, AttributeError, TypeError) as err:
+                raise ValueError(f"output={sel!r} names no part of what the model returned: "
+                                 f"{_describe(out)}") from err
         if not isinstance(out, Tensor):
             raise TypeError(
                 f"the model returned {type(out).__name__}, not a tensor; pass output=<index, key or callable> "

@@ -77,10 +77,12 @@ class DataSource:
         self.dataset: Any = None
         if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
             x, y = data
-            if x.shape[0] != y.shape[0]:
-                raise UsageError(f"--data {spec!r}: x has {x.shape[0]} inputs, y {y.shape[0]} labels")
+            if x.dim() == 0 or x.shape[0] != (y.shape[0] if y.dim() else -1):
+                raise UsageError(f"--data {spec!r}: x {tuple(x.shape)} and y {tuple(y.shape)} do not hold one label "
+                                 "per input")
             if y.dim() != 1:
                 raise UsageError(f"--data {spec!r}: y must be (N,) class labels, got shape {tuple(y.shape)}")
+            self._check(x, y, "")
             self.tensors = (x[:limit], y[:limit].long())
             n = x.shape[0]
         elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):
@@ -105,9 +107,23 @@ class DataSource:
             item = self.dataset[int(i)]
             if not (isinstance(item, (tuple, list)) and len(item) >= 2):
                 raise UsageError(f"--data {self.spec!r}: item {i} is not an (x, y) pair")
-            xs.append(torch.as_tensor(item[0]))
-            ys.append(int(item[1]))
+            x, y = torch.as_tensor(item[0]), torch.as_tensor(item[1])
+            self._check(x[None], y.reshape(-1), f" (item {i})")
+            if y.numel() != 1 or (xs and x.shape != xs[0].shape):
+                raise UsageError(f"--data {self.spec!r}: item {i} holds x {tuple(x.shape)} and y {tuple(y.shape)}, "
+                                 f"other items x {tuple(xs[0].shape) if xs else '?'} and one label")
+            xs.append(x)
+            ys.append(int(y))
         return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
+
+    def _check(self, x: Tensor, y: Tensor, where: str) -> None:
+        """Inputs are floating point, labels integer class indices (what the attacks take; no silent cast)."""
+        if not x.is_floating_point():
+            raise UsageError(f"--data {self.spec!r}: inputs x{where} must be floating point (scaled to the box, "
+                             f"e.g. x.float() / 255), got {x.dtype}")
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise UsageError(f"--data {self.spec!r}: labels y{where} must be integer class indices, got {y.dtype} "
+                             "(a float label such as 3.5 is not cut to 3)")
 
     def xy(self) -> tuple[Tensor, Tensor]:
         """All ``len(self)`` inputs and labels as two tensors."""

@@ -130,17 +130,21 @@ class _BatchUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("persistent ids are not allowed in a CIFAR-10 batch")
 
 
-def _check_plain(obj: Any, depth: int = 0) -> None:
-    """Every object reached is a container, string, number or numeric array (no object arrays)."""
+def _check_plain(obj: Any, depth: int = 0, seen: set[int] | None = None) -> None:
+    """Every object reached is a container, string, number or numeric array (no object arrays).
+
+    Each container is checked once (by id): a pickle's shared references (a list of 50 references to
+    one list, 8 levels deep) make few objects but astronomically many paths.
+    """
     if depth > 20:
         raise pickle.UnpicklingError("nested more than 20 levels deep")
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            _check_plain(k, depth + 1)
-            _check_plain(v, depth + 1)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            _check_plain(v, depth + 1)
+    if isinstance(obj, (dict, list, tuple)):
+        seen = set() if seen is None else seen
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        for v in (x for kv in obj.items() for x in kv) if isinstance(obj, dict) else obj:
+            _check_plain(v, depth + 1, seen)
     elif isinstance(obj, (np.ndarray, np.generic)):
         if obj.dtype.kind not in _NUMERIC_KINDS:
             raise pickle.UnpicklingError(f"a NumPy array of dtype {obj.dtype} (not numbers)")
@@ -335,8 +339,13 @@ def _read_batch(folder: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(f"{path}: not a CIFAR-10 batch ({err})") from err
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise ValueError(f"{path}: not a CIFAR-10 batch (expected a dict with b'data' and b'labels')")
-    data = np.asarray(batch[b"data"])
-    labels = np.asarray(batch[b"labels"])
+    data, labels = batch[b"data"], batch[b"labels"]
+    # nested lists never reach np.asarray: its shape discovery walks paths (see _check_plain)
+    if not isinstance(data, np.ndarray):
+        raise ValueError(f"{path}: b'data' must be a uint8 array (N, {_ROW}), got a {type(data).__name__}")
+    if isinstance(labels, (list, tuple)) and not all(isinstance(v, (int, np.integer)) for v in labels):
+        raise ValueError(f"{path}: b'labels' must be a list of integers, not of other objects")
+    labels = np.asarray(labels)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _ROW:
         raise ValueError(f"{path}: b'data' must be uint8 of shape (N, {_ROW}), got {data.dtype} {data.shape}")
     if labels.ndim != 1 or labels.shape[0] != data.shape[0] or not np.issubdtype(labels.dtype, np.integer):

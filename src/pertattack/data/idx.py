@@ -7,14 +7,18 @@ dimensions, then the array in C order and big-endian byte order. MNIST ships it 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import math
 import os
 import struct
 import tempfile
 import urllib.request
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import torch
@@ -64,19 +68,34 @@ _CODES = {dt.newbyteorder("="): code for code, dt in IDX_DTYPES.items()}
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-def _read_bytes(path: str | os.PathLike[str]) -> bytes:
-    """The file's content, gunzipped when it starts with the gzip magic."""
-    raw = Path(path).read_bytes()
-    if raw[:2] != _GZIP_MAGIC:
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError) as err:  # BadGzipFile is an OSError; a cut stream is an EOFError
-        raise ValueError(f"{path}: corrupt or truncated gzip stream ({err})") from err
+@contextlib.contextmanager
+def _open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """The file as a stream of its content, gunzipped when it starts with the gzip magic; a corrupt or cut gzip
+    stream is a ``ValueError`` naming the file."""
+    with open(path, "rb") as raw:
+        gz = raw.read(2) == _GZIP_MAGIC
+        raw.seek(0)
+        try:
+            yield gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw  # type: ignore[misc]
+        except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError; a cut stream an EOFError
+            if not gz:
+                raise
+            raise ValueError(f"{path}: corrupt or truncated gzip stream ({err})") from err
+
+
+def _read_upto(f: BinaryIO, n: int) -> bytearray:
+    """At most ``n`` bytes of ``f``, fewer at its end; memory grows with what is there, not with ``n``."""
+    buf = bytearray()
+    while len(buf) < n and (chunk := f.read(min(n - len(buf), 1 << 20))):
+        buf += chunk
+    return buf
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an IDX file, plain or gzip-compressed.
+
+    The header is read first, then only the bytes it announces (and one more, to refuse trailing bytes):
+    a small gzip file that inflates to far more than its header promises is never inflated whole.
 
     Args:
         path: the file. Compression is detected from the content (gzip magic ``1f 8b``).
@@ -87,25 +106,28 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     Raises:
         ValueError: bad magic number, unknown type code, truncated data or trailing bytes.
     """
-    data = _read_bytes(path)
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f"{path}: not an IDX file (magic {data[:4].hex() or 'empty'}, expected 0000<type><ndim>)")
-    code, ndim = data[2], data[3]
-    if code not in IDX_DTYPES:
-        known = ", ".join(f"0x{c:02x}" for c in IDX_DTYPES)
-        raise ValueError(f"{path}: unknown IDX type code 0x{code:02x} (known: {known})")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes, {ndim} dimensions need {header})")
-    shape = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = IDX_DTYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    got = len(data) - header
-    if got != expected:
-        kind = "truncated" if got < expected else "has trailing bytes"
-        raise ValueError(f"{path}: IDX data {kind}: shape {shape} needs {expected} bytes, found {got}")
-    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
-    return array.astype(dtype.newbyteorder("="))  # a writable native-order copy
+    with _open(path) as f:
+        magic = _read_upto(f, 4)
+        if len(magic) < 4 or magic[0] != 0 or magic[1] != 0:
+            raise ValueError(f"{path}: not an IDX file (magic {magic.hex() or 'empty'}, expected 0000<type><ndim>)")
+        code, ndim = magic[2], magic[3]
+        if code not in IDX_DTYPES:
+            known = ", ".join(f"0x{c:02x}" for c in IDX_DTYPES)
+            raise ValueError(f"{path}: unknown IDX type code 0x{code:02x} (known: {known})")
+        dims = _read_upto(f, 4 * ndim)
+        if len(dims) < 4 * ndim:
+            raise ValueError(f"{path}: truncated IDX header ({4 + len(dims)} bytes, {ndim} dimensions need "
+                             f"{4 + 4 * ndim})")
+        shape = struct.unpack(f">{ndim}I", dims)
+        dtype = IDX_DTYPES[code]
+        expected = math.prod(shape) * dtype.itemsize
+        data = _read_upto(f, expected)
+        if len(data) < expected:
+            raise ValueError(f"{path}: IDX data truncated: shape {shape} needs {expected} bytes, found {len(data)}")
+        if f.read(1):
+            raise ValueError(f"{path}: IDX data has trailing bytes: shape {shape} needs {expected} bytes, found more")
+    array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    return array.astype(dtype.newbyteorder("="))  # a native-order copy
 
 
 def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> None:
@@ -176,7 +198,11 @@ def _fetch(url: str, dest: Path, timeout: float = 60.0, md5: str | None = None) 
             while chunk := response.read(1 << 20):
                 out.write(chunk)
         if md5 is not None:
-            digest = hashlib.md5(_read_bytes(tmp), usedforsecurity=False).hexdigest()
+            h = hashlib.md5(usedforsecurity=False)
+            with _open(tmp) as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+            digest = h.hexdigest()
             if digest != md5.lower():
                 raise ValueError(f"{url}: the content's md5 {digest} differs from the published {md5.lower()}: "
                                  "a corrupt download or not the MNIST file; nothing was kept")

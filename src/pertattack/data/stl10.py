@@ -69,7 +69,8 @@ def load_stl10(
 
     Raises:
         FileNotFoundError: the files are missing; the message says what to provide.
-        ValueError: a bad split or limit, or a file whose size is not a whole number of images.
+        ValueError: a bad split or limit, a file whose size is not a whole number of images, or a labels
+            file with another number of labels than there are images.
     """
     if split not in _FILES:
         raise ValueError(f"split must be 'train', 'test' or 'unlabeled', got {split!r}")
@@ -92,10 +93,10 @@ def load_stl10(
     x = torch.from_numpy(np.ascontiguousarray(np.asarray(raw).transpose(0, 1, 3, 2))).to(torch.float32).div_(255.0)
     if yname is None:
         return x, torch.full((n,), -1, dtype=torch.int64)
-    lab = np.fromfile(folder / yname, dtype=np.uint8)
-    if lab.shape[0] < n:
-        raise ValueError(f"{folder / yname}: {lab.shape[0]} labels for {n} images")
-    lab = lab[:n].astype(np.int64)
+    n_labels = (folder / yname).stat().st_size  # one byte each: counted, never read beyond the first n
+    if n_labels != size // _BYTES:
+        raise ValueError(f"{folder / yname}: {n_labels} labels for the {size // _BYTES} images of {folder / xname}")
+    lab = np.fromfile(folder / yname, dtype=np.uint8, count=n).astype(np.int64)
     if lab.size and (lab.min() < 1 or lab.max() > 10):
         raise ValueError(f"{folder / yname}: labels must be in 1..10, got {lab.min()}..{lab.max()}")
     return x, torch.from_numpy(lab - 1)
