@@ -201,7 +201,8 @@ BAD_KEYWORDS: list[tuple[str, Any]] = [
     ("box", (0, NAN)), ("box", (NAN, 1)), ("box", (1, 0)), ("box", (0, INF)), ("box", "ab"), ("box", (0, 1, 2)),
     ("box", ("a", 1)),
     ("overshoot", NAN), ("overshoot", -1.0), ("overshoot", INF), ("overshoot", "a"),
-    ("step", NAN), ("step", -1.0), ("step", 0.0), ("step", INF), ("step", "a"),
+    ("step_fraction", NAN), ("step_fraction", -1.0), ("step_fraction", 0.0), ("step_fraction", INF),
+    ("step_fraction", "a"),
     ("step_scale", -1.0), ("step_scale", 0.0), ("step_scale", NAN), ("step_scale", INF),
     ("candidates", 0), ("candidates", -1), ("candidates", 1.5), ("candidates", NAN), ("candidates", "a"),
     ("batch_size", 0), ("batch_size", -1), ("batch_size", 1.5), ("batch_size", "a"), ("batch_size", True),
@@ -664,8 +665,9 @@ def test_min_norm_step_scale_invariant(p: float) -> None:
     for s in STEEP_SCALES:
         g = g0 * s
         value = torch.tensor([0.3, 2.0], dtype=torch.float64) * s  # L scales with g: the step does not change
-        step = pertattack.solvers.MinNorm()(pertattack.solvers.Step(x=torch.zeros_like(g), g=g, value=value,
-                                                                    eps=torch.zeros(2), ball=ball, forward=None))
+        lin = pertattack.solvers.Linearisation(x=torch.zeros_like(g), g=g, value=value, eps=torch.zeros(2), ball=ball,
+                                               forward=None)
+        step = pertattack.solvers.MinNorm()(lin)
         got = ball.norm(step)
         ref = torch.tensor([0.3, 2.0], dtype=torch.float64) / lp_norm(g0, ball.q)
         assert torch.allclose(got, ref, rtol=1e-12, atol=0), (s, got, ref)

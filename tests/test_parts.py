@@ -18,18 +18,18 @@ from pertattack import get_attack
 from pertattack.constraints import Box, LpBall
 from pertattack.keywords import KEYWORDS
 from pertattack.noise import Noise
-from pertattack.objectives import DLR, Context, DLRTargeted, Objective
+from pertattack.objectives import DLR, Context, DLRTargeted, Margin, Objective
 from pertattack.schedule import (
     Constant,
     Halving,
-    KeepBest,
-    Loop,
+    Observation,
     RandomStart,
+    Run,
     Schedule,
     Start,
     apgd_checkpoints,
 )
-from pertattack.solvers import GNM, Solver, Step
+from pertattack.solvers import GNM, Linearisation, Solver
 
 INF = math.inf
 
@@ -51,17 +51,19 @@ class HalfGNM(Solver):
 
     name = "half-gnm"
 
-    def __call__(self, step: Step) -> Tensor:
-        return 0.5 * GNM()(step)
+    def __call__(self, lin: Linearisation) -> Tensor:
+        return 0.5 * GNM()(lin)
 
 
 @dataclass(frozen=True)
 class CornerStart(Start):
     """A toy start policy: the corner -eps (per coordinate) of the l-inf ball."""
 
-    def __call__(self, loop: Loop) -> Tensor:
-        assert loop.eps is not None
-        return -loop.eps.reshape(-1, *([1] * (loop.x.dim() - 1))).expand_as(loop.x).clone()
+    needs_eps = True
+
+    def init(self, run: Run) -> Tensor:
+        assert run.eps is not None
+        return -run.eps.reshape(-1, *([1] * (run.x.dim() - 1))).expand_as(run.x).clone()
 
 
 def test_own_objective_plugs_into_a_gradient_preset():
@@ -105,6 +107,11 @@ def test_keywords_go_to_the_part_that_owns_them():
         get_attack("fgsm", probs=True)  # cross-entropy has no softmax switch
     with pytest.raises(TypeError, match="no setting 'nope'"):
         get_attack("pgd", schedule__start__nope=1)
+    with pytest.raises(TypeError, match=r"steps= \(the number of steps\) or step_fraction= \(alpha = step_fraction"):
+        get_attack("pgd", step=0.5)
+    with pytest.raises(TypeError, match="dither="):
+        get_attack("pgd", lin_point="first")
+    assert get_attack("linear-pixel-3", step_fraction=0.5).schedule.step_size.fraction == 0.5
 
 
 def test_every_routable_keyword_is_documented():
@@ -222,17 +229,15 @@ def _halving_run(losses: list[float], steps: int = 100) -> list[float]:
     """Feed Halving a loss sequence for one input; return alpha after each step."""
     x = torch.zeros(1, 3, dtype=DTYPE)
     eps = torch.ones(1, dtype=DTYPE)
-    loop = Loop(x=x, eps=eps, ball=LpBall(INF), box=Box(-10, 10), noise=Noise.create(0, 1, "cpu"), steps=steps,
-                done=torch.zeros(1, dtype=torch.bool))
-    keep = KeepBest("loss")
-    keep.start(x)
     rule = Halving()
-    alpha = rule.init(eps, steps, x)
+    run = Run(Schedule(steps=steps, step_size=rule), lambda z: z, x, eps, Margin(), GNM(), LpBall(INF), Box(-10, 10),
+              Context(), Noise.create(0, 1, "cpu"))
+    state = rule.init(run)
     out = []
     for t in range(steps):
-        keep.observe(x, torch.tensor([losses[t]], dtype=DTYPE), None, None, loop.ball, ~loop.done)
-        alpha, _ = rule.update(t, alpha, loop, keep)
-        out.append(float(alpha[0]))
+        obs = Observation(t, x, x, torch.tensor([losses[t]], dtype=DTYPE), None, None, ~run.done, run.done)
+        state = rule.update(state, obs)
+        out.append(float(state.alpha[0]))
     return out
 
 

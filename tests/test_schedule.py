@@ -106,11 +106,11 @@ def test_step_scale_and_projection():
     eta, _ = run(sched, model, x, eps)
     assert torch.allclose(eta.abs(), torch.full_like(x, eps))
     # one step of 2.5 eps / 4 only: below the budget
-    one, _ = run(Schedule.of(steps=1, step=2.5 / 4), model, x, eps)
+    one, _ = run(Schedule.of(steps=1, step_fraction=2.5 / 4), model, x, eps)
     assert torch.allclose(one.abs(), torch.full_like(x, 2.5 * eps / 4))
     # projected steps of alpha = step * eps stay in the ball whatever the step
     for p in (1.0, 2.0, 1.5, INF):
-        eta, _ = run(Schedule.of(steps=5, step=1.0, project=True), model, x, eps, p=p)
+        eta, _ = run(Schedule.of(steps=5, step_fraction=1.0, project=True), model, x, eps, p=p)
         assert (lp_norm(eta, p) <= eps + 1e-12).all()
 
 

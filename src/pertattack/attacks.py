@@ -45,7 +45,7 @@ from .modelcall import Model, as_model, check_scores, eval_mode
 from .noise import Noise
 from .objectives import Context, Objective, objective_by_name
 from .result import AttackResult, concat_results
-from .schedule import AdaptiveBall, AdaptiveSphere, Schedule, ZeroStart
+from .schedule import Schedule
 from .solvers import GNM, Solver
 
 __all__ = ["Attack", "AttackResult"]
@@ -104,7 +104,7 @@ class Attack:
     def minimum_norm(self) -> bool:
         """True for minimum-norm attacks (DeepFool's unbounded steps, FMN's adaptive ball): they need no
         eps, and one run serves every eps (projected on each ball and re-evaluated)."""
-        return not self.solver.bounded or isinstance(self.schedule.project, (AdaptiveBall, AdaptiveSphere))
+        return not self.solver.bounded or self.schedule.minimum_norm
 
     def box_for(self, model: Any, box: Any = None) -> Box:
         """The box of a call: the call's ``box=``, else the model wrapper's, else the attack's, else [0, 1]."""
@@ -237,7 +237,7 @@ class Attack:
         # from one NaN elsewhere (those inputs fail, with a warning).
         if (y is not None and target is None and obj.classification and self.restarts == 1
                 and type(obj).prepare is Objective.prepare and self.solver.needs_grad):
-            at_x = isinstance(sched.start, ZeroStart) and sched.dither_radii()[0] == 0
+            at_x = sched.start.at_zero and sched.dither_radii()[0] == 0
             loop_fwd = FirstOutputCheck(fwd, y, x.device, None if at_x else x)
             ctx.label = loop_fwd.label
         else:

@@ -82,7 +82,6 @@ KEYWORDS: dict[str, tuple[str, str]] = {
     "start": ("schedule", "policy: ZeroStart() or RandomStart()"),
     "step_size": ("schedule", "policy: Constant(scale, fraction), Halving() (APGD) or Cosine(first, last) (FMN)"),
     "update": ("schedule", "policy: Plain() or Momentum(momentum) (APGD)"),
-    "lin_point": ("schedule", "policy: Dither(radii), the dithering of the linearisation point"),
     "keep": ("schedule", "policy: KeepLast() or KeepBest(by='loss'|'norm')"),
     "stop": ("schedule", "policy: NeverStop() or WhenFooled(check_first)"),
     "project": ("schedule", "True/False (the eps ball after each step), or a Projection policy"),
@@ -92,8 +91,8 @@ KEYWORDS: dict[str, tuple[str, str]] = {
     "push": ("schedule", "distance added to min-norm steps after the first (classic DeepFool: 1e-4)"),
     "random_start": ("schedule", "start uniform in the eps ball (RandomStart) instead of 0"),
     "step_scale": ("schedule", "step alpha = step_scale * eps / T"),
-    "step": ("schedule", "step alpha = step * eps (overrides step_scale)"),
-    "dither": ("schedule", "dithering radii eps~_t / eps: 'none', 'first', 'all' or T fractions"),
+    "step_fraction": ("schedule", "step alpha = step_fraction * eps (overrides step_scale)"),
+    "dither": ("schedule", "Dither(radii), or the radii eps~_t / eps: 'none', 'first', 'all' or T fractions"),
     "early_stop": ("schedule", "stop an input once fooled, checked before its gradient (DeepFool)"),
     "box_aware": ("schedule", "True: mask_blocked and clip_iterates; False: classic DeepFool's box handling"),
     "momentum": ("schedule", "APGD: the momentum of the update"),
@@ -107,7 +106,7 @@ KEYWORDS: dict[str, tuple[str, str]] = {
 
 _ATTACK_FIELDS = ("eps", "seed", "batch_size", "progress", "preprocess", "output", "restarts")
 _PARTS = ("objective", "constraint", "solver", "schedule")
-_POLICIES = ("start", "step_size", "update", "lin_point", "keep", "stop", "project")
+_POLICIES = ("start", "step_size", "update", "dither", "keep", "stop", "project")
 
 
 def route(attack: Any, kw: dict[str, Any]) -> dict[str, Any]:
@@ -120,7 +119,7 @@ def route(attack: Any, kw: dict[str, Any]) -> dict[str, Any]:
     for k, v in kw.items():
         if k in _PARTS:
             continue
-        k = "steps" if k == "queries" and isinstance(parts["solver"], Square) else k  # one query per step
+        k = "steps" if k == "queries" and parts["solver"].queries_per_step == 1 else k  # one query per step
         if k in _ATTACK_FIELDS:
             top[k] = v
         elif "__" in k:

@@ -90,7 +90,8 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "square": ("Square (Andriushchenko et al. 2020): score-only random search on the margin, queries=5000 (one per "
                "step), l-inf stripes / l2 tiles to start, windows covering p_init=0.8 of the input at first; stops "
                "when fooled; p = inf or 2",
-               dict(objective="margin", solver="square", steps=5000, step=1.0, stop=WhenFooled(), mask_blocked=False)),
+               dict(objective="margin", solver="square", steps=5000, step_fraction=1.0, stop=WhenFooled(),
+                    mask_blocked=False)),
     # Regression (Sections 3-4): maximise norm_2(y - f(x + eta))^2, y = f(x) unless given.
     "quadratic-l2": ("Regression, eq. 14: eps times the top right singular vector of J (Lanczos, "
                      "matrix-free); info['sigma'] = norm(J)_{2->2}", dict(_REG, solver="quadratic-l2", p=2.0)),
@@ -105,11 +106,11 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "linear-linf-T": ("Regression: Algorithm 1 with T GNM steps, p = inf, first linearisation point dithered",
                       dict(_REG, steps=10, dither="first")),
     "linear-pixel-T": ("Regression: T single-subset steps (eq. 23), one new pixel per step, +-eps, dithered first",
-                       dict(_REG, solver="single-subset", steps=10, step=1.0, dither="first")),
+                       dict(_REG, solver="single-subset", steps=10, step_fraction=1.0, dither="first")),
     "rand-l2": ("Regression baseline: Gaussian scaled to norm_2 = eps", dict(_REG, solver="random-gaussian", p=2.0)),
     "rand-linf": ("Regression baseline: Bernoulli +-eps entries", dict(_REG, solver="random-sign")),
     "rand-pixel-T": ("Regression baseline: +-eps on T random pixels", dict(_REG, solver="random-subset", steps=10,
-                                                                           step=1.0)),
+                                                                           step_fraction=1.0)),
 }
 
 

@@ -1,33 +1,57 @@
 """Schedules: the one iteration loop of the project and the policies it is made of (Algorithm 1).
 
+    run = Run(schedule, x, eps, ...)                           # every policy's init(run): its state
     eta = start(x, eps)                                        # zero, or random in the ball
-    alpha = step_size.init(eps, T)                             # eps/T, 2.5 eps/T, APGD's 2 eps, ...
     for t = 1..T:
-        x_lin = x + (1 + overshoot) (eta + random(eps~_t))     # lin_point: dithering (Alg. 1)
-        L, g  = grad L(x_lin)                                  # only inputs still in play (stop)
-        keep.observe(eta, L, fooled)                           # last / best by loss / best by norm
-        alpha, restart = step_size.update(t, keep)             # APGD: halve where progress stalled
-        eta   = update(eta, solver(g, L, alpha, constraint))   # plain or momentum
-        eta   = project(eta)                                   # none / eps ball / FMN's adaptive ball
-    return keep.result(eta)
+        x_lin = x + (1 + overshoot) (eta + random(eps~_t))     # linearisation point: dithering (Alg. 1)
+        L, g, fooled = grad L(x_lin)                           # gradient: the inputs still in play (stop)
+        keep, projection, stop observe (L, g, fooled)          # observe: best iterate, FMN's radius, done
+        alpha = step_size.update(t)                            # adapt the step: APGD halves, restarts
+        eta = project(update(eta, solver(g, L, alpha)))        # take the step: plain or momentum, then P
+    return keep.result(eta)                                    # finish: last / best by loss / best by norm
 
-Presets are combinations of these policies (attacks.py): Algorithm 1 is Constant(1) steps without
-projection (T steps of eps/T stay in the ball); Madry's PGD a random start, Constant(2.5) steps and
-the eps-ball projection; pgd-paper Algorithm 1 dithered once; DeepFool min-norm steps (unbounded)
-stopped per input when fooled; APGD (Croce and Hein 2020) a random start, Halving step sizes, Momentum
-and the best iterate; FMN (Pintor et al. 2021) Cosine step sizes, an adaptive ball and the smallest
-fooling iterate; Square (Andriushchenko et al. 2020) a score-only solver under the same loop.
+:meth:`Schedule.run` is that loop, line for line, over the phases of :class:`Run`. Presets are
+combinations of the policies (attacks.py): Algorithm 1 is Constant(1) steps without projection (T
+steps of eps/T stay in the ball); Madry's PGD a random start, Constant(2.5) steps and the eps-ball
+projection; pgd-paper Algorithm 1 dithered once; DeepFool min-norm steps (unbounded) stopped per input
+when fooled; APGD (Croce and Hein 2020) a random start, Halving step sizes, Momentum and the best
+iterate; FMN (Pintor et al. 2021) Cosine step sizes, an adaptive ball and the smallest fooling iterate;
+Square (Andriushchenko et al. 2020) a score-only solver under the same loop.
 
-Every step is batched; inputs that are done are frozen with ``torch.where``, and gradients are taken for
-the inputs still in play only. The box is handled by three separate switches: ``mask_blocked`` (the
-solver sees the gradient on the free coordinates only, :meth:`Box.free_directions`), ``clip_iterates``
-(x + eta is kept in the box after every step) and ``push`` (classic DeepFool adds a hair to the
-distance of its later min-norm steps so that iterates cannot creep up to the boundary from one side).
+A step is one iteration; ``steps`` is T. Every step is batched; inputs that are done are frozen with
+``torch.where``, and gradients are taken for the inputs still in play only. The box is handled by
+three separate switches: ``mask_blocked`` (the solver sees the gradient on the free coordinates only,
+:meth:`Box.free_directions`), ``clip_iterates`` (x + eta is kept in the box after every step) and
+``push`` (classic DeepFool adds a hair to the distance of its later min-norm steps so that iterates
+cannot creep up to the boundary from one side). Why the loop is shaped for speed (host-device syncs,
+the NaN accounting, skipped masks): benchmarks/README.md, "How the loop stays fast".
+
+Writing a part of one's own. A policy is a frozen dataclass of settings; the state of a run is not in
+it but in the :class:`Run`, which asks every policy for its state once (``init(run)``, reading
+``run.x``, ``run.eps`` (N,) or None, ``run.eps_scalar``, ``run.ball``, ``run.box``, ``run.noise``,
+``run.steps``, ``run.eta``) and hands it back with each :class:`Observation` (``update(state, obs) ->
+state``; states are small dataclasses or tensors, updated in place or anew)::
+
+    Start       init(run) -> eta_1
+    StepSize    init(run) -> Alpha;  update(state, obs) -> Alpha     (state.alpha (N,) or None,
+                                                                      state.restart (N,) bool or None)
+    Update      init(run) -> state;  apply(state, eta, s, project) -> (eta, state);
+                                     restart(state, mask, eta) -> state
+    Keep        init(run) -> state;  update(state, obs) -> state;  result(state, eta) -> eta;
+                                     restart(state, mask, eta, g) -> (eta, g)
+    Projection  init(run) -> state;  update(state, obs) -> state;  apply(state, v) -> v
+    Stop        the attributes ``active`` and ``check_first``
+    Dither      fractions(T) -> the T radii eps~_t / eps
+    Solver      solver(lin: Linearisation) -> eta* (a Tensor) or a Solution (:mod:`pertattack.solvers`)
+
+No policy reads another's state. What the driver must know about a part, the part declares (never its
+type): ``needs_eps`` (Start, StepSize, Projection), ``at_zero`` (Start), ``constant`` (StepSize),
+``minimum_norm`` (Projection), ``needs_final_check`` (Keep), ``active`` and ``check_first`` (Stop), and
+a solver's ``needs_grad``, ``bounded``, ``separable(ball)`` and ``queries_per_step``.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from collections.abc import Callable
@@ -41,10 +65,13 @@ from ._validate import is_number
 from .constraints import Box, LpBall, Partition, expand_like
 from .noise import Noise
 from .objectives import Context, Objective
-from .solvers import Solver, Step
+from .solvers import Linearisation, Solution, Solver
 
 __all__ = [
     "Schedule",
+    "Run",
+    "Observation",
+    "Alpha",
     "Start",
     "ZeroStart",
     "RandomStart",
@@ -87,28 +114,41 @@ def _number(name: str, value: Any, *, lo: float | None = None, lo_open: bool = F
 
 
 @dataclass
-class Loop:
-    """The state of one run that the policies read: per input (N,) unless said otherwise."""
+class Observation:
+    """What the loop saw at step t (per input, (N,) unless said otherwise).
 
-    x: Tensor
-    eps: Tensor | None
-    ball: LpBall
-    box: Box
-    noise: Noise
-    steps: int
+    Attributes:
+        t: the step, from 0 (T for the check after the last step).
+        eta: the iterate observed (at the linearisation point: the dithered one).
+        point: x + (1 + overshoot) eta in the box, where L and g were taken (None: no gradient).
+        value, g: L there (N,) and its gradient (N, ...), or None (the solver takes no gradient).
+        fooled: (N,) bool, whether the model's output there fools it, or None.
+        rows: the inputs the observation counts for (those in play), or None (no gradient).
+        done: the inputs out of play. The stop policy adds those fooled at this step after Keep and
+            Projection have seen the observation, before the step size does.
+    """
+
+    t: int
+    eta: Tensor
+    point: Tensor | None
+    value: Tensor | None
+    g: Tensor | None
+    fooled: Tensor | None
+    rows: Tensor | None
     done: Tensor
-    state: dict[str, Any] = field(default_factory=dict)
-    #: eps as one number when every input has the same budget (a linf projection is then one clamp)
-    eps_scalar: float | None = None
 
 
 # ---------------------------------------------------------------------------------------- start
 
 
 class Start:
-    """Where eta starts."""
+    """Where eta starts: ``init(run) -> eta_1``. ``at_zero``: eta_1 = 0 (the first linearisation point is x
+    itself unless dithered); ``needs_eps``: the start needs a budget."""
 
-    def __call__(self, loop: Loop) -> Tensor:  # pragma: no cover - abstract
+    at_zero = False
+    needs_eps = False
+
+    def init(self, run: Run) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -116,32 +156,49 @@ class Start:
 class ZeroStart(Start):
     """eta_1 = 0 (Algorithm 1)."""
 
-    def __call__(self, loop: Loop) -> Tensor:
-        return torch.zeros_like(loop.x)
+    at_zero = True
+
+    def init(self, run: Run) -> Tensor:
+        return torch.zeros_like(run.x)
 
 
 @dataclass(frozen=True)
 class RandomStart(Start):
     """eta_1 uniform in the eps ball, then clipped to the box (Madry's PGD, APGD)."""
 
-    def __call__(self, loop: Loop) -> Tensor:
-        if loop.eps is None:
+    needs_eps = True
+
+    def init(self, run: Run) -> Tensor:
+        if run.eps is None:
             raise ValueError("a random start needs a budget eps")
-        return loop.box.clip(loop.x + loop.ball.sample(loop.x, loop.eps, loop.noise)) - loop.x
+        return run.box.clip(run.x + run.ball.sample(run.x, run.eps, run.noise)) - run.x
 
 
 # ------------------------------------------------------------------------------------ step size
 
 
-class StepSize:
-    """The budget alpha (N,) of each step. ``update`` may change it after step t and ask for a restart
-    from the best iterate (a (N,) bool mask), as APGD does."""
+@dataclass
+class Alpha:
+    """The state of a step size: the budget alpha (N,) of the next step (None: the solver needs none), and
+    the inputs that go back to their best iterate before it (a (N,) bool mask, as APGD does), or None."""
 
-    def init(self, eps: Tensor | None, steps: int, like: Tensor) -> Tensor | None:  # pragma: no cover
+    alpha: Tensor | None
+    restart: Tensor | None = None
+
+
+class StepSize:
+    """The budget alpha of each step: ``init(run) -> Alpha``, ``update(state, obs) -> Alpha`` after each
+    observation. ``needs_eps``: alpha is made of eps (for a bounded solver); ``constant``: alpha never
+    changes (the loop reads it as one number when every input has the same)."""
+
+    needs_eps = True
+    constant = False
+
+    def init(self, run: Run) -> Alpha:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def update(self, t: int, alpha: Tensor | None, loop: Loop, keep: Keep) -> tuple[Tensor | None, Tensor | None]:
-        return alpha, None
+    def update(self, state: Alpha, obs: Observation) -> Alpha:
+        return state
 
 
 @dataclass(frozen=True)
@@ -152,16 +209,18 @@ class Constant(StepSize):
 
     scale: float = 1.0
     fraction: float | None = None
+    constant = True
 
     def __post_init__(self) -> None:
         _number("step_scale", self.scale, lo=0, lo_open=True)
         if self.fraction is not None:
-            _number("step", self.fraction, lo=0, lo_open=True)
+            _number("step_fraction", self.fraction, lo=0, lo_open=True)
 
-    def init(self, eps: Tensor | None, steps: int, like: Tensor) -> Tensor | None:
+    def init(self, run: Run) -> Alpha:
+        eps = run.eps
         if eps is None:
-            return None
-        return eps * self.fraction if self.fraction is not None else eps * (self.scale / steps)
+            return Alpha(None)
+        return Alpha(eps * self.fraction if self.fraction is not None else eps * (self.scale / run.steps))
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
@@ -172,6 +231,21 @@ def apgd_checkpoints(steps: int) -> list[int]:
         ps.append(ps[-1] + max(ps[-1] - ps[-2] - 0.03, 0.06))
     marks = {math.ceil(round(p * steps, 6)) for p in ps[1:]}  # round: 0.41 + 0.16 is 0.5700000000000001
     return sorted(m for m in marks if m < steps)
+
+
+@dataclass
+class _Halving(Alpha):
+    """Halving's state: its checkpoints, and per input the best loss, the last loss, the steps whose loss
+    improved on the step before (since the last checkpoint), whether alpha was halved at the last one and
+    the best loss then."""
+
+    checkpoints: frozenset[int] = frozenset()
+    last: int = 0
+    best: Tensor | None = None
+    prev: Tensor | None = None
+    gains: Tensor | None = None
+    halved: Tensor | None = None
+    best_at_checkpoint: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -190,30 +264,40 @@ class Halving(StepSize):
         _number("init_scale", self.init_scale, lo=0, lo_open=True)
         _number("rho", self.rho, lo=0, hi=1)
 
-    def init(self, eps: Tensor | None, steps: int, like: Tensor) -> Tensor | None:
-        if eps is None:
+    def init(self, run: Run) -> Alpha:
+        if run.eps is None:
             raise ValueError("APGD's step sizes need a budget eps")
-        return eps * self.init_scale
+        n, x = run.x.shape[0], run.x
+        return _Halving(run.eps * self.init_scale, checkpoints=frozenset(apgd_checkpoints(run.steps)),
+                        best=x.new_full((n,), math.inf), prev=x.new_full((n,), math.inf),
+                        gains=torch.zeros(n, dtype=torch.long, device=x.device),
+                        halved=torch.zeros(n, dtype=torch.bool, device=x.device))
 
-    def update(self, t: int, alpha: Tensor | None, loop: Loop, keep: Keep) -> tuple[Tensor | None, Tensor | None]:
-        assert alpha is not None
-        st = loop.state
-        if "checkpoints" not in st:
-            st["checkpoints"] = apgd_checkpoints(loop.steps)
-            st["last_ckpt"] = 0
-            st["halved"] = torch.zeros_like(loop.done)
-            st["best_at_ckpt"] = keep.best_value.clone()
-        if t + 1 not in st["checkpoints"]:
-            return alpha, None
-        since = t + 1 - st["last_ckpt"]
-        few_gains = keep.gains < self.rho * since
-        stalled = ~st["halved"] & (keep.best_value >= st["best_at_ckpt"])
-        halve = (few_gains | stalled) & ~loop.done
-        st["halved"] = halve
-        st["best_at_ckpt"] = keep.best_value.clone()
-        st["last_ckpt"] = t + 1
-        keep.gains.zero_()
-        return torch.where(halve, alpha / 2, alpha), halve
+    def update(self, state: Alpha, obs: Observation) -> Alpha:
+        st = state
+        assert isinstance(st, _Halving) and st.alpha is not None
+        st.restart = None
+        if obs.value is not None and obs.rows is not None:
+            st.gains += (obs.rows & (obs.value < st.prev)).long()
+            st.prev = torch.where(obs.rows, obs.value, st.prev)
+            st.best = torch.where(obs.rows & (obs.value < st.best), obs.value, st.best)
+        if st.best_at_checkpoint is None:
+            st.best_at_checkpoint = st.best
+        if obs.t + 1 not in st.checkpoints:
+            return st
+        few_gains = st.gains < self.rho * (obs.t + 1 - st.last)
+        stalled = ~st.halved & (st.best >= st.best_at_checkpoint)
+        halve = (few_gains | stalled) & ~obs.done
+        st.halved = st.restart = halve
+        st.best_at_checkpoint, st.last = st.best, obs.t + 1
+        st.gains.zero_()
+        st.alpha = torch.where(halve, st.alpha / 2, st.alpha)
+        return st
+
+
+@dataclass
+class _Annealed(Alpha):
+    steps: int = 1
 
 
 @dataclass(frozen=True)
@@ -223,56 +307,68 @@ class Cosine(StepSize):
 
     first: float = 1.0
     last: float = 0.01
+    needs_eps = False
 
     def __post_init__(self) -> None:
         _number("first", self.first, lo=0, lo_open=True)
         _number("last", self.last, lo=0)
 
-    def init(self, eps: Tensor | None, steps: int, like: Tensor) -> Tensor | None:
-        return like.new_full((like.shape[0],), float(self.first))
+    def init(self, run: Run) -> Alpha:
+        return _Annealed(run.x.new_full((run.x.shape[0],), float(self.first)), steps=run.steps)
 
-    def update(self, t: int, alpha: Tensor | None, loop: Loop, keep: Keep) -> tuple[Tensor | None, Tensor | None]:
-        assert alpha is not None
-        a = self.last + (self.first - self.last) * (1 + math.cos(math.pi * t / loop.steps)) / 2
-        return torch.full_like(alpha, a), None
+    def update(self, state: Alpha, obs: Observation) -> Alpha:
+        assert isinstance(state, _Annealed) and state.alpha is not None
+        a = self.last + (self.first - self.last) * (1 + math.cos(math.pi * obs.t / state.steps)) / 2
+        state.alpha = torch.full_like(state.alpha, a)
+        return state
 
 
 # --------------------------------------------------------------------------------------- update
 
 
 class Update:
-    """How the solver's step s is added to eta (before the projection)."""
+    """How the solver's step s is added to eta (before the projection): ``init(run) -> state``,
+    ``apply(state, eta, s, project) -> (eta, state)``; ``restart(state, mask, eta)`` after the inputs of
+    ``mask`` went back to their best iterate eta."""
 
-    def __call__(self, t: int, eta: Tensor, s: Tensor, loop: Loop, project: Callable[[Tensor], Tensor]) -> Tensor:
+    def init(self, run: Run) -> Any:
+        return None
+
+    def apply(self, state: Any, eta: Tensor, s: Tensor, project: Callable[[Tensor], Tensor]) -> tuple[Tensor, Any]:
         raise NotImplementedError  # pragma: no cover
+
+    def restart(self, state: Any, mask: Tensor, eta: Tensor) -> Any:
+        return state
 
 
 @dataclass(frozen=True)
 class Plain(Update):
     """eta + s."""
 
-    def __call__(self, t: int, eta: Tensor, s: Tensor, loop: Loop, project: Callable[[Tensor], Tensor]) -> Tensor:
-        return eta + s
+    def apply(self, state: Any, eta: Tensor, s: Tensor, project: Callable[[Tensor], Tensor]) -> tuple[Tensor, Any]:
+        return eta + s, state
 
 
 @dataclass(frozen=True)
 class Momentum(Update):
     """APGD's momentum: z = P(eta + s); eta' = eta + a (z - eta) + (1 - a)(eta - eta_prev), a = ``momentum``
-    (a plain step at t = 0 and right after a restart)."""
+    (a plain step at t = 0 and, per input, right after a restart). The state: eta_prev, None at first."""
 
     momentum: float = 0.75
 
     def __post_init__(self) -> None:
         _number("momentum", self.momentum, lo=0, hi=1)
 
-    def __call__(self, t: int, eta: Tensor, s: Tensor, loop: Loop, project: Callable[[Tensor], Tensor]) -> Tensor:
-        prev = loop.state.get("eta_prev")
+    def apply(self, state: Tensor | None, eta: Tensor, s: Tensor,
+              project: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
         z = project(eta + s)
-        loop.state["eta_prev"] = eta
-        if prev is None:
-            return z
+        if state is None:
+            return z, eta
         a = self.momentum
-        return eta + a * (z - eta) + (1 - a) * (eta - prev)
+        return eta + a * (z - eta) + (1 - a) * (eta - state), eta
+
+    def restart(self, state: Tensor | None, mask: Tensor, eta: Tensor) -> Tensor | None:
+        return None if state is None else torch.where(expand_like(mask, eta), eta, state)
 
 
 # ----------------------------------------------------------------------------- linearisation point
@@ -311,32 +407,46 @@ class Dither:
 
 
 class Keep:
-    """What the run returns: it observes every iterate with its loss, gradient and whether it fooled
-    the model. ``best_value`` (N,) and ``gains`` (N,) (steps whose loss improved on the step before,
-    since the last reset) serve APGD's step-size rule."""
+    """What the run returns: ``init(run) -> state``; ``update(state, obs) -> state`` for every iterate
+    observed; ``result(state, eta)`` at the end; ``restart(state, mask, eta, g)``: the best iterate and its
+    gradient for the inputs of ``mask``. ``needs_final_check``: the last iterate is observed too (with a
+    no-grad forward) before the result."""
 
     needs_final_check = False
 
-    def start(self, eta: Tensor) -> None:
-        pass
+    def init(self, run: Run) -> Any:
+        return None
 
-    def observe(self, eta: Tensor, value: Tensor | None, g: Tensor | None, fooled: Tensor | None, ball: LpBall,
-                rows: Tensor) -> None:
-        pass
+    def update(self, state: Any, obs: Observation) -> Any:
+        return state
 
-    def restart(self, mask: Tensor, eta: Tensor, g: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def restart(self, state: Any, mask: Tensor, eta: Tensor, g: Tensor | None) -> tuple[Tensor, Tensor | None]:
         return eta, g
 
-    def result(self, eta: Tensor) -> Tensor:
+    def result(self, state: Any, eta: Tensor) -> Tensor:
         return eta
 
 
-@dataclass
+@dataclass(frozen=True)
 class KeepLast(Keep):
     """The last iterate (Algorithm 1, PGD, DeepFool)."""
 
 
 @dataclass
+class _Best:
+    """KeepBest's state, per input: the iterate of the lowest loss (with its loss and gradient), and the
+    fooling iterate kept (the first by loss, the smallest by norm) with its norm."""
+
+    ball: LpBall
+    value: Tensor
+    eta: Tensor
+    g: Tensor | None
+    adv_eta: Tensor
+    adv: Tensor
+    adv_norm: Tensor
+
+
+@dataclass(frozen=True)
 class KeepBest(Keep):
     """The best iterate: by ``"loss"`` (APGD: the lowest loss, and any iterate that fooled the model
     wins over it) or by ``"norm"`` (FMN: the smallest perturbation that fooled the model; the last
@@ -349,56 +459,51 @@ class KeepBest(Keep):
         if self.by not in ("loss", "norm"):
             raise ValueError(f"keep: 'loss' or 'norm', got {self.by!r}")
 
-    def start(self, eta: Tensor) -> None:
-        n = eta.shape[0]
-        self.best_value = eta.new_full((n,), math.inf)
-        self.prev_value = eta.new_full((n,), math.inf)
-        self.gains = torch.zeros(n, dtype=torch.long, device=eta.device)
-        self.best_eta = eta.clone()
-        self.best_g: Tensor | None = None
-        self.adv_eta = eta.clone()
-        self.adv = torch.zeros(n, dtype=torch.bool, device=eta.device)
-        self.adv_norm = eta.new_full((n,), math.inf)
+    def init(self, run: Run) -> _Best:
+        eta, n = run.eta, run.x.shape[0]
+        return _Best(run.ball, eta.new_full((n,), math.inf), eta.clone(), None, eta.clone(),
+                     torch.zeros(n, dtype=torch.bool, device=eta.device), eta.new_full((n,), math.inf))
 
-    def observe(self, eta: Tensor, value: Tensor | None, g: Tensor | None, fooled: Tensor | None, ball: LpBall,
-                rows: Tensor) -> None:
-        if value is not None:
-            self.gains += (rows & (value < self.prev_value)).long()
-            self.prev_value = torch.where(rows, value, self.prev_value)
-            better = rows & (value < self.best_value)
-            self.best_value = torch.where(better, value, self.best_value)
-            self.best_eta = torch.where(expand_like(better, eta), eta, self.best_eta)
+    def update(self, state: _Best, obs: Observation) -> _Best:
+        st, eta, g, rows = state, obs.eta, obs.g, obs.rows
+        assert rows is not None
+        if obs.value is not None:
+            better = rows & (obs.value < st.value)
+            st.value = torch.where(better, obs.value, st.value)
+            st.eta = torch.where(expand_like(better, eta), eta, st.eta)
             if g is not None:
-                self.best_g = g.clone() if self.best_g is None else torch.where(expand_like(better, g), g, self.best_g)
-        if fooled is not None:
-            fooled = fooled & rows
+                st.g = g.clone() if st.g is None else torch.where(expand_like(better, g), g, st.g)
+        if obs.fooled is not None:
+            fooled = obs.fooled & rows
             if self.by == "norm":
-                norms = ball.norm(eta)
-                take = fooled & (norms < self.adv_norm)
-                self.adv_norm = torch.where(take, norms, self.adv_norm)
+                norms = st.ball.norm(eta)
+                take = fooled & (norms < st.adv_norm)
+                st.adv_norm = torch.where(take, norms, st.adv_norm)
             else:
-                take = fooled & ~self.adv
-            self.adv_eta = torch.where(expand_like(take, eta), eta, self.adv_eta)
-            self.adv = self.adv | fooled
+                take = fooled & ~st.adv
+            st.adv_eta = torch.where(expand_like(take, eta), eta, st.adv_eta)
+            st.adv = st.adv | fooled
+        return st
 
-    def restart(self, mask: Tensor, eta: Tensor, g: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        eta = torch.where(expand_like(mask, eta), self.best_eta, eta)
-        if g is not None and self.best_g is not None:
-            g = torch.where(expand_like(mask, g), self.best_g, g)
+    def restart(self, state: _Best, mask: Tensor, eta: Tensor, g: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        eta = torch.where(expand_like(mask, eta), state.eta, eta)
+        if g is not None and state.g is not None:
+            g = torch.where(expand_like(mask, g), state.g, g)
         return eta, g
 
-    def result(self, eta: Tensor) -> Tensor:
-        fallback = eta if self.by == "norm" else self.best_eta
-        return torch.where(expand_like(self.adv, eta), self.adv_eta, fallback)
+    def result(self, state: _Best, eta: Tensor) -> Tensor:
+        fallback = eta if self.by == "norm" else state.eta
+        return torch.where(expand_like(state.adv, eta), state.adv_eta, fallback)
 
 
 # ----------------------------------------------------------------------------------------- stop
 
 
 class Stop:
-    """When an input leaves the loop."""
+    """When an input leaves the loop: ``active``, whether the loop checks at all; ``check_first``, whether
+    it checks before the gradient (else from the gradient's own forward)."""
 
-    active = False  # whether the loop checks at all
+    active = False
     check_first = False
 
 
@@ -420,36 +525,56 @@ class WhenFooled(Stop):
 # ----------------------------------------------------------------------------------- projection
 
 
+@dataclass
+class _Radius:
+    """A projection's state: the ball, its radius (per input (N,), one number, or None: none yet) and, for
+    the adaptive ones, what caps it (N,), T, and whether (and at which smallest norm) each input was fooled."""
+
+    ball: LpBall
+    r: Tensor | float | None = None
+    cap: Tensor | None = None
+    steps: int = 1
+    found: Tensor | None = None
+    best: Tensor | None = None
+
+
 class Projection:
-    """What keeps eta in its ball after a step."""
+    """What keeps eta in its ball after a step: ``init(run) -> state``, ``update(state, obs) -> state`` after
+    each gradient, ``apply(state, v) -> v``. ``needs_eps``: the projection needs a budget;
+    ``minimum_norm``: the radius adapts to each input (one run serves every eps)."""
 
-    def radius(self, loop: Loop) -> Tensor | None:
-        return loop.eps
+    needs_eps = False
+    minimum_norm = False
 
-    def apply(self, v: Tensor, loop: Loop) -> Tensor:
-        r = self.radius(loop)
-        return v if r is None else loop.ball.project(v, r)
+    def init(self, run: Run) -> Any:
+        return None
 
-    def observe(self, t: int, loop: Loop, eta: Tensor, value: Tensor | None, g: Tensor | None,
-                fooled: Tensor | None, keep: Keep) -> None:
-        pass
+    def update(self, state: Any, obs: Observation) -> Any:
+        return state
+
+    def apply(self, state: Any, v: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
 class NoProjection(Projection):
     """No projection: Algorithm 1's T steps of eps/T stay in the ball by the triangle inequality."""
 
-    def radius(self, loop: Loop) -> Tensor | None:
-        return None
+    def apply(self, state: Any, v: Tensor) -> Tensor:
+        return v
 
 
 @dataclass(frozen=True)
 class BallProjection(Projection):
     """Projection on the eps ball after every step (PGD, APGD)."""
 
-    def apply(self, v: Tensor, loop: Loop) -> Tensor:
-        assert loop.eps is not None
-        return loop.ball.project(v, loop.eps if loop.eps_scalar is None else loop.eps_scalar)
+    needs_eps = True
+
+    def init(self, run: Run) -> _Radius:
+        return _Radius(run.ball, run.eps if run.eps_scalar is None else run.eps_scalar)
+
+    def apply(self, state: _Radius, v: Tensor) -> Tensor:
+        return state.ball.project(v, state.r)
 
 
 @dataclass(frozen=True)
@@ -462,67 +587,71 @@ class AdaptiveBall(Projection):
 
     gamma: float = 0.05
     gamma_final: float = 0.001
+    minimum_norm = True
 
     def __post_init__(self) -> None:
         _number("gamma", self.gamma, lo=0, hi=1)
         _number("gamma_final", self.gamma_final, lo=0, hi=1)
 
-    def radius(self, loop: Loop) -> Tensor | None:
-        return loop.state.get("radius")
+    def init(self, run: Run) -> _Radius:
+        x, n = run.x, run.x.shape[0]
+        lo, hi = run.box.bounds(x)
+        worst = run.ball.norm(torch.maximum(x - lo, hi - x))  # no larger ball changes anything
+        return _Radius(run.ball, None, worst if run.eps is None else torch.minimum(worst, run.eps), run.steps,
+                       torch.zeros(n, dtype=torch.bool, device=x.device), x.new_full((n,), math.inf))
 
-    def observe(self, t: int, loop: Loop, eta: Tensor, value: Tensor | None, g: Tensor | None,
-                fooled: Tensor | None, keep: Keep) -> None:
-        assert value is not None and g is not None and fooled is not None
-        gamma = self.gamma_final + (self.gamma - self.gamma_final) * (1 + math.cos(math.pi * t / loop.steps)) / 2
-        r = loop.state.get("radius")
-        if r is None:
-            r = value.new_full(value.shape, math.inf)
-        norms = loop.ball.norm(eta)
-        found = keep.adv if isinstance(keep, KeepBest) else fooled
-        best = keep.adv_norm if isinstance(keep, KeepBest) else norms
+    def update(self, state: _Radius, obs: Observation) -> _Radius:
+        st, value, g, fooled = state, obs.value, obs.g, obs.fooled
+        assert value is not None and g is not None and fooled is not None and obs.rows is not None
+        assert st.found is not None and st.best is not None and st.cap is not None
+        gamma = self.gamma_final + (self.gamma - self.gamma_final) * (1 + math.cos(math.pi * obs.t / st.steps)) / 2
+        r = st.r if st.r is not None else value.new_full(value.shape, math.inf)
+        norms = st.ball.norm(obs.eta)
+        counted = fooled & obs.rows  # the smallest fooling norm so far
+        st.best = torch.where(counted & (norms < st.best), norms, st.best)
+        st.found = st.found | counted
         # before any success: the first-order distance to the boundary, times (1 + gamma) so that the
         # iterates cross it instead of creeping up to it from one side
-        first = (norms + value.abs() / loop.ball.dual_norm(g).clamp_min(1e-12)) * (1 + gamma)
-        grown = torch.where(found, r * (1 + gamma), first)
-        r = torch.where(fooled, torch.minimum(r * (1 - gamma), best), grown)
-        lo, hi = loop.box.bounds(loop.x)
-        worst = loop.ball.norm(torch.maximum(loop.x - lo, hi - loop.x))  # no larger ball changes anything
-        r = torch.minimum(r, worst if loop.eps is None else torch.minimum(worst, loop.eps))
-        loop.state["radius"] = torch.where(loop.done, loop.state.get("radius", r), r)
+        first = (norms + value.abs() / st.ball.dual_norm(g).clamp_min(1e-12)) * (1 + gamma)
+        grown = torch.where(st.found, r * (1 + gamma), first)
+        r = torch.minimum(torch.where(fooled, torch.minimum(r * (1 - gamma), st.best), grown), st.cap)
+        st.r = torch.where(obs.done, r if st.r is None else st.r, r)
+        return st
+
+    def apply(self, state: _Radius, v: Tensor) -> Tensor:
+        return v if state.r is None else state.ball.project(v, state.r)
 
 
 @dataclass(frozen=True)
 class AdaptiveSphere(Projection):
     """DDN's norm rule (Rony et al. 2019, decoupled direction and norm): eta is rescaled onto the sphere of
-    radius r after every step; r starts at ``init`` and shrinks by (1 - gamma) while the iterate fools the
+    radius r after every step; r starts at ``init_radius`` and shrinks by (1 - gamma) while the iterate fools the
     model, grows by (1 + gamma) while it does not. Capped at eps when one is given."""
 
-    init: float = 1.0
+    init_radius: float = 1.0
     gamma: float = 0.05
+    minimum_norm = True
 
     def __post_init__(self) -> None:
-        _number("init", self.init, lo=0, lo_open=True)
+        _number("init_radius", self.init_radius, lo=0, lo_open=True)
         _number("gamma", self.gamma, lo=0, hi=1)
 
-    def radius(self, loop: Loop) -> Tensor | None:
-        return loop.state.get("radius")
+    def init(self, run: Run) -> _Radius:
+        return _Radius(run.ball, None, run.eps)
 
-    def apply(self, v: Tensor, loop: Loop) -> Tensor:
-        r = loop.state.get("radius")
-        if r is None:
+    def update(self, state: _Radius, obs: Observation) -> _Radius:
+        assert obs.fooled is not None
+        r = state.r if state.r is not None else obs.eta.new_full((obs.eta.shape[0],), float(self.init_radius))
+        r = torch.where(obs.fooled, r * (1 - self.gamma), r * (1 + self.gamma))
+        if state.cap is not None:
+            r = torch.minimum(r, state.cap)
+        state.r = torch.where(obs.done, r if state.r is None else state.r, r)
+        return state
+
+    def apply(self, state: _Radius, v: Tensor) -> Tensor:
+        if state.r is None:
             return v
-        return v * expand_like(r / loop.ball.norm(v).clamp_min(1e-12), v)
-
-    def observe(self, t: int, loop: Loop, eta: Tensor, value: Tensor | None, g: Tensor | None,
-                fooled: Tensor | None, keep: Keep) -> None:
-        assert fooled is not None
-        r = loop.state.get("radius")
-        if r is None:
-            r = eta.new_full((eta.shape[0],), float(self.init))
-        r = torch.where(fooled, r * (1 - self.gamma), r * (1 + self.gamma))
-        if loop.eps is not None:
-            r = torch.minimum(r, loop.eps)
-        loop.state["radius"] = torch.where(loop.done, loop.state.get("radius", r), r)
+        return v * expand_like(state.r / state.ball.norm(v).clamp_min(1e-12), v)
 
 
 # ------------------------------------------------------------------------------------ the driver
@@ -569,14 +698,15 @@ class _ResolvedBox(Box):
         return g.masked_fill(torch.where(g > 0, x <= lo, (x >= hi) & (g < 0)), 0.0)
 
 
-#: steps between two host-device syncs of a stop policy without check_first (APGD, Square) on a GPU: the inputs
-#: still in play are refreshed, and the loop ends once every input is done, at most SYNC_EVERY - 1 steps late.
-#: On the CPU a sync costs nothing and the inputs done since the last refresh would cost their gradients (APGD-CE
-#: at batch 1024 on LeNet-5 took 8% longer with 8): it refreshes at every step (SYNC_EVERY_CPU).
+#: steps between two refreshes of the inputs in play (a host-device sync) under a stop policy without check_first
+#: (APGD, Square): 8 on a GPU, every step on the CPU (benchmarks/README.md, "How the loop stays fast")
 SYNC_EVERY = 8
 SYNC_EVERY_CPU = 1
 
-_ALIASES = ("random_start", "step_scale", "step", "dither", "project", "early_stop", "box_aware")
+_ALIASES = ("random_start", "step_scale", "step_fraction", "project", "early_stop", "box_aware")
+#: keywords that were renamed: what each one meant
+_RENAMED = {"step": "steps= (the number of steps) or step_fraction= (alpha = step_fraction * eps)",
+            "lin_point": "dither= (a Dither policy, or 'none', 'first', 'all' or T fractions)"}
 
 
 @dataclass(frozen=True)
@@ -584,11 +714,11 @@ class Schedule:
     """How many steps and how each is taken: one driver loop, configured by policies.
 
     Args:
-        steps: T, the number of linearisations (the most, with a stop policy).
+        steps: T, the number of steps (linearisations; the most, with a stop policy).
         start: :class:`ZeroStart` or :class:`RandomStart`.
         step_size: :class:`Constant`, :class:`Halving` (APGD) or :class:`Cosine` (FMN).
         update: :class:`Plain` or :class:`Momentum` (APGD).
-        lin_point: :class:`Dither`, the dithering radii of the linearisation point (Algorithm 1).
+        dither: :class:`Dither`, the dithering radii of the linearisation point (Algorithm 1).
         keep: :class:`KeepLast` or :class:`KeepBest` (by loss: APGD; by norm: FMN).
         stop: :class:`NeverStop` or :class:`WhenFooled`.
         project: :class:`NoProjection`, :class:`BallProjection` or :class:`AdaptiveBall` (FMN).
@@ -600,15 +730,16 @@ class Schedule:
         push: added to the distance of min-norm steps after the first (classic DeepFool: 1e-4).
 
     Convenience keywords of :meth:`with_` (and of ``get_attack``): ``random_start``, ``step_scale``,
-    ``step``, ``dither``, ``project`` (bool), ``early_stop`` and ``box_aware`` (True: mask_blocked and
-    clip_iterates, no push; False: classic DeepFool's box handling).
+    ``step_fraction``, ``dither`` (also 'none', 'first', 'all' or T fractions), ``project`` (bool),
+    ``early_stop`` and ``box_aware`` (True: mask_blocked and clip_iterates, no push; False: classic
+    DeepFool's box handling).
     """
 
     steps: int = 1
     start: Start = field(default_factory=ZeroStart)
     step_size: StepSize = field(default_factory=Constant)
     update: Update = field(default_factory=Plain)
-    lin_point: Dither = field(default_factory=Dither)
+    dither: Dither = field(default_factory=Dither)
     keep: Keep = field(default_factory=KeepLast)
     stop: Stop = field(default_factory=NeverStop)
     project: Projection = field(default_factory=NoProjection)
@@ -626,11 +757,11 @@ class Schedule:
         _number("push", self.push, lo=0)
         _flag("mask_blocked", self.mask_blocked)
         _flag("clip_iterates", self.clip_iterates)
-        for name, kind in (("start", Start), ("step_size", StepSize), ("update", Update), ("lin_point", Dither),
+        for name, kind in (("start", Start), ("step_size", StepSize), ("update", Update), ("dither", Dither),
                            ("keep", Keep), ("stop", Stop), ("project", Projection)):
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"schedule {name} must be a {kind.__name__}, got {getattr(self, name)!r}")
-        self.lin_point.fractions(self.steps)
+        self.dither.fractions(self.steps)
 
     @classmethod
     def of(cls, **kw: Any) -> Schedule:
@@ -640,20 +771,27 @@ class Schedule:
 
     def dither_radii(self) -> list[float]:
         """eps~_t / eps for t = 1..T."""
-        return self.lin_point.fractions(self.steps)
+        return self.dither.fractions(self.steps)
+
+    @property
+    def minimum_norm(self) -> bool:
+        """Whether the projection's radius adapts to each input (FMN, DDN): one run serves every eps."""
+        return self.project.minimum_norm
 
     def with_(self, **kw: Any) -> Schedule:
         """A copy with fields or convenience keywords changed (see the class docstring)."""
         out: dict[str, Any] = {}
         for k, v in kw.items():
+            if k in _RENAMED:
+                raise TypeError(f"schedule keyword {k!r} was renamed: {_RENAMED[k]}")
             if k == "random_start":
                 out["start"] = RandomStart() if _flag(k, v) else ZeroStart()
-            elif k in ("step_scale", "step"):
+            elif k in ("step_scale", "step_fraction"):
                 cur = out.get("step_size", self.step_size)
                 base = cur if isinstance(cur, Constant) else Constant()
                 out["step_size"] = replace(base, **{"scale" if k == "step_scale" else "fraction": v})
-            elif k == "dither":
-                out["lin_point"] = v if isinstance(v, Dither) else Dither(v if isinstance(v, str) else _seq(k, v))
+            elif k == "dither" and not isinstance(v, Dither):
+                out["dither"] = Dither(v if isinstance(v, str) else _seq(k, v))
             elif k == "project" and not isinstance(v, Projection):
                 out["project"] = BallProjection() if _flag(k, v) else NoProjection()
             elif k == "early_stop":
@@ -667,198 +805,242 @@ class Schedule:
 
     @staticmethod
     def keywords() -> list[str]:
-        return [f.name for f in fields(Schedule)] + list(_ALIASES)
+        """The fields and convenience keywords (and the renamed ones, which :meth:`with_` refuses by name)."""
+        return [f.name for f in fields(Schedule)] + list(_ALIASES) + list(_RENAMED)
 
-    def run(
-        self,
-        forward: Callable[[Tensor], Tensor],
-        x: Tensor,
-        eps: Tensor | None,
-        objective: Objective,
-        solver: Solver,
-        ball: LpBall,
-        box: Box,
-        ctx: Context,
-        noise: Noise | None = None,
-        progress: Callable[[int], None] | None = None,
-        partition: Partition | None = None,
-    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """Run the loop; return the final eta (N, ...), the number of steps each input took (N,) and
-        the per-input figures the solver reported (e.g. ``sigma`` of quadratic-l2).
+    def run(self, forward: Callable[[Tensor], Tensor], x: Tensor, eps: Tensor | None, objective: Objective,
+            solver: Solver, ball: LpBall, box: Box, ctx: Context, noise: Noise | None = None,
+            progress: Callable[[int], None] | None = None,
+            partition: Partition | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Algorithm 1: return the final eta (N, ...), the number of steps each input took (N,) and the
+        per-input figures the solver reported (e.g. ``sigma`` of quadratic-l2, ``queries`` of Square).
 
         ``eps`` is the per-input budget (N,), or None for unbounded (min-norm) attacks.
         """
-        n = x.shape[0]
-        T = self.steps
-        if type(box) is Box:
-            box = _ResolvedBox.of(box, x)
-        if noise is None:
-            noise = Noise.create(None, n, x.device)
-        radii = self.lin_point.fractions(T)
-        needs_eps = (solver.bounded and not isinstance(self.step_size, Cosine)) or isinstance(self.start, RandomStart) \
-            or isinstance(self.project, BallProjection) or any(radii)
-        if eps is None and needs_eps:
-            raise ValueError(f"{solver} with this schedule needs a budget eps")
-        done = torch.zeros(n, dtype=torch.bool, device=x.device)
-        alpha = self.step_size.init(eps, T, x)
-        # eps as one number when every input has the same budget (an l-inf projection is then one clamp), and
-        # alpha too for a constant step (the steepest step is then one multiplication by a Python number):
-        # the same values, from one host-device sync per run, none per step
-        eps_scalar = alpha_scalar = None
-        if eps is not None and n:
-            same = (eps == eps[0]).all().to(eps.dtype)
-            a0 = alpha[0].to(eps.dtype) if alpha is not None else eps[0]
-            uniform, e0, a0 = torch.stack([same, eps[0], a0]).tolist()
-            if uniform:
-                eps_scalar = e0
-                if isinstance(self.step_size, Constant) and alpha is not None:
-                    alpha_scalar = a0
-        loop = Loop(x=x, eps=eps, ball=ball, box=box, noise=noise, steps=T, done=done, eps_scalar=eps_scalar)
-        scale = 1.0 + self.overshoot
-        eta = self.start(loop)
-        keep = copy.copy(self.keep)  # the policy is configuration; its tracking state lives in a copy
-        keep.start(eta)
-        used = torch.zeros(n, dtype=torch.long, device=x.device)
-        taken = 0  # steps taken by every input when no input can be done early
-        state: dict = {}
-
-        # the last projected eta and its point x + eta in the box: the next linearisation point is that
-        # point itself, not clip(x + (point - x)) again (two elementwise operations per step fewer)
-        last: list[Tensor | None] = [None, None]
-
-        def project(v: Tensor) -> Tensor:
-            v = self.project.apply(v, loop)
-            if self.clip_iterates:
-                if scale == 1.0:
-                    point = box.clip(x + v)
-                    v = point - x
-                    last[0], last[1] = v, point
-                else:
-                    v = (box.clip(x + scale * v) - x) / scale
-            return v
-
-        def at(v: Tensor) -> Tensor:  # x + scale v in the box (1.0 * v == v exactly: skip the product)
-            if v is last[0]:
-                return last[1]  # type: ignore[return-value]
-            return box.clip(x + v if scale == 1.0 else x + scale * v)
-
-        # A step -a sign(g) per coordinate, clipped to the box afterwards, lands on the face wherever the
-        # box blocks it: the same iterate as with the blocked coordinates masked (Box.free_directions), so
-        # the mask is skipped (not at the first step, whose masked gradient the flatness warning reads, nor
-        # at a dithered point, where the blocked coordinates are those of x + eta~, not of x + eta).
-        mask_after_first = self.mask_blocked and not (self.clip_iterates and solver.separable(ball))
-        part = partition if partition is not None else Partition()
-
-        # without a stop policy no input is ever done: the freezing where() and the per-input step
-        # count are no-ops, skipped (the count is T for every input)
-        freezes = self.stop.active
-
-        rows: Tensor | None = None if freezes else ~done  # every input, when none is ever done
-        sync_every = SYNC_EVERY_CPU if x.device.type == "cpu" else SYNC_EVERY
-        nonfinite: Tensor | None = None  # (N,): NaN (or inf) once L or g was not finite, else 0
-        for t, radius in enumerate(radii):
-            lin = eta
-            if radius > 0:
-                assert eps is not None
-                lin = eta + ball.sample(x, eps * radius, noise)
-            x_lin = at(lin)
-            # With a stop policy, the inputs still in play (act) come from nonzero(), a host-device sync, and
-            # gradients are taken for those only. DeepFool (check_first) refreshes them at every step: a cheap
-            # forward decides who is done, and each finished input saves up to 9 backward passes. The others
-            # (APGD) refresh them every SYNC_EVERY steps on a GPU, so that it does not wait at every step: in between,
-            # inputs done since the last refresh get gradients too, but stay frozen and unobserved, so the
-            # results are the same as with a refresh at every step (tests/test_speed.py). Without a stop policy
-            # the loop has no sync at all.
-            if self.stop.active and self.stop.check_first:
-                act = (~done).nonzero().squeeze(1)
-                with torch.no_grad():
-                    done[act] = objective.fooled(forward(x_lin[act]), ctx.subset(act))
-            if self.stop.active and solver.needs_grad and (self.stop.check_first or t % sync_every == 0):
-                act = (~done).nonzero().squeeze(1)
-                if act.numel() == 0:  # every input is done
-                    break
-            value = g = fooled = None
-            if solver.needs_grad:
-                if self.stop.active and act.numel() < n:  # gradients of the inputs in play only
-                    v_act, g_act, out_act = objective.value_and_grad(forward, x_lin[act], ctx.subset(act))
-                    value = x.new_zeros(n).index_copy(0, act, v_act.to(x.dtype))
-                    g = torch.zeros_like(x).index_copy(0, act, g_act.to(x.dtype))
-                    if objective.classification:
-                        f_act = objective.fooled(out_act, ctx.subset(act))
-                        fooled = torch.zeros_like(done).index_copy(0, act, f_act)
-                else:
-                    value, g, out = objective.value_and_grad(forward, x_lin, ctx)
-                    if value.dtype != x.dtype or g.dtype != x.dtype:
-                        value, g = value.to(x.dtype), g.to(x.dtype)
-                    if objective.classification and (keep.needs_final_check or self.stop.active):
-                        fooled = objective.fooled(out, ctx)
-                # NaN/inf in L or its gradient (a model NaN away from x, a NaN gradient): the input is
-                # reported (info['nonfinite']) and the attack returns it unperturbed, marked as failed.
-                # Accumulated without a host sync, in 2 passes over g: max abs(g) propagates NaN and inf and
-                # cannot overflow; L + 0 max abs(g) is NaN or inf exactly where L or g is not finite (IEEE:
-                # 0 * inf is NaN), and adding 0 times that accumulates it (isfinite(g).all() took 5x longer;
-                # tests/test_speed.py checks the detection). Inputs already done have L = g = 0.
-                seen = (value + g.reshape(n, -1).abs().amax(dim=1) * 0) * 0
-                if self.stop.active:  # inputs done before this step do not count (see act above)
-                    seen = torch.where(done, 0.0, seen)
-                nonfinite = seen if nonfinite is None else nonfinite.add_(seen)
-                keep.observe(lin, value, g, fooled, ball, ~done if rows is None else rows)
-                self.project.observe(t, loop, lin, value, g, fooled, keep)
-                if self.stop.active and not self.stop.check_first and fooled is not None:
-                    done = done | fooled
-                    loop.done = done
-            alpha, restart = self.step_size.update(t, alpha, loop, keep)
-            if restart is not None:  # APGD: back to the best iterate and its gradient; no momentum there
-                eta, g = keep.restart(restart, eta, g)
-                x_lin = at(eta)
-                if "eta_prev" in loop.state:
-                    loop.state["eta_prev"] = torch.where(expand_like(restart, eta), eta, loop.state["eta_prev"])
-            if g is not None:
-                if self.mask_blocked and (t == 0 or radius > 0 or mask_after_first):
-                    g = box.free_directions(g, x_lin)
-                if t == 0:
-                    _warn_if_flat(g, done, alpha, objective)
-            push = self.push if t > 0 else 0.0
-            step = Step(x_lin, g, value, alpha if alpha is not None else x.new_zeros(n), ball, forward, noise, state,
-                        box, push, part, x, t, T, objective, ctx, alpha_scalar)
-            s = solver(step)
-            new = project(self.update(t, eta, s, loop, project))
-            if freezes:
-                active = ~done
-                eta = torch.where(expand_like(active, eta), new, eta)
-                used = used + active.long()
-            else:
-                active = done.logical_not() if "fooled" in state else None
-                eta = new
-                taken += 1
-            if "fooled" in state:  # a score-based solver reports which new iterates fool the model
-                fooled_now = state.pop("fooled")
-                keep.observe(eta, None, None, fooled_now, ball, active)  # type: ignore[arg-type]
-                if self.stop.active:
-                    done = done | fooled_now
-                    loop.done = done
+        run = Run(self, forward, x, eps, objective, solver, ball, box, ctx, noise, partition)
+        for t in range(self.steps):
+            eta, point = run.linearisation_point(t)
+            if not run.in_play(t, point):  # every input is done
+                break
+            obs = run.gradient(t, eta, point)
+            run.observe(obs)
+            run.take_step(run.adapt_step(obs))
             if progress is not None:
                 progress(1)
-            # a score-based solver's stop (Square): checked every SYNC_EVERY steps (with gradients, act does it)
-            if self.stop.active and not solver.needs_grad and (t + 1) % sync_every == 0 and bool(done.all()):
+            if run.all_done(t):
                 break
-        if not freezes:
-            used = used + taken
-        if keep.needs_final_check:
+        return run.finish()
+
+
+@dataclass
+class _States:
+    """The state of every policy of a run, as its ``init`` made it and its updates left it."""
+
+    step_size: Alpha
+    keep: Any
+    project: Any
+    update: Any
+    solver: Any = None
+
+
+class Run:
+    """One run of a :class:`Schedule`: what the policies read (``x``, ``eps`` (N,) or None, ``eps_scalar``,
+    ``ball``, ``box``, ``noise``, ``steps``, ``eta``, ``done``), the state of every policy (``state``), and the
+    phases of Algorithm 1, one method each, in the order :meth:`Schedule.run` calls them."""
+
+    def __init__(self, schedule: Schedule, forward: Callable[[Tensor], Tensor], x: Tensor, eps: Tensor | None,
+                 objective: Objective, solver: Solver, ball: LpBall, box: Box, ctx: Context,
+                 noise: Noise | None = None, partition: Partition | None = None) -> None:
+        s = self.schedule = schedule
+        n = x.shape[0]
+        self.forward, self.x, self.eps, self.objective, self.solver, self.ball, self.ctx = \
+            forward, x, eps, objective, solver, ball, ctx
+        self.box = _ResolvedBox.of(box, x) if type(box) is Box else box
+        self.noise = noise if noise is not None else Noise.create(None, n, x.device)
+        self.partition = partition if partition is not None else Partition()
+        self.steps, self.radii, self.scale = s.steps, s.dither.fractions(s.steps), 1.0 + s.overshoot
+        needs_eps = (solver.bounded and s.step_size.needs_eps) or s.start.needs_eps or s.project.needs_eps \
+            or any(self.radii)
+        if eps is None and needs_eps:
+            raise ValueError(f"{solver} with this schedule needs a budget eps")
+        self.done = torch.zeros(n, dtype=torch.bool, device=x.device)
+        self.eps_scalar = self.alpha_scalar = None
+        alpha = s.step_size.init(self)
+        self._read_scalars(alpha.alpha)
+        self.eta = s.start.init(self)
+        self.state = _States(alpha, s.keep.init(self), s.project.init(self), s.update.init(self))
+        self.info: dict[str, Tensor] = {}
+        # without a stop policy no input is ever done: no freezing, every input takes every step
+        self.freezes = s.stop.active
+        self.used = torch.zeros(n, dtype=torch.long, device=x.device)
+        self.taken = 0
+        self.rows = None if self.freezes else ~self.done  # the inputs in play, when that never changes
+        self.act: Tensor | None = None  # the inputs in play (indices) at the last refresh
+        self.sync_every = SYNC_EVERY_CPU if x.device.type == "cpu" else SYNC_EVERY
+        self.nonfinite: Tensor | None = None  # (N,): NaN (or inf) once L or g was not finite, else 0
+        self.mask_after_first = s.mask_blocked and not (s.clip_iterates and solver.separable(ball))
+        self._last: tuple[Tensor, Tensor] | None = None  # the last projected eta and its point x + eta
+
+    def _read_scalars(self, alpha: Tensor | None) -> None:
+        """eps (and a constant alpha) as one number when every input has the same: one sync per run."""
+        eps = self.eps
+        if eps is None or not self.x.shape[0]:
+            return
+        same = (eps == eps[0]).all().to(eps.dtype)
+        a0 = alpha[0].to(eps.dtype) if alpha is not None else eps[0]
+        uniform, e0, a0 = torch.stack([same, eps[0], a0]).tolist()
+        if uniform:
+            self.eps_scalar = e0
+            if self.schedule.step_size.constant and alpha is not None:
+                self.alpha_scalar = a0
+
+    def linearisation_point(self, t: int) -> tuple[Tensor, Tensor]:
+        """eta + random(eps~_t) (Algorithm 1's dithering) and its point x + (1 + overshoot) eta in the box."""
+        eta = self.eta
+        if self.radii[t] > 0:
+            assert self.eps is not None
+            eta = eta + self.ball.sample(self.x, self.eps * self.radii[t], self.noise)
+        return eta, self._at(eta)
+
+    def in_play(self, t: int, point: Tensor) -> bool:
+        """Refresh the inputs in play under a stop policy (a sync): at every step with ``check_first`` (whose
+        no-grad forward decides who is done first), every ``SYNC_EVERY`` steps else. False once all are done."""
+        stop = self.schedule.stop
+        if not stop.active:
+            return True
+        if stop.check_first:
+            act = (~self.done).nonzero().squeeze(1)
             with torch.no_grad():
-                x_last = at(eta)
-                out = forward(x_last)
-                value = objective.loss(out, ctx)
-                fooled = objective.fooled(out, ctx) if objective.classification else None
-            keep.observe(eta, value, None, fooled, ball, ~done)
-        eta = keep.result(eta)
-        eta = at(eta) - x
-        if eps is not None:  # exact budget, whatever the float rounding of T steps
-            eta = box.clip(x + ball.project(eta, eps if eps_scalar is None else eps_scalar)) - x
-        if nonfinite is not None:
-            state["nonfinite"] = ~torch.isfinite(nonfinite)
-        info = {k: v for k, v in state.items() if isinstance(v, Tensor) and v.shape == (n,)}
-        return eta, used, info
+                self.done[act] = self.objective.fooled(self.forward(point[act]), self.ctx.subset(act))
+        if self.solver.needs_grad and (stop.check_first or t % self.sync_every == 0):
+            self.act = (~self.done).nonzero().squeeze(1)
+            return self.act.numel() > 0
+        return True
+
+    def gradient(self, t: int, eta: Tensor, point: Tensor) -> Observation:
+        """L and its gradient at the point (for the inputs in play only), and whether the model is fooled there."""
+        value = g = fooled = rows = None
+        if self.solver.needs_grad:
+            x, n, obj, ctx, act = self.x, self.x.shape[0], self.objective, self.ctx, self.act
+            if act is not None and self.schedule.stop.active and act.numel() < n:
+                v_act, g_act, out_act = obj.value_and_grad(self.forward, point[act], ctx.subset(act))
+                value = x.new_zeros(n).index_copy(0, act, v_act.to(x.dtype))
+                g = torch.zeros_like(x).index_copy(0, act, g_act.to(x.dtype))
+                if obj.classification:
+                    fooled = torch.zeros_like(self.done).index_copy(0, act, obj.fooled(out_act, ctx.subset(act)))
+            else:
+                value, g, out = obj.value_and_grad(self.forward, point, ctx)
+                if value.dtype != x.dtype or g.dtype != x.dtype:
+                    value, g = value.to(x.dtype), g.to(x.dtype)
+                if obj.classification and (self.schedule.keep.needs_final_check or self.schedule.stop.active):
+                    fooled = obj.fooled(out, ctx)
+            # NaN/inf in L or g (reported as info['nonfinite']): accumulated without a sync, L + 0 max abs(g)
+            seen = (value + g.reshape(n, -1).abs().amax(dim=1) * 0) * 0
+            if self.schedule.stop.active:  # inputs done before this step do not count
+                seen = torch.where(self.done, 0.0, seen)
+            self.nonfinite = seen if self.nonfinite is None else self.nonfinite.add_(seen)
+            rows = ~self.done if self.rows is None else self.rows
+        return Observation(t, eta, point, value, g, fooled, rows, self.done)
+
+    def observe(self, obs: Observation) -> None:
+        """Keep and the projection see the gradient's observation; the stop policy marks the fooled done."""
+        if not self.solver.needs_grad:
+            return
+        s, st = self.schedule, self.state
+        st.keep = s.keep.update(st.keep, obs)
+        st.project = s.project.update(st.project, obs)
+        if s.stop.active and not s.stop.check_first and obs.fooled is not None:
+            self.done = obs.done = self.done | obs.fooled
+
+    def adapt_step(self, obs: Observation) -> Observation:
+        """alpha of the next step; APGD's restart from the best iterate and its gradient (no momentum there)."""
+        s, st = self.schedule, self.state
+        st.step_size = s.step_size.update(st.step_size, obs)
+        mask = st.step_size.restart
+        if mask is None:
+            return obs
+        self.eta, g = s.keep.restart(st.keep, mask, self.eta, obs.g)
+        st.update = s.update.restart(st.update, mask, self.eta)
+        return replace(obs, point=self._at(self.eta), g=g)
+
+    def take_step(self, obs: Observation) -> None:
+        """eta <- P(update(eta, solver(g, L, alpha))) for the inputs in play; a score-based solver's new
+        iterates that fool the model are observed and done."""
+        s, st, t, g, x = self.schedule, self.state, obs.t, obs.g, self.x
+        alpha = st.step_size.alpha
+        assert obs.point is not None
+        if g is not None:
+            if s.mask_blocked and (t == 0 or self.radii[t] > 0 or self.mask_after_first):
+                g = self.box.free_directions(g, obs.point)
+            if t == 0:
+                _warn_if_flat(g, self.done, alpha, self.objective)
+        alpha = alpha if alpha is not None else x.new_zeros(x.shape[0])
+        lin = Linearisation(x=obs.point, g=g, value=obs.value, eps=alpha, ball=self.ball, forward=self.forward,
+                            noise=self.noise, state=st.solver, box=self.box, push=s.push if t > 0 else 0.0,
+                            partition=self.partition, x0=x, t=t, steps=s.steps, objective=self.objective, ctx=self.ctx,
+                            eps_scalar=self.alpha_scalar)
+        out = self.solver(lin)
+        step, fooled = out, None
+        if isinstance(out, Solution):
+            step, fooled, st.solver = out.eta, out.fooled, out.state
+            self.info.update(out.info)
+        new, st.update = s.update.apply(st.update, self.eta, step, self._project)
+        new = self._project(new)
+        if self.freezes:
+            active = ~self.done
+            self.eta = torch.where(expand_like(active, self.eta), new, self.eta)
+            self.used = self.used + active.long()
+        else:
+            active = self.done.logical_not() if fooled is not None else None
+            self.eta = new
+            self.taken += 1
+        if fooled is not None:
+            st.keep = s.keep.update(st.keep, Observation(t, self.eta, None, None, None, fooled, active, self.done))
+            if s.stop.active:
+                self.done = self.done | fooled
+
+    def all_done(self, t: int) -> bool:
+        """A score-based solver's stop (Square): every input done, checked every ``SYNC_EVERY`` steps."""
+        return self.schedule.stop.active and not self.solver.needs_grad and (t + 1) % self.sync_every == 0 \
+            and bool(self.done.all())
+
+    def finish(self) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The kept iterate, x + (1 + overshoot) eta in the box and, given eps, exactly in its ball."""
+        s, x, eta = self.schedule, self.x, self.eta
+        if s.keep.needs_final_check:
+            with torch.no_grad():
+                point = self._at(eta)
+                out = self.forward(point)
+                value = self.objective.loss(out, self.ctx)
+                fooled = self.objective.fooled(out, self.ctx) if self.objective.classification else None
+            obs = Observation(self.steps, eta, point, value, None, fooled, ~self.done, self.done)
+            self.state.keep = s.keep.update(self.state.keep, obs)
+        eta = self._at(s.keep.result(self.state.keep, eta)) - x
+        if self.eps is not None:  # exact budget, whatever the float rounding of T steps
+            eps = self.eps if self.eps_scalar is None else self.eps_scalar
+            eta = self.box.clip(x + self.ball.project(eta, eps)) - x
+        info = dict(self.info)
+        if self.nonfinite is not None:
+            info["nonfinite"] = ~torch.isfinite(self.nonfinite)
+        return eta, self.used if self.freezes else self.used + self.taken, info
+
+    def _project(self, v: Tensor) -> Tensor:
+        """The projection policy, then (clip_iterates) x + (1 + overshoot) v into the box."""
+        v = self.schedule.project.apply(self.state.project, v)
+        if self.schedule.clip_iterates:
+            if self.scale == 1.0:
+                point = self.box.clip(self.x + v)
+                v = point - self.x
+                self._last = (v, point)  # the next linearisation point is this point itself
+            else:
+                v = (self.box.clip(self.x + self.scale * v) - self.x) / self.scale
+        return v
+
+    def _at(self, v: Tensor) -> Tensor:
+        """x + (1 + overshoot) v in the box (1.0 * v == v exactly: the product is skipped)."""
+        if self._last is not None and v is self._last[0]:
+            return self._last[1]
+        return self.box.clip(self.x + v if self.scale == 1.0 else self.x + self.scale * v)
 
 
 def _warn_if_flat(g: Tensor, done: Tensor, alpha: Tensor | None, objective: Objective) -> None:
@@ -872,7 +1054,7 @@ def _warn_if_flat(g: Tensor, done: Tensor, alpha: Tensor | None, objective: Obje
                 if not objective.classification
                 else " (saturated model or gradient masking?)"
             ),
-            stacklevel=5,
+            stacklevel=6,
         )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,7 +30,8 @@ from .noise import Noise
 from .objectives import Context, Objective
 
 __all__ = [
-    "Step",
+    "Linearisation",
+    "Solution",
     "Solver",
     "GNM",
     "MinNorm",
@@ -43,19 +45,18 @@ __all__ = [
 
 
 @dataclass
-class Step:
+class Linearisation:
     """One linearisation, as the schedule hands it to a solver.
 
     Attributes:
         x: the linearisation point x + eta~ (N, ...).
         g: grad of L there (N, ...), or None when the solver needs no gradient.
         value: L there (N,), or None.
-        eps: the step's budget per input (N,).
+        eps: the budget alpha of this step, per input (N,).
         ball: the lp ball of the attack.
         forward: the model as a map of raw inputs (quadratic solvers use its Jacobian).
         noise: the attack's per-input random numbers (:class:`pertattack.noise.Noise`).
-        state: per-run scratch space of the solver (e.g. subsets already used); tensors of shape
-            (N,) left there are reported in ``AttackResult.info``.
+        state: the solver's own state, as its last :class:`Solution` left it (None at the first step).
         box: the box of valid inputs.
         push: added to the distance of a min-norm step (classic DeepFool's later steps).
         partition: the subsets of the constraint (subset solvers).
@@ -71,7 +72,7 @@ class Step:
     ball: LpBall
     forward: Callable[[Tensor], Tensor]
     noise: Noise | None = None
-    state: dict = field(default_factory=dict)
+    state: Any = None
     box: Box | None = None
     push: float = 0.0
     partition: Partition = field(default_factory=Partition)
@@ -84,20 +85,50 @@ class Step:
     eps_scalar: float | None = None
 
 
+@dataclass
+class Solution:
+    """What a solver returns when a bare eta* (a Tensor) does not say it all.
+
+    Attributes:
+        eta: eta*, the solution of the linearised problem (N, ...).
+        state: the solver's state for its next call (``Linearisation.state``).
+        fooled: (N,) bool, the inputs whose new iterate fools the model (score-based solvers: the schedule
+            observes them and, with a stop policy, stops them).
+        info: per-input figures (N,) for ``AttackResult.info`` (``sigma``, ``queries``).
+    """
+
+    eta: Tensor
+    state: Any = None
+    fooled: Tensor | None = None
+    info: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class _Subsets:
+    """The state of a subset solver: the subsets used so far (N, S) and, with reuse, what eta holds on them."""
+
+    used: Tensor
+    eta: Tensor | None = None
+
+
 class Solver:
-    """Base class. ``needs_grad`` tells the schedule whether to compute L and g; ``bounded`` whether
-    the step's norm is the budget (False for min-norm steps, whose size the objective decides);
-    ``norms`` the p of the balls it solves exactly (None: any p >= 1); ``subsets`` whether it works on
-    the constraint's partition. :meth:`check` refuses a constraint the solver does not solve."""
+    """Base class: ``solver(lin)`` returns eta* (a Tensor), or a :class:`Solution` with a state for the next
+    call, the inputs fooled, or per-input figures. ``needs_grad`` tells the schedule whether to compute L
+    and g; ``bounded`` whether the step's norm is the budget (False for min-norm steps, whose size the
+    objective decides); ``norms`` the p of the balls it solves exactly (None: any p >= 1); ``subsets``
+    whether it works on the constraint's partition; ``queries_per_step`` the score queries of the model
+    one step costs per input (a query budget is then a number of steps). :meth:`check` refuses a
+    constraint the solver does not solve."""
 
     name = "solver"
     needs_grad = True
     bounded = True
     norms: tuple[float, ...] | None = None
     subsets = False
+    queries_per_step = 0
     hint = ""
 
-    def __call__(self, step: Step) -> Tensor:  # pragma: no cover - abstract
+    def __call__(self, lin: Linearisation) -> Tensor | Solution:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def separable(self, ball: LpBall) -> bool:
@@ -137,12 +168,12 @@ class GNM(Solver):
     def separable(self, ball: LpBall) -> bool:
         return math.isinf(ball.p if self.direction_p is None else self.direction_p)
 
-    def __call__(self, step: Step) -> Tensor:
-        assert step.g is not None
-        ball = step.ball if self.direction_p is None else LpBall(self.direction_p)
-        if step.eps_scalar is not None:
-            return ball.steepest(step.g).mul_(-step.eps_scalar)
-        return -expand_like(step.eps, step.g) * ball.steepest(step.g)
+    def __call__(self, lin: Linearisation) -> Tensor:
+        assert lin.g is not None
+        ball = lin.ball if self.direction_p is None else LpBall(self.direction_p)
+        if lin.eps_scalar is not None:
+            return ball.steepest(lin.g).mul_(-lin.eps_scalar)
+        return -expand_like(lin.eps, lin.g) * ball.steepest(lin.g)
 
 
 class MinNorm(Solver):
@@ -159,23 +190,23 @@ class MinNorm(Solver):
     bounded = False
     tie_push = 1e-4
 
-    def __call__(self, step: Step) -> Tensor:
-        assert step.g is not None and step.value is not None
-        value = step.value.clamp_min(0)
+    def __call__(self, lin: Linearisation) -> Tensor:
+        assert lin.g is not None and lin.value is not None
+        value = lin.value.clamp_min(0)
         # An exact tie (L == 0 in floating point) is a fixed point of the step: cross it by a hair
         # (1e-4 in the units of L, as foolbox's DeepFool does for every step).
-        value = torch.where(step.value == 0, torch.full_like(value, self.tie_push), value)
-        dn = step.ball.dual_norm(step.g)  # exact: no floor, the step keeps its size at any gradient scale
+        value = torch.where(lin.value == 0, torch.full_like(value, self.tie_push), value)
+        dn = lin.ball.dual_norm(lin.g)  # exact: no floor, the step keeps its size at any gradient scale
         scale = torch.where(dn > 0, value / torch.where(dn > 0, dn, torch.ones_like(dn)), torch.zeros_like(dn))
-        scale = scale + step.push
-        return -expand_like(scale, step.g) * step.ball.steepest(step.g)
+        scale = scale + lin.push
+        return -expand_like(scale, lin.g) * lin.ball.steepest(lin.g)
 
 
 @dataclass(repr=False)
 class SingleSubset(Solver):
     """Single-subset attack, eq. 23: s* = argmax_s sum_{i in S_s} abs(g_i), eta = -eps sign(g) on S_s*.
 
-    Subsets chosen at earlier steps of the same run are excluded (``state['used']``), so T calls
+    Subsets chosen at earlier steps of the same run are excluded (its state), so T calls
     touch T distinct subsets (linear-pixel-T). The budget is per coordinate: the constraint's p is inf.
 
     ``reuse=True`` is the paper's variant where a subset may be chosen again: every subset stays a
@@ -193,26 +224,23 @@ class SingleSubset(Solver):
     subsets = True
     hint = " (eq. 23 bounds each coordinate of the chosen subset by eps: use p=inf)"
 
-    def __call__(self, step: Step) -> Tensor:
-        assert step.g is not None
-        partition = step.partition
-        sums = partition.subset_sums(step.g.abs())  # (N, S)
-        used = step.state.get("used")
-        if used is None:
-            used = torch.zeros_like(sums, dtype=torch.bool)
+    def __call__(self, lin: Linearisation) -> Solution:  # type: ignore[override]
+        assert lin.g is not None
+        partition = lin.partition
+        sums = partition.subset_sums(lin.g.abs())  # (N, S)
+        st: _Subsets | None = lin.state
+        used = st.used if st is not None else torch.zeros_like(sums, dtype=torch.bool)
         best = (sums if self.reuse else sums.masked_fill(used, -1.0)).argmax(dim=1, keepdim=True)
         chosen = torch.zeros_like(used).scatter_(1, best, True)
-        step.state["used"] = used | chosen
-        mask = partition.mask(chosen, step.g)
-        e = expand_like(step.eps, step.g)
+        mask = partition.mask(chosen, lin.g)
+        e = expand_like(lin.eps, lin.g)
         if not self.reuse:
-            return -e * step.g.sign() * mask
-        done = step.state.get("eta_subsets", torch.zeros_like(step.g))  # what earlier steps put there
+            return Solution(-e * lin.g.sign() * mask, _Subsets(used | chosen))
+        done = st.eta if st is not None and st.eta is not None else torch.zeros_like(lin.g)  # earlier steps' eta
         # the linearised problem on the chosen subset's box [-eps, eps]: -eps sign(g) there, whatever it held
-        target = torch.where(step.g != 0, -e * step.g.sign(), done)
+        target = torch.where(lin.g != 0, -e * lin.g.sign(), done)
         s = (target - done) * mask
-        step.state["eta_subsets"] = done + s
-        return s
+        return Solution(s, _Subsets(used | chosen, done + s))
 
 
 class RandomSign(Solver):
@@ -223,10 +251,10 @@ class RandomSign(Solver):
     norms = (math.inf,)
     hint = " (Bernoulli +-eps entries fill the l-inf ball; random-gaussian draws for other p)"
 
-    def __call__(self, step: Step) -> Tensor:
-        assert step.noise is not None
-        signs = step.noise.uniform_like(step.x).reshape(step.x.shape) < 0.5
-        return expand_like(step.eps, step.x) * (signs.to(step.x.dtype) * 2 - 1)
+    def __call__(self, lin: Linearisation) -> Tensor:
+        assert lin.noise is not None
+        signs = lin.noise.uniform_like(lin.x).reshape(lin.x.shape) < 0.5
+        return expand_like(lin.eps, lin.x) * (signs.to(lin.x.dtype) * 2 - 1)
 
 
 class RandomGaussian(Solver):
@@ -235,10 +263,10 @@ class RandomGaussian(Solver):
     name = "random-gaussian"
     needs_grad = False
 
-    def __call__(self, step: Step) -> Tensor:
-        assert step.noise is not None
-        w = step.noise.gaussian_like(step.x)
-        return expand_like(step.eps / step.ball.norm(w).clamp_min(1e-12), w) * w
+    def __call__(self, lin: Linearisation) -> Tensor:
+        assert lin.noise is not None
+        w = lin.noise.gaussian_like(lin.x)
+        return expand_like(lin.eps / lin.ball.norm(w).clamp_min(1e-12), w) * w
 
 
 class RandomSubset(Solver):
@@ -251,20 +279,18 @@ class RandomSubset(Solver):
     subsets = True
     hint = " (+-eps entries on a subset: use p=inf)"
 
-    def __call__(self, step: Step) -> Tensor:
-        x = step.x
-        partition = step.partition
+    def __call__(self, lin: Linearisation) -> Solution:  # type: ignore[override]
+        x = lin.x
+        partition = lin.partition
         n, s = x.shape[0], partition.size(x)
-        used = step.state.get("used")
-        if used is None:
-            used = torch.zeros(n, s, dtype=torch.bool, device=x.device)
-        assert step.noise is not None
-        u = step.noise.uniform_like(x, 1, extra=s)  # one block per input: signs, then subset keys
+        used = lin.state.used if lin.state is not None else torch.zeros(n, s, dtype=torch.bool, device=x.device)
+        assert lin.noise is not None
+        u = lin.noise.uniform_like(x, 1, extra=s)  # one block per input: signs, then subset keys
         keys = u[:, -s:].masked_fill(used, -1.0)
         chosen = torch.zeros_like(used).scatter_(1, keys.argmax(dim=1, keepdim=True), True)
-        step.state["used"] = used | chosen
         signs = u[:, :-s].reshape(x.shape) < 0.5
-        return expand_like(step.eps, x) * (signs.to(x.dtype) * 2 - 1) * partition.mask(chosen, x)
+        eta = expand_like(lin.eps, x) * (signs.to(x.dtype) * 2 - 1) * partition.mask(chosen, x)
+        return Solution(eta, _Subsets(used | chosen))
 
 
 @dataclass(repr=False)
@@ -273,7 +299,7 @@ class Quadratic(Solver):
     J the Jacobian of the model at the linearisation point, used matrix-free (:mod:`pertattack.quadratic`).
 
     ``norm``: ``"l2"`` (eq. 14, top right singular vector; the top singular value, the operator norm
-    norm(J)_{2->2}, goes to ``state['sigma']``), ``"l1"`` (eq. 15, largest column), ``"linf"`` (the
+    norm(J)_{2->2}, goes to ``AttackResult.info['sigma']``), ``"l1"`` (eq. 15, largest column), ``"linf"`` (the
     greedy of eq. 20) or ``"subset"`` (eq. 19-21, the greedy inside the best subset). The sign of
     +-eta is the one that distorts the output more. With a ground truth y != f(x) (``y=`` of the call),
     quadratic-l2 solves eq. 12, max norm_2(f(x) - y + J eta)^2 (:func:`pertattack.quadratic.quadratic_l2_truth`);
@@ -315,28 +341,27 @@ class Quadratic(Solver):
     def name(self) -> str:  # type: ignore[override]
         return f"quadratic-{self.norm}"
 
-    def __call__(self, step: Step) -> Tensor:
+    def __call__(self, lin: Linearisation) -> Tensor | Solution:
         from . import quadratic as qd
 
-        f, x, eps, box = step.forward, step.x, step.eps, step.box
-        truth = None if step.ctx is None else step.ctx.extra.get("truth")
+        f, x, eps, box = lin.forward, lin.x, lin.eps, lin.box
+        truth = None if lin.ctx is None else lin.ctx.extra.get("truth")
         if truth is not None:  # eq. 12: a ground truth y != f(x) was given
             if self.norm != "l2":
                 raise ValueError(f"a ground truth y is solved for (eq. 12) by quadratic-l2 only; {self.name} solves "
                                  "eq. 13 (y = f(x)): call it without y, or use quadratic-l2 / the linear presets")
-            gen = None if step.noise is None else step.noise.generator(x.device)
+            gen = None if lin.noise is None else lin.noise.generator(x.device)
             return qd.quadratic_l2_truth(f, x, truth, eps, iters=self.power_iters, tol=self.tol, generator=gen)
         if self.norm == "l2":
-            gen = None if step.noise is None else step.noise.generator(x.device)
+            gen = None if lin.noise is None else lin.noise.generator(x.device)
             eta, sigma = qd.quadratic_l2(f, x, eps, iters=self.power_iters, tol=self.tol, generator=gen,
                                         method=self.svd_method, box=box)
-            step.state["sigma"] = sigma
-            return eta
+            return Solution(eta, info={"sigma": sigma})
         if self.norm == "l1":
             return qd.quadratic_l1(f, x, eps, box=box)
         if self.norm == "linf":
             return qd.quadratic_linf(f, x, eps, box=box)
-        return qd.quadratic_subset(f, x, eps, step.partition, box=box)
+        return qd.quadratic_subset(f, x, eps, lin.partition, box=box)
 
 
 @dataclass(repr=False)
@@ -347,14 +372,14 @@ class Square(Solver):
     One call = one step = one query of the model per input still in play. The first call evaluates the
     start (l-inf: vertical stripes of +-eps; l2: a grid of the paper's tiles, norm eps) and takes it; every
     later call proposes a new point that differs from the current one on a window of a share p of the
-    input (p = ``p_init``, halved after fixed fractions of the budget T = ``step.steps``) and takes it where
+    input (p = ``p_init``, halved after fixed fractions of the budget T = ``lin.steps``) and takes it where
     the objective (the margin, eq. 2, in the preset) went down or the model is fooled. Returns the step to
-    the new point (0 where the proposal was rejected), which stays in the eps ball (``step.eps``, the whole
+    the new point (0 where the proposal was rejected), which stays in the eps ball (``lin.eps``, the whole
     budget) and in the box.
 
-    Inputs found fooled are reported in ``state['fooled']`` (the schedule stops them) and never queried
-    again; ``state['queries']`` (N,) counts each input's queries (``AttackResult.info['queries']``). Every
-    random number comes from ``step.noise``, the same amount for every input at each step, so input i's
+    Inputs found fooled are reported in ``Solution.fooled`` (the schedule stops them) and never queried
+    again; ``queries`` (N,) counts each input's queries (``AttackResult.info['queries']``). Every
+    random number comes from ``lin.noise``, the same amount for every input at each step, so input i's
     result depends on (seed, index[i]) only. An input the model already misclassifies is attacked like the
     others (its clean output costs a query the budget does not have).
     """
@@ -363,6 +388,7 @@ class Square(Solver):
     name = "square"
     needs_grad = False
     norms = (math.inf, 2.0)
+    queries_per_step = 1
     hint = " (Square's proposals are l-inf or l2 squares: use p=inf or p=2)"
 
     def __post_init__(self) -> None:
@@ -370,30 +396,28 @@ class Square(Solver):
         if not is_number(v) or not math.isfinite(v) or not 0 < v <= 1:
             raise ValueError(f"p_init (the share of the input the first squares cover) must be in (0, 1], got {v!r}")
 
-    def __call__(self, step: Step) -> Tensor:
+    def __call__(self, lin: Linearisation) -> Solution:  # type: ignore[override]
         from . import square as sq
 
-        x0, cur, eps, noise, box = step.x0, step.x, step.eps, step.noise, step.box
-        if x0 is None or noise is None or box is None or step.objective is None or step.ctx is None:
+        x0, cur, eps, noise, box = lin.x0, lin.x, lin.eps, lin.noise, lin.box
+        if x0 is None or noise is None or box is None or lin.objective is None or lin.ctx is None:
             raise ValueError("the square solver needs the clean inputs, the noise, the box and the objective of "
                              "its step (run it through a Schedule)")
-        if not step.objective.classification:
+        if not lin.objective.classification:
             raise ValueError("the square solver stops inputs when the model is fooled: it needs a classification "
-                             f"objective, got {step.objective!r}")
-        linf = math.isinf(step.ball.p)
+                             f"objective, got {lin.objective!r}")
+        linf = math.isinf(lin.ball.p)
         n = cur.shape[0]
-        own = step.state.get("square")
+        own: _SquareState | None = lin.state
         first = own is None  # the start, taken whatever its loss (the best loss so far is +inf)
         if own is None:
-            own = step.state["square"] = {"active": torch.ones(n, dtype=torch.bool, device=cur.device),
-                                          "best": cur.new_full((n,), math.inf)}
-            step.state["queries"] = torch.zeros(n, dtype=torch.long, device=cur.device)
-        rows = own["active"].nonzero().squeeze(1)  # proposals for these inputs only; draws as for all
+            own = _SquareState(torch.ones(n, dtype=torch.bool, device=cur.device), cur.new_full((n,), math.inf),
+                               torch.zeros(n, dtype=torch.long, device=cur.device))
+        rows = own.active.nonzero().squeeze(1)  # proposals for these inputs only; draws as for all
         every = rows.numel() == n  # no copies while every input is in play
         fooled = torch.zeros(n, dtype=torch.bool, device=cur.device)
-        step.state["fooled"] = fooled
         if not rows.numel():
-            return torch.zeros_like(cur)
+            return Solution(torch.zeros_like(cur), own, fooled, {"queries": own.queries})
 
         def pick(t: Tensor) -> Tensor:
             return t if every else t[rows]
@@ -402,22 +426,30 @@ class Square(Solver):
         if first:
             new = (sq.linf_start if linf else sq.l2_start)(pick(x0), pick(eps), noise, box, sub)
         else:
-            p = sq.p_schedule(self.p_init, step.t - 1, step.steps)
+            p = sq.p_schedule(self.p_init, lin.t - 1, lin.steps)
             new = (sq.linf_step if linf else sq.l2_step)(pick(x0), cur_rows, pick(eps), p, noise, box, sub)
-        ctx = step.ctx if every else step.ctx.subset(rows)
+        ctx = lin.ctx if every else lin.ctx.subset(rows)
         with torch.no_grad():
-            out = step.forward(new)
-            loss = step.objective.loss(out, ctx).to(own["best"].dtype)
-            hit = step.objective.fooled(out, ctx)
-        best = pick(own["best"])
+            out = lin.forward(new)
+            loss = lin.objective.loss(out, ctx).to(own.best.dtype)
+            hit = lin.objective.fooled(out, ctx)
+        best = pick(own.best)
         take = (loss < best) | hit
-        own["best"][rows] = torch.where(take, loss, best)
+        own.best[rows] = torch.where(take, loss, best)
         fooled[rows] = hit
-        own["active"] = own["active"] & ~fooled
-        step.state["queries"][rows] += 1
+        own.active = own.active & ~fooled
+        own.queries[rows] += 1
         s_rows = (new - cur_rows) * expand_like(take, new)
-        if every:
-            return s_rows
-        s = torch.zeros_like(cur)
-        s[rows] = s_rows
-        return s
+        s = s_rows if every else torch.zeros_like(cur)
+        if not every:
+            s[rows] = s_rows
+        return Solution(s, own, fooled, {"queries": own.queries})
+
+
+@dataclass
+class _SquareState:
+    """Square's state, per input: still searched, the best loss so far, the queries made."""
+
+    active: Tensor
+    best: Tensor
+    queries: Tensor
