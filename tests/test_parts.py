@@ -235,7 +235,7 @@ def _halving_run(losses: list[float], steps: int = 100) -> list[float]:
     state = rule.init(run)
     out = []
     for t in range(steps):
-        obs = Observation(t, x, x, torch.tensor([losses[t]], dtype=DTYPE), None, None, ~run.done, run.done)
+        obs = Observation(t, steps, x, x, torch.tensor([losses[t]], dtype=DTYPE), None, None, ~run.done, run.done)
         state = rule.update(state, obs)
         out.append(float(state.alpha[0]))
     return out

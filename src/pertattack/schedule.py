@@ -68,45 +68,18 @@ from .objectives import Context, Objective
 from .solvers import Linearisation, Solution, Solver
 
 __all__ = [
-    "Schedule",
-    "Run",
-    "Observation",
-    "Alpha",
-    "Start",
-    "ZeroStart",
-    "RandomStart",
-    "StepSize",
-    "Constant",
-    "Halving",
-    "Cosine",
-    "Update",
-    "Plain",
-    "Momentum",
-    "Dither",
-    "Keep",
-    "KeepLast",
-    "KeepBest",
-    "Stop",
-    "NeverStop",
-    "WhenFooled",
-    "Projection",
-    "NoProjection",
-    "BallProjection",
-    "AdaptiveBall",
-    "AdaptiveSphere",
-    "apgd_checkpoints",
+    "Schedule", "Run", "Observation", "Alpha", "Start", "ZeroStart", "RandomStart", "StepSize", "Constant", "Halving",
+    "Cosine", "Update", "Plain", "Momentum", "Dither", "Keep", "KeepLast", "KeepBest", "Stop", "NeverStop",
+    "WhenFooled", "Projection", "NoProjection", "BallProjection", "AdaptiveBall", "AdaptiveSphere", "apgd_checkpoints"
 ]
 
 
-def _number(name: str, value: Any, *, lo: float | None = None, lo_open: bool = False, hi: float | None = None,
-            integer: bool = False) -> None:
+def _number(name: str, value: Any, *, lo: float | None = None, lo_open: bool = False, hi: float | None = None) -> None:
     """Raise a ValueError/TypeError naming ``name`` unless ``value`` is a finite number in range."""
     if not is_number(value):
         raise TypeError(f"{name} must be a number, got {value!r}")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
-    if integer and int(value) != value:
-        raise ValueError(f"{name} must be an integer, got {value!r}")
     if lo is not None and (value < lo or (lo_open and value == lo)):
         raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo:g}, got {value!r}")
     if hi is not None and value > hi:
@@ -118,7 +91,7 @@ class Observation:
     """What the loop saw at step t (per input, (N,) unless said otherwise).
 
     Attributes:
-        t: the step, from 0 (T for the check after the last step).
+        t, steps: the step, from 0 (T for the check after the last step), and T.
         eta: the iterate observed (at the linearisation point: the dithered one).
         point: x + (1 + overshoot) eta in the box, where L and g were taken (None: no gradient).
         value, g: L there (N,) and its gradient (N, ...), or None (the solver takes no gradient).
@@ -129,6 +102,7 @@ class Observation:
     """
 
     t: int
+    steps: int
     eta: Tensor
     point: Tensor | None
     value: Tensor | None
@@ -169,8 +143,7 @@ class RandomStart(Start):
     needs_eps = True
 
     def init(self, run: Run) -> Tensor:
-        if run.eps is None:
-            raise ValueError("a random start needs a budget eps")
+        assert run.eps is not None  # the run refuses eps = None for a start that needs_eps
         return run.box.clip(run.x + run.ball.sample(run.x, run.eps, run.noise)) - run.x
 
 
@@ -273,9 +246,9 @@ class Halving(StepSize):
                         gains=torch.zeros(n, dtype=torch.long, device=x.device),
                         halved=torch.zeros(n, dtype=torch.bool, device=x.device))
 
-    def update(self, state: Alpha, obs: Observation) -> Alpha:
+    def update(self, state: _Halving, obs: Observation) -> Alpha:  # type: ignore[override]
         st = state
-        assert isinstance(st, _Halving) and st.alpha is not None
+        assert st.alpha is not None and st.gains is not None
         st.restart = None
         if obs.value is not None and obs.rows is not None:
             st.gains += (obs.rows & (obs.value < st.prev)).long()
@@ -295,11 +268,6 @@ class Halving(StepSize):
         return st
 
 
-@dataclass
-class _Annealed(Alpha):
-    steps: int = 1
-
-
 @dataclass(frozen=True)
 class Cosine(StepSize):
     """FMN's step size, in the units of the norm, annealed from ``first`` to ``last`` by a half cosine:
@@ -314,11 +282,11 @@ class Cosine(StepSize):
         _number("last", self.last, lo=0)
 
     def init(self, run: Run) -> Alpha:
-        return _Annealed(run.x.new_full((run.x.shape[0],), float(self.first)), steps=run.steps)
+        return Alpha(run.x.new_full((run.x.shape[0],), float(self.first)))
 
     def update(self, state: Alpha, obs: Observation) -> Alpha:
-        assert isinstance(state, _Annealed) and state.alpha is not None
-        a = self.last + (self.first - self.last) * (1 + math.cos(math.pi * obs.t / state.steps)) / 2
+        assert state.alpha is not None
+        a = self.last + (self.first - self.last) * (1 + math.cos(math.pi * obs.t / obs.steps)) / 2
         state.alpha = torch.full_like(state.alpha, a)
         return state
 
@@ -328,14 +296,14 @@ class Cosine(StepSize):
 
 class Update:
     """How the solver's step s is added to eta (before the projection): ``init(run) -> state``,
-    ``apply(state, eta, s, project) -> (eta, state)``; ``restart(state, mask, eta)`` after the inputs of
-    ``mask`` went back to their best iterate eta."""
+    ``apply(state, eta, s, project) -> (eta, state)`` (eta + s unless overridden); ``restart(state, mask,
+    eta)`` after the inputs of ``mask`` went back to their best iterate eta."""
 
     def init(self, run: Run) -> Any:
         return None
 
     def apply(self, state: Any, eta: Tensor, s: Tensor, project: Callable[[Tensor], Tensor]) -> tuple[Tensor, Any]:
-        raise NotImplementedError  # pragma: no cover
+        return eta + s, state
 
     def restart(self, state: Any, mask: Tensor, eta: Tensor) -> Any:
         return state
@@ -344,9 +312,6 @@ class Update:
 @dataclass(frozen=True)
 class Plain(Update):
     """eta + s."""
-
-    def apply(self, state: Any, eta: Tensor, s: Tensor, project: Callable[[Tensor], Tensor]) -> tuple[Tensor, Any]:
-        return eta + s, state
 
 
 @dataclass(frozen=True)
@@ -528,12 +493,11 @@ class WhenFooled(Stop):
 @dataclass
 class _Radius:
     """A projection's state: the ball, its radius (per input (N,), one number, or None: none yet) and, for
-    the adaptive ones, what caps it (N,), T, and whether (and at which smallest norm) each input was fooled."""
+    the adaptive ones, what caps it (N,) and whether (and at which smallest norm) each input was fooled."""
 
     ball: LpBall
     r: Tensor | float | None = None
     cap: Tensor | None = None
-    steps: int = 1
     found: Tensor | None = None
     best: Tensor | None = None
 
@@ -597,14 +561,14 @@ class AdaptiveBall(Projection):
         x, n = run.x, run.x.shape[0]
         lo, hi = run.box.bounds(x)
         worst = run.ball.norm(torch.maximum(x - lo, hi - x))  # no larger ball changes anything
-        return _Radius(run.ball, None, worst if run.eps is None else torch.minimum(worst, run.eps), run.steps,
+        return _Radius(run.ball, None, worst if run.eps is None else torch.minimum(worst, run.eps),
                        torch.zeros(n, dtype=torch.bool, device=x.device), x.new_full((n,), math.inf))
 
     def update(self, state: _Radius, obs: Observation) -> _Radius:
         st, value, g, fooled = state, obs.value, obs.g, obs.fooled
         assert value is not None and g is not None and fooled is not None and obs.rows is not None
         assert st.found is not None and st.best is not None and st.cap is not None
-        gamma = self.gamma_final + (self.gamma - self.gamma_final) * (1 + math.cos(math.pi * obs.t / st.steps)) / 2
+        gamma = self.gamma_final + (self.gamma - self.gamma_final) * (1 + math.cos(math.pi * obs.t / obs.steps)) / 2
         r = st.r if st.r is not None else value.new_full(value.shape, math.inf)
         norms = st.ball.norm(obs.eta)
         counted = fooled & obs.rows  # the smallest fooling norm so far
@@ -940,7 +904,7 @@ class Run:
                 seen = torch.where(self.done, 0.0, seen)
             self.nonfinite = seen if self.nonfinite is None else self.nonfinite.add_(seen)
             rows = ~self.done if self.rows is None else self.rows
-        return Observation(t, eta, point, value, g, fooled, rows, self.done)
+        return Observation(t, self.steps, eta, point, value, g, fooled, rows, self.done)
 
     def observe(self, obs: Observation) -> None:
         """Keep and the projection see the gradient's observation; the stop policy marks the fooled done."""
@@ -975,10 +939,9 @@ class Run:
             if t == 0:
                 _warn_if_flat(g, self.done, alpha, self.objective)
         alpha = alpha if alpha is not None else x.new_zeros(x.shape[0])
-        lin = Linearisation(x=obs.point, g=g, value=obs.value, eps=alpha, ball=self.ball, forward=self.forward,
-                            noise=self.noise, state=st.solver, box=self.box, push=s.push if t > 0 else 0.0,
-                            partition=self.partition, x0=x, t=t, steps=s.steps, objective=self.objective, ctx=self.ctx,
-                            eps_scalar=self.alpha_scalar)
+        lin = Linearisation(obs.point, g, obs.value, alpha, self.ball, self.forward, self.noise, st.solver, self.box,
+                            s.push if t > 0 else 0.0, self.partition, x, t, s.steps, self.objective, self.ctx,
+                            self.alpha_scalar)
         out = self.solver(lin)
         step, fooled = out, None
         if isinstance(out, Solution):
@@ -995,7 +958,8 @@ class Run:
             self.eta = new
             self.taken += 1
         if fooled is not None:
-            st.keep = s.keep.update(st.keep, Observation(t, self.eta, None, None, None, fooled, active, self.done))
+            obs = Observation(t, self.steps, self.eta, None, None, None, fooled, active, self.done)
+            st.keep = s.keep.update(st.keep, obs)
             if s.stop.active:
                 self.done = self.done | fooled
 
@@ -1013,7 +977,7 @@ class Run:
                 out = self.forward(point)
                 value = self.objective.loss(out, self.ctx)
                 fooled = self.objective.fooled(out, self.ctx) if self.objective.classification else None
-            obs = Observation(self.steps, eta, point, value, None, fooled, ~self.done, self.done)
+            obs = Observation(self.steps, self.steps, eta, point, value, None, fooled, ~self.done, self.done)
             self.state.keep = s.keep.update(self.state.keep, obs)
         eta = self._at(s.keep.result(self.state.keep, eta)) - x
         if self.eps is not None:  # exact budget, whatever the float rounding of T steps

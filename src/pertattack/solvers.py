@@ -30,17 +30,8 @@ from .noise import Noise
 from .objectives import Context, Objective
 
 __all__ = [
-    "Linearisation",
-    "Solution",
-    "Solver",
-    "GNM",
-    "MinNorm",
-    "SingleSubset",
-    "RandomSign",
-    "RandomGaussian",
-    "RandomSubset",
-    "Quadratic",
-    "Square",
+    "Linearisation", "Solution", "Solver", "GNM", "MinNorm", "SingleSubset", "RandomSign", "RandomGaussian",
+    "RandomSubset", "Quadratic", "Square"
 ]
 
 
