@@ -504,8 +504,8 @@ class _Radius:
 
 class Projection:
     """What keeps eta in its ball after a step: ``init(run) -> state``, ``update(state, obs) -> state`` after
-    each gradient, ``apply(state, v) -> v``. ``needs_eps``: the projection needs a budget;
-    ``minimum_norm``: the radius adapts to each input (one run serves every eps)."""
+    each gradient, ``apply(state, v) -> v`` (v itself unless overridden). ``needs_eps``: the projection needs
+    a budget; ``minimum_norm``: the radius adapts to each input (one run serves every eps)."""
 
     needs_eps = False
     minimum_norm = False
@@ -516,16 +516,13 @@ class Projection:
     def update(self, state: Any, obs: Observation) -> Any:
         return state
 
-    def apply(self, state: Any, v: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def apply(self, state: Any, v: Tensor) -> Tensor:
+        return v
 
 
 @dataclass(frozen=True)
 class NoProjection(Projection):
     """No projection: Algorithm 1's T steps of eps/T stay in the ball by the triangle inequality."""
-
-    def apply(self, state: Any, v: Tensor) -> Tensor:
-        return v
 
 
 @dataclass(frozen=True)
