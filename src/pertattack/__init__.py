@@ -27,6 +27,7 @@ from .objectives import Objective
 from .presets import cascade, get_attack, list_attacks
 from .schedule import Schedule
 from .solvers import Solver
+from . import targets
 
 __version__ = "0.1.0"
 
