@@ -81,7 +81,9 @@ def test_auto_is_registered_and_reports_who_fooled():
     auto = get_attack("auto", eps=0.1, seed=0)
     assert auto.name == "auto"
     names = [getattr(a, "name", "") for a in auto.attacks]
-    assert names[:3] == ["apgd-ce", "apgd-t", "fmn"]
+    assert names == ["apgd-ce", "apgd-t"]
+    assert auto.attacks[1].order is not None and len(auto.attacks[1].attacks) == 3  # 3 targets by eq. 9
+    assert auto.scale_free.name == "apgd-dlr" and auto.gradient_free.name == "square"
     # a cheap version of the same cascade, to keep the test fast
     quick = cascade([get_attack("apgd-ce", steps=10), get_attack("fmn", steps=10)], eps=0.1, seed=0)
     r = quick(model, x, y)
@@ -90,3 +92,67 @@ def test_auto_is_registered_and_reports_who_fooled():
         assert torch.equal(r.success, model(r.x_adv).argmax(1) != y)
     m = pertattack.Model(model)
     assert torch.equal(quick(m, x, y).x_adv, r.x_adv)
+    assert r.members == ("apgd-ce", "fmn")
+    assert r.fooled_by() == [r.members[i] if i >= 0 else None for i in r.info["attack"].tolist()]
+    assert {row["fooled_by"] for row in r.rows()} <= {"apgd-ce", "fmn", None}
+
+
+def test_a_given_target_steers_targeted_dlr_as_its_rank_would():
+    model, x, y = _setup(12, seed=6)
+    with torch.no_grad():
+        third = model(x).argsort(dim=1, descending=True)[:, 2]  # the class of rank 3
+    by_rank = get_attack("apgd-dlrt-3", eps=0.1, seed=0, steps=5)(model, x, y)
+    steered = get_attack("apgd-dlrt-2", eps=0.1, seed=0, steps=5)(model, x, y, target=third)
+    assert torch.equal(by_rank.x_adv, steered.x_adv)
+    assert torch.equal(steered.success, model(steered.x_adv).argmax(1) != y)  # success stays untargeted
+    with pytest.raises(ValueError, match="target"):
+        get_attack("apgd-ce", eps=0.1)(model, x, y, target=third)
+
+
+def test_a_cascade_order_gives_each_steered_member_its_target():
+    from pertattack.targets import ByLogits
+
+    model, x, y = _setup(12, seed=7)
+    by_rank = get_attack("apgd-t", targets=2, eps=0.1, seed=0, steps=5)(model, x, y)
+    members = (get_attack("apgd-dlrt-2", steps=5), get_attack("apgd-dlrt-2", steps=5))
+    ordered = pertattack.Cascade(members, "apgd-t", order=ByLogits()).replace(eps=0.1, seed=0)(model, x, y)
+    assert torch.equal(by_rank.x_adv, ordered.x_adv)  # rank R by logits = the (R-1)-th target of ByLogits
+    dist = get_attack("apgd-t", targets=2, order="distance", eps=0.1, seed=0, steps=5)
+    assert [a.name for a in dist.attacks] == ["apgd-t-1", "apgd-t-2"]
+    r = dist(model, x, y)
+    assert torch.equal(r.success, model(r.x_adv).argmax(1) != y)
+
+
+def _quick_auto(eps: float = 0.1):
+    from pertattack.cascade import Auto
+
+    return Auto((get_attack("apgd-ce", steps=5), get_attack("apgd-t", targets=2, order="distance", steps=5)),
+                "auto", scale_free=get_attack("apgd-dlr", steps=5),
+                gradient_free=get_attack("square", queries=30)).replace(eps=eps, seed=0)
+
+
+class _Scaled(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, scale: float, quantise: bool = False) -> None:
+        super().__init__()
+        self.model, self.scale, self.quantise = model, scale, quantise
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quantise:  # a step function before the model: every gradient is zero
+            x = torch.round(x * 4) / 4
+        return self.model(x) * self.scale
+
+
+def test_auto_adapts_to_what_the_checks_find():
+    model, x, y = _setup(16, seed=5)
+    plain = _quick_auto()(model, x, y)
+    assert plain.flags == () and set(plain.fooled_by()) <= {"apgd-ce", "apgd-t", None}
+    with pytest.warns(UserWarning, match="zero-gradients"):
+        sat = _quick_auto()(_Scaled(model, 1e6), x, y)
+    assert [f.name for f in sat.flags] == ["zero-gradients"]
+    assert sat.members == ("apgd-dlr", "apgd-t") and set(sat.fooled_by()) <= {"apgd-dlr", "apgd-t", None}
+    with pytest.warns(UserWarning, match="masked-gradients"):
+        masked = _quick_auto(0.3)(_Scaled(model, 1.0, quantise=True), x, y)
+    assert "masked-gradients" in [f.name for f in masked.flags] and masked.members[-1] == "square"
+    # Square fools inputs the gradient members (only their random starts move) missed, and the result says so
+    assert "square" in masked.fooled_by()
+    assert "gradient-free-wins" in [f.name for f in masked.flags]

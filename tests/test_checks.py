@@ -29,6 +29,15 @@ class Noisy(nn.Module):
         return self.net(x + 0.01 * torch.randn_like(x))
 
 
+class Quantised(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = MLP()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(torch.round(x * 4) / 4)
+
+
 class Saturated(nn.Module):
     def __init__(self, scale: float) -> None:
         super().__init__()
@@ -54,6 +63,7 @@ def test_each_flag_fires_on_its_problem():
     assert _names(Softmaxed()) == {"probabilities"}
     assert "randomised" in _names(Noisy())
     assert _names(Saturated(1e6)) == {"zero-gradients"}
+    assert _names(Quantised()) == {"masked-gradients"}
 
 
 def test_zero_gradient_flag_counts_the_inputs():

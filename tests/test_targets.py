@@ -42,7 +42,7 @@ def test_distances_are_exact_on_an_affine_model(p):
         for i in range(len(x)):
             k, t = int(label[i]), int(classes[i, 0])
             u = (W[t] - W[k]) / torch.linalg.vector_norm(W[t] - W[k])
-            f = model((x[i] + dist[i, 0] * u)[None])[0]
+            f = model((x[i] + dist[i, 0] * u)[None])[0].detach()
             assert abs(float(f[k] - f[t])) < 1e-10
 
 

@@ -142,7 +142,8 @@ class Attack:
             eps: budget, overriding the attack's. One rule: a Python list/tuple of numbers means several
                 budgets (a list of results, one per eps); a float, a 0-d or (N,) tensor or NumPy array
                 means one budget (per input when (N,)).
-            target: target classes (N,) for an objective that needs a target.
+            target: target classes (N,) for an objective that needs a target, or that a target steers while
+                success stays untargeted (``apgd-dlrt-R``: the target then replaces the class of rank R).
             box: ``(lo, hi)`` of valid inputs for this call (scalars or per-channel tensors such as
                 shape (C, 1, 1)), overriding the attack's (default (0, 1)).
             index: (N,) integer identity of each input (its position in the data set; default 0..N-1).
@@ -159,10 +160,11 @@ class Attack:
                        box=box if box is not None else self.constraint.box)
         the_box = self.box_for(model, box)
         eps_list, many = budgets(self.eps if eps is None else eps)
-        if (target is not None) != self.objective.needs_target:
-            raise ValueError(f"target=... goes with an objective that needs a target and only there; attack "
-                             f"{self.name!r} has objective {self.objective!r}"
-                             + (" and needs target=" if self.objective.needs_target else ""))
+        obj = self.objective
+        if (target is not None and not (obj.needs_target or obj.steered)) or (target is None and obj.needs_target):
+            raise ValueError(f"target=... goes with an objective that needs a target (or is steered by one) and only "
+                             f"there; attack {self.name!r} has objective {obj!r}"
+                             + (" and needs target=" if obj.needs_target else ""))
         if eps_list == [None] and not self.minimum_norm:
             raise ValueError(f"attack {self.name!r} needs a budget: pass eps=... (in the units of the box)")
         x_in = check_input(x, the_box)

@@ -25,7 +25,7 @@ from .noise import Noise
 from .objectives import Context
 from .result import AttackResult
 
-__all__ = ["Cascade"]
+__all__ = ["Cascade", "Auto"]
 
 # keywords a cascade passes on to every member
 SHARED = ("eps", "seed", "batch_size", "progress", "preprocess", "output", "p", "box")
@@ -38,10 +38,14 @@ class Cascade:
     Args:
         attacks: the members (attacks, or cascades).
         name: shown in results and reprs.
+        order: a :class:`pertattack.targets.TargetOrder`: computed once on every input before the members run,
+            it steers the members whose objective takes a target (``apgd-dlrt``): the j-th of them is given the
+            j-th class of each input's order as its target (APGD-T over the targets in that order).
     """
 
     attacks: tuple[Any, ...]
     name: str = "cascade"
+    order: Any = None
 
     def __post_init__(self) -> None:
         if not self.attacks:
@@ -70,7 +74,7 @@ class Cascade:
         if unknown:
             raise TypeError(f"a cascade passes only {', '.join(SHARED)} to its members, got {unknown}; "
                             "set other keywords on the member attacks")
-        return Cascade(tuple(a.replace(**kw) for a in self.attacks), self.name)
+        return dataclasses.replace(self, attacks=tuple(a.replace(**kw) for a in self.attacks))
 
     def __repr__(self) -> str:
         return f"Cascade({self.name!r}, [{', '.join(getattr(a, 'name', '?') for a in self.attacks)}], eps={self.eps!r})"
@@ -93,11 +97,15 @@ class Cascade:
         if y is None:  # one label for every member: the model's prediction on x
             with eval_mode(fwd), torch.no_grad():
                 y = torch.cat([fwd(x[i : i + 4096]).argmax(dim=1) for i in range(0, n, 4096)])
-        results = [self._run(fwd, model, x, y, e, box, index) for e in eps_list]
+        targets = None
+        if self.order is not None:
+            with eval_mode(fwd):
+                targets = self.order.order(fwd, x, y, self.ball)
+        results = [self._run(fwd, model, x, y, e, box, index, targets) for e in eps_list]
         return results if many else results[0]
 
     def _run(self, fwd: Any, model: nn.Module, x: Tensor, y: Tensor, eps: Any, box: Any,
-             index: Tensor) -> AttackResult:
+             index: Tensor, targets: Tensor | None = None) -> AttackResult:
         n = x.shape[0]
         with eval_mode(fwd), torch.no_grad():
             out0 = fwd(x[:1])
@@ -106,13 +114,20 @@ class Cascade:
         res: AttackResult | None = None
         who = torch.full((n,), -1, dtype=torch.long, device=x.device)
         todo = torch.arange(n, device=x.device)
+        steered = 0  # members steered by the target order so far
         for j, member in enumerate(self.attacks):
             obj = getattr(member, "objective", None)
             if obj is not None and not obj.usable(k):
                 continue  # e.g. a targeted-DLR rank beyond the model's classes
             if todo.numel() == 0:
                 break
-            r = member(model, x[todo], y[todo], eps=rows_of(eps, todo), box=box, index=index[todo])
+            kw = {}
+            if targets is not None and getattr(obj, "steered", False) and not isinstance(member, Cascade):
+                if steered >= targets.shape[1]:
+                    continue  # fewer classes than members
+                kw["target"] = targets[todo, steered]
+                steered += 1
+            r = member(model, x[todo], y[todo], eps=rows_of(eps, todo), box=box, index=index[todo], **kw)
             assert isinstance(r, AttackResult) and r.success is not None
             if res is None:  # the first member that ran (earlier ones may not apply) ran on every row
                 res = dataclasses.replace(r, info={})
@@ -125,7 +140,75 @@ class Cascade:
                              "output)")
         res.info["attack"] = who
         res.attack = self.name
+        res.members = tuple(getattr(a, "name", "?") for a in self.attacks)
         return res
+
+
+
+@dataclass(frozen=True, repr=False)
+class Auto(Cascade):
+    """A cascade that checks the model first (:func:`pertattack.checks.check_model`, one forward and two backward
+    passes on up to 1,024 inputs) and adapts to what it finds:
+
+    * outputs that are probabilities, or a saturated cross-entropy (``zero-gradients``): ``scale_free`` (apgd-dlr)
+      replaces the first member;
+    * gradients that are zero even for the logit margin (``masked-gradients``), a randomised model, or
+      probabilities: ``gradient_free`` (Square) runs last, on the inputs still robust.
+
+    The flags, and ``gradient-free-wins`` where the gradient-free member fooled inputs the others missed, go to
+    every result's ``flags`` and to one warning."""
+
+    scale_free: Any = None
+    gradient_free: Any = None
+
+    def replace(self, **kw: Any) -> Auto:
+        out = super().replace(**kw)
+        return dataclasses.replace(out, **{k: getattr(self, k).replace(**kw) for k in ("scale_free", "gradient_free")
+                                           if getattr(self, k) is not None})
+
+    def members_for(self, flags: Any) -> tuple[Any, ...]:
+        """The members to run given the checks' flags (see the class docstring)."""
+        names = {f.name for f in flags}
+        members = self.attacks
+        if names & {"zero-gradients", "probabilities"} and self.scale_free is not None:
+            members = (self.scale_free, *members[1:])
+        if names & {"masked-gradients", "randomised", "probabilities"} and self.gradient_free is not None:
+            members = (*members, self.gradient_free)
+        return members
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor | None = None, *, eps: EpsLike = None,
+                 target: Tensor | None = None, box: Any = None, index: Tensor | None = None
+                 ) -> AttackResult | list[AttackResult]:
+        """Check the model, then run the members the checks call for (see the class docstring)."""
+        from ._validate import check_labels
+        from .checks import Flag, check_model, warn_flags
+
+        if target is not None:
+            raise ValueError("a cascade is untargeted: it takes no target=")
+        xc = check_input(x, self.box_for(model, box))
+        check_rows(xc.shape[0], y=y)
+        fwd = as_model(model, preprocess=self.preprocess, output=self.output)
+        probe = xc[:1024]
+        with eval_mode(fwd):
+            with torch.no_grad():
+                out = fwd(probe)
+            check_scores(out)
+            label = out.argmax(dim=1) if y is None else check_labels(torch.as_tensor(y)[:1024], out, "y")
+            flags = check_model(fwd, probe, label)
+        members = self.members_for(flags)
+        chosen = Cascade(members, self.name, self.order)
+        out_all = chosen(model, x, y, eps=eps, box=box, index=index)
+        results = out_all if isinstance(out_all, list) else [out_all]
+        free = torch.tensor([not getattr(getattr(a, "solver", None), "needs_grad", True) for a in members] + [False])
+        for r in results:
+            extra = []
+            wins = free[r.info["attack"]]  # -1 (none fooled) reads the last entry, False
+            if bool(wins.any()):
+                extra.append(Flag("gradient-free-wins", f"the gradient-free member fooled {int(wins.sum())} inputs "
+                                                        "that every gradient member missed: gradients are masked"))
+            r.flags = (*flags, *extra)
+        warn_flags(results[-1].flags, f"attack {self.name!r}")
+        return out_all
 
 
 def rows_of(v: Any, rows: Tensor | slice | None) -> Any:

@@ -12,8 +12,10 @@ Before the attack (:func:`check_model`, one extra forward and one backward on th
   each gradient is then of another function, and one attack run is not a worst case (use EOT);
 * ``probabilities``: the outputs are in [0, 1] and every row sums to 1: the model ends in a softmax, so
   cross-entropy and logit-based losses are computed on probabilities and saturate;
-* ``zero-gradients``: the gradient of cross-entropy is exactly zero at some correctly classified inputs (a
-  saturated softmax, a non-differentiable or quantising layer): a gradient attack cannot start there.
+* ``zero-gradients``: the gradient of cross-entropy is exactly zero at some correctly classified inputs while that
+  of the logit margin (eq. 2) is not: a saturated softmax, which a scale-invariant loss (DLR) does not see;
+* ``masked-gradients``: the gradient of the logit margin itself is exactly zero at some correctly classified
+  inputs (a non-differentiable or quantising layer, a shattered gradient): only a gradient-free attack helps.
 
 After it (:func:`check_results`):
 
@@ -56,7 +58,10 @@ def check_model(forward: Callable[[Tensor], Tensor], x: Tensor, label: Tensor) -
     with torch.enable_grad():
         out = forward(xg)
         ce = F.cross_entropy(out, label, reduction="none")
-        (g,) = torch.autograd.grad(ce.sum(), xg)
+        (g,) = torch.autograd.grad(ce.sum(), xg, retain_graph=True)
+        others = out.masked_fill(F.one_hot(label, out.shape[1]).bool(), -math.inf)
+        margin = out.gather(1, label[:, None])[:, 0] - others.amax(dim=1)
+        (gm,) = torch.autograd.grad(margin.sum(), xg)
     out = out.detach()
     with torch.no_grad():
         again = forward(x.detach().clone())
@@ -69,11 +74,17 @@ def check_model(forward: Callable[[Tensor], Tensor], x: Tensor, label: Tensor) -
         flags.append(Flag("probabilities", "the outputs are probabilities (rows in [0, 1] summing to 1): the losses "
                                            "expect logits; remove the final softmax if you can"))
     correct = out.argmax(dim=1) == label
-    zero = (g.reshape(len(g), -1).abs().amax(dim=1) == 0) & correct
-    if bool(zero.any()):
-        flags.append(Flag("zero-gradients", f"the cross-entropy gradient is exactly zero at {int(zero.sum())} of "
-                                            f"{int(correct.sum())} correctly classified inputs (saturated softmax "
-                                            "or gradient masking)"))
+    flat = g.reshape(len(g), -1).abs().amax(dim=1) == 0
+    masked = (gm.reshape(len(gm), -1).abs().amax(dim=1) == 0) & correct
+    saturated = flat & correct & ~masked
+    if bool(saturated.any()):
+        flags.append(Flag("zero-gradients", f"the cross-entropy gradient is exactly zero at {int(saturated.sum())} of "
+                                            f"{int(correct.sum())} correctly classified inputs, the logit margin's is "
+                                            "not (a saturated softmax: scale-invariant losses see through it)"))
+    if bool(masked.any()):
+        flags.append(Flag("masked-gradients", f"the gradient of the logit margin is exactly zero at "
+                                              f"{int(masked.sum())} of {int(correct.sum())} correctly classified "
+                                              "inputs (gradient masking: only a gradient-free attack helps there)"))
     return flags
 
 

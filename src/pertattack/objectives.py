@@ -94,11 +94,13 @@ class Objective:
     Capabilities (class attributes, never names, decide how an attack treats the objective):
         classification: the model's outputs are class scores; results get ``success``, ``pred``, ``margin``.
         needs_target: the call must give ``target=`` (one class per input); success means reaching it.
+        steered: the call may give ``target=`` to steer the search; success stays untargeted (the class k left).
     """
 
     name: str = "objective"
     classification: bool = True
     needs_target: bool = False
+    steered: bool = False
 
     def loss(self, out: Tensor, ctx: Context) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -405,11 +407,13 @@ class DLRTargeted(Objective):
         L = (z_k - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12).
 
     Success stays untargeted (the class k left): the target only steers the search, as in APGD-T, which
-    runs this for ranks 2..10 on the inputs still robust. Needs K >= 4 classes.
+    runs this for ranks 2..10 on the inputs still robust. Needs K >= 4 classes. A ``target=`` given with the
+    call replaces the class of rank ``rank`` (a cascade that orders the targets otherwise, :mod:`pertattack.targets`).
     """
 
     rank: int = 2
     name = "dlr-targeted"
+    steered = True
 
     def __post_init__(self) -> None:
         self.rank = integer("rank (2 = the runner-up class)", self.rank, lo=2)
@@ -421,7 +425,8 @@ class DLRTargeted(Objective):
         if out.shape[1] < max(4, self.rank):
             raise ValueError(f"targeted DLR with rank {self.rank} needs at least {max(4, self.rank)} classes, "
                              f"the model has {out.shape[1]}")
-        ctx.extra["dlr_target"] = out.argsort(dim=1, descending=True)[:, self.rank - 1]
+        given = ctx.target
+        ctx.extra["dlr_target"] = out.argsort(dim=1, descending=True)[:, self.rank - 1] if given is None else given
 
     def loss(self, out: Tensor, ctx: Context) -> Tensor:
         t = ctx.extra.get("dlr_target")

@@ -10,6 +10,7 @@ keyword settings for the four parts (:data:`PRESETS`), and the cascades made of 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import re
@@ -18,7 +19,7 @@ from typing import Any
 
 from ._validate import positive_int
 from .attacks import Attack
-from .cascade import SHARED, Cascade
+from .cascade import SHARED, Auto, Cascade
 from .keywords import KEYWORDS
 from .schedule import (
     AdaptiveBall,
@@ -182,25 +183,40 @@ def cascade(attacks: Sequence[Any | str], name: str = "cascade", **shared: Any) 
     return c.replace(**shared) if shared else c
 
 
-def apgd_t(targets: int = 9, **kw: Any) -> Cascade:
-    """APGD-T (Croce and Hein 2020): APGD on the targeted DLR loss towards the classes of rank 2 .. targets + 1
-    in f(x), each on the inputs still robust (a model with fewer classes uses the ranks it has)."""
+def apgd_t(targets: int = 9, order: str = "logits", **kw: Any) -> Cascade:
+    """APGD-T (Croce and Hein 2020): APGD on the targeted DLR loss towards ``targets`` classes in turn, each on the
+    inputs still robust. ``order="logits"``: the classes of rank 2 .. targets + 1 in f(x), as AutoAttack (a model
+    with fewer classes uses the ranks it has); ``"distance"``: the classes closest to x by eq. 9's linearised
+    distance first (:class:`pertattack.targets.ByDistance`, MALT's order), computed once for every input."""
+    from .targets import target_order_by_name
+
     positive_int("targets", targets)
+    chosen = target_order_by_name(order)
     shared = {k: kw.pop(k) for k in list(kw) if k in SHARED}
-    members = tuple(get_attack(f"apgd-dlrt-{r}", **kw) for r in range(2, targets + 2))
-    return cascade(members, "apgd-t", **shared)
+    if chosen.name == "logits":
+        members = tuple(get_attack(f"apgd-dlrt-{r}", **kw) for r in range(2, targets + 2))
+        return cascade(members, "apgd-t", **shared)
+    members = tuple(dataclasses.replace(get_attack("apgd-dlrt-2", **kw), name=f"apgd-t-{j}")
+                    for j in range(1, targets + 1))
+    c = Cascade(members, "apgd-t", order=chosen)
+    return c.replace(**shared) if shared else c
 
 
-def auto(p: float = math.inf, queries: int = 5000, **kw: Any) -> Cascade:
-    """The strongest evaluation: apgd-ce, apgd-t (9 targets), fmn, square (``queries``), each on the inputs
-    still robust. Square needs no gradient: it is what catches gradient masking."""
-    members = [get_attack("apgd-ce"), apgd_t(), get_attack("fmn"), get_attack("square", queries=queries)]
-    return cascade(members, "auto", p=p, **kw)
+def auto(p: float = math.inf, targets: int = 3, order: str = "distance", queries: int = 5000, **kw: Any) -> Auto:
+    """The strongest evaluation for its time (issue 17, benchmarks/README.md): apgd-ce, then apgd-t on the
+    ``targets`` classes closest by eq. 9 (``order``), each on the inputs still robust. Where a reliability check
+    fires (:mod:`pertattack.checks`), it adapts: apgd-dlr (scale invariant) replaces apgd-ce where cross-entropy
+    saturates or the outputs are probabilities; Square (``queries``, no gradient) runs last where gradients are
+    masked, the model is randomised or the outputs are probabilities."""
+    a = Auto((get_attack("apgd-ce"), apgd_t(targets, order)), "auto", scale_free=get_attack("apgd-dlr"),
+             gradient_free=get_attack("square", queries=queries))
+    return a.replace(p=p, **kw)
 
 
 # Attacks made of several attacks (cascades)
 COMPOSITES: dict[str, tuple[str, Any]] = {
-    "apgd-t": ("APGD-T: apgd-dlrt-R for R = 2..10 (targets=), each on the inputs still robust", apgd_t),
-    "auto": ("The strongest evaluation: apgd-ce, apgd-t, fmn, square, each on the inputs still robust "
-             "(AutoAttack's shape, FMN in place of FAB-T)", auto),
+    "apgd-t": ("APGD-T: apgd-dlrt-R for R = 2..10 (targets=), each on the inputs still robust; order='distance' "
+               "takes the targets closest by eq. 9 first", apgd_t),
+    "auto": ("The strongest evaluation for its time: reliability checks, apgd-ce, apgd-t on the 3 targets closest "
+             "by eq. 9 (targets=, order=); where a check fires apgd-dlr and square too", auto),
 }

@@ -46,6 +46,10 @@ class AttackResult:
         info: per-input figures of the solver, e.g. ``sigma`` (N,), the top singular value of the
             Jacobian found by quadratic-l2 (the operator norm norm(J)_{2->2}).
         attack: the name of the attack that produced it (None when unknown).
+        members: for a cascade, the names of its members: ``info["attack"]`` indexes them (-1: none fooled the
+            input); :meth:`fooled_by` gives the name per input.
+        flags: the reliability flags raised while attacking (:mod:`pertattack.checks`): signs that the robust
+            accuracy may be too high; empty when none fired.
 
     ``str(result)`` and ``repr(result)`` summarise it without printing the tensors.
     """
@@ -62,6 +66,15 @@ class AttackResult:
     margin: Tensor | None = None
     info: dict[str, Tensor] = field(default_factory=dict)
     attack: str | None = None
+    members: tuple[str, ...] = ()
+    flags: tuple[Any, ...] = ()
+
+    def fooled_by(self) -> list[str | None]:
+        """Per input, the name of the cascade member that fooled it (None where none did, or not a cascade)."""
+        who = self.info.get("attack")
+        if who is None or not self.members:
+            return [None] * self.n
+        return [self.members[i] if i >= 0 else None for i in who.tolist()]
 
     @property
     def n(self) -> int:
@@ -98,6 +111,7 @@ class AttackResult:
             lines.append(f"  steps: median {int(self.steps.median())}, max {int(self.steps.max())}")
         if self.info:
             lines.append("  info: " + ", ".join(sorted(self.info)))
+        lines += [f"  flag: {f}" for f in self.flags]
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -124,6 +138,8 @@ class AttackResult:
                 cols[k] = v.detach().cpu().tolist()
         if self.attack is not None:
             cols["attack"] = [self.attack] * self.n
+        if self.members:
+            cols["fooled_by"] = self.fooled_by()
         names = list(cols)
         return [dict(zip(names, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]
 
@@ -202,4 +218,6 @@ def concat_results(parts: list[AttackResult], p: float) -> AttackResult:
 
     info = {k: torch.cat([r.info[k] for r in parts]) for k in parts[0].info}
     fields = ("x_adv", "eta", "norms", "success", "eps", "label", "pred", "steps", "margin")
-    return AttackResult(**{k: cat(k) for k in fields}, p=p, info=info, attack=parts[0].attack)
+    flags = tuple(dict.fromkeys(f for r in parts for f in r.flags))  # each once, in order
+    return AttackResult(**{k: cat(k) for k in fields}, p=p, info=info, attack=parts[0].attack,
+                        members=parts[0].members, flags=flags)
