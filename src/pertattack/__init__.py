@@ -5,6 +5,7 @@ objective x a constraint x a solver x a schedule. Start with :func:`get_attack` 
 :func:`list_attacks`.
 """
 
+from . import checks, targets
 from .attacks import Attack, AttackResult
 from .cascade import Cascade
 from .constraints import Box, Constraint, LpBall, Partition
@@ -27,7 +28,6 @@ from .objectives import Objective
 from .presets import cascade, get_attack, list_attacks
 from .schedule import Schedule
 from .solvers import Solver
-from . import targets
 
 __version__ = "0.1.0"
 
@@ -44,6 +44,8 @@ __all__ = [
     "Schedule",
     "Solver",
     "cascade",
+    "checks",
+    "targets",
     "Partition",
     "UndefinedMetricWarning",
     "eps_for_psnr",

@@ -94,7 +94,7 @@ def check_results(robust_by_eps: Sequence[tuple[float, Tensor]], p: float, box_w
     ``box_width``: hi - lo of a scalar box (None: skip the full-box check)."""
     flags: list[Flag] = []
     pairs = sorted(robust_by_eps, key=lambda t: t[0])
-    for (e0, r0), (e1, r1) in zip(pairs, pairs[1:]):
+    for (e0, r0), (e1, r1) in zip(pairs, pairs[1:], strict=False):
         back = r1 & ~r0
         if bool(back.any()):
             flags.append(Flag("not-monotone", f"{int(back.sum())} inputs fooled at eps {e0:g} stayed robust at "
