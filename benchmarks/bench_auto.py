@@ -140,6 +140,14 @@ def run_variant(name: str, model: nn.Module, x: Tensor, y: Tensor, p: float, eps
             f, tm = apgd_targets(model, x[todo], y[todo], p, eps, order, int(spec[:-1]), int(st or 100), seed)
             fooled[todo[f]] = True
             times.update({f"{member}:{k}": v for k, v in tm.items()})
+        elif member == "ta-apgd-ce":  # torchattacks' APGD-CE, 100 steps, one restart
+            import torchattacks
+
+            atk = torchattacks.APGD(model, norm="Linf" if math.isinf(p) else "L2", eps=eps, steps=100, n_restarts=1,
+                                    seed=seed, loss="ce")
+            with torch.no_grad():
+                f = model(atk(x[todo], y[todo])).argmax(1) != y[todo]
+            fooled[todo[f]] = True
         else:
             preset, _, extra = member.partition("@")
             kw: dict[str, Any] = {}

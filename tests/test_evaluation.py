@@ -429,3 +429,19 @@ def test_progress_bar_and_busy_out(tmp_path, capsys):
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         assert main(argv) == 2
         assert "in use by another evaluation" in capsys.readouterr().err
+
+
+def test_reliability_flags_reach_the_summary_and_the_manifest(tmp_path):
+    """A model without gradients: fgsm cannot move, so inputs stay robust at eps = 1 (the whole box), and `auto`
+    flags the masked gradients itself; both are in summary.md, manifest.json and a warning."""
+    out = tmp_path / "out"
+    argv = ["evaluate", "--model", "eval_callables:quantised", "--data", "eval_callables:digits_test", "--attack",
+            "fgsm,auto", "--eps", "1", "--limit", "4", "--batch-size", "4", "--device", "cpu", "--out", str(out),
+            "--no-progress"]
+    with pytest.warns(UserWarning, match="overestimate robustness"):
+        assert main(argv) == 0
+    summary = (out / "summary.md").read_text()
+    assert "## Reliability flags" in summary
+    assert "`fgsm`: **robust-at-full-box**" in summary and "`auto`: **masked-gradients**" in summary
+    flags = {(f["attack"], f["flag"]) for f in json.loads((out / "manifest.json").read_text())["flags"]}
+    assert {("fgsm", "robust-at-full-box"), ("auto", "masked-gradients")} <= flags

@@ -691,16 +691,18 @@ def _work(cfg: EvalConfig, attacks: list[Any], model: nn.Module, data: DataSourc
             digest = _batch_digest(x, y)
             x, y, idx_d = x.to(device, dtype=dtype), y.to(device), idx.to(device)
             clean = predict(model, x, preprocess=cfg.preprocess, output=cfg.model_output)  # type: ignore[arg-type]
-            preds, succ, norms = [], [], []
-            for a in attacks:
+            preds, succ, norms, flags = [], [], [], []
+            for name, a in zip(cfg.attacks, attacks, strict=True):
                 res = _call_attack(a, model, x, y, eps, idx_d)
+                flags += [[name, f.name, f.message] for r in res for f in getattr(r, "flags", ())]
                 preds.append(torch.stack([r.pred for r in res]))
                 succ.append(torch.stack([r.success for r in res]))
                 norms.append(torch.stack([r.norms for r in res]))
             _save_part(parts / _part_name(b), dict(
                 index=idx.numpy(), label=y.cpu().numpy(), clean=clean.cpu().numpy(),
                 pred=torch.stack(preds).cpu().numpy(), success=torch.stack(succ).cpu().numpy(),
-                norm=torch.stack(norms).detach().cpu().numpy(), data_sha256=np.array(digest)))
+                norm=torch.stack(norms).detach().cpu().numpy(), data_sha256=np.array(digest),
+                flags=np.array(json.dumps(flags))))
             computed += 1
             _atomic_write(heartbeat, str(computed).encode())
             if progress is not None:
@@ -777,6 +779,25 @@ def summarize(label: np.ndarray, clean: np.ndarray, pred: np.ndarray, attacks: S
     return rows
 
 
+def _flags(loaded: list[dict[str, np.ndarray]], names: list[str], attacks: list[Any], eps: list[float],
+           label: np.ndarray, clean: np.ndarray, pred: np.ndarray) -> list[tuple[str, str, str]]:
+    """The reliability flags of the run: those the attacks raised (any batch; the first message of each), and those
+    of the robust accuracies across eps (:func:`pertattack.checks.check_results`)."""
+    from .checks import check_results
+
+    seen: dict[tuple[str, str], str] = {}
+    for part in loaded:
+        for a, f, m in json.loads(str(part["flags"])) if "flags" in part else []:
+            seen.setdefault((a, f), m)
+    held = (pred == label[None, None, :]) & (clean == label)[None, None, :]  # (A, E, N)
+    for i, (name, a) in enumerate(zip(names, attacks, strict=True)):
+        lo, hi = getattr(a.box, "lo", None), getattr(a.box, "hi", None)
+        width = float(hi - lo) if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) else None
+        for f in check_results([(e, torch.from_numpy(held[i, j])) for j, e in enumerate(eps)], float(a.ball.p), width):
+            seen.setdefault((name, f.name), f.message)
+    return [(a, f, m) for (a, f), m in seen.items()]
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, (bool, np.bool_)):
         return "1" if v else "0"
@@ -838,10 +859,18 @@ def _merge(cfg: EvalConfig, attacks: list[Any], out: Path, n_batches: int, plan:
         lines += ["", f"`{WORST}`: an input counts as robust only if no attack fools it at that eps."
                   + (" The attacks use different norms (see p): pass --p to compare them at one norm."
                      if len(set(ps)) > 1 else "")]
+    flags = _flags(loaded, names, attacks, eps, label, cat["clean"], pred)
+    if flags:
+        lines += ["", "## Reliability flags", "",
+                  "Signs that these robust accuracies may be too high (pertattack.checks):", ""]
+        lines += [f"- `{a}`: **{f}**: {m}" for a, f, m in flags]
+        warnings.warn("the evaluation may overestimate robustness: "
+                      + "; ".join(f"{a}: {f}" for a, f, _ in flags) + f" (see {out / 'summary.md'})", stacklevel=2)
     lines += ["", f"Made by pertattack {manifest['versions']['pertattack']} (torch {manifest['versions']['torch']}), "
               f"{manifest['world_size']} process(es); arguments in manifest.json.", ""]
     _atomic_write(out / "summary.md", "\n".join(lines).encode())
 
+    manifest["flags"] = [dict(attack=a, flag=f, message=m) for a, f, m in flags]
     manifest["finished"] = _now()
     for run in manifest["runs"]:
         if run.get("run_id") == plan["run_id"]:
