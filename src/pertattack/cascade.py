@@ -66,6 +66,7 @@ class Cascade:
     box_for = property(lambda self: self.attacks[0].box_for)
     ball = property(lambda self: self.attacks[0].ball)
     objective = property(lambda self: self.attacks[0].objective)
+    progress = property(lambda self: getattr(self.attacks[0], "progress", False))
     minimum_norm = False  # a cascade needs a budget
 
     def replace(self, **kw: Any) -> Cascade:
@@ -135,6 +136,11 @@ class Cascade:
                 put_rows(vars(res), vars(r), todo, take=r.success)
             who[todo[r.success]] = j
             todo = todo[~r.success]
+            if getattr(member, "progress", False):  # the members' bars show steps; this line, the cascade
+                from tqdm.auto import tqdm
+
+                tqdm.write(f"{self.name}: {getattr(member, 'name', j)} fooled {int(r.success.sum())} of "
+                           f"{r.success.numel()}; {todo.numel()} of {n} still robust")
         if res is None:
             raise ValueError(f"no member of cascade {self.name!r} applies to a model with {k} classes (the model's "
                              "output)")
