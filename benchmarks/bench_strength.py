@@ -7,8 +7,8 @@ train``) on the first ``--n`` MNIST test images, l-inf (and l2 for the minimum-n
 
 * ``apgd-ce``: pertattack's ``apgd-ce`` (100 steps) against torchattacks' ``APGD(loss="ce", steps=100)``;
   robust accuracy (lower is stronger) and seconds, per eps of ``--eps``.
-* ``auto``: pertattack's ``auto`` cascade (apgd-ce, apgd-t, fmn, square) against the AutoAttack authors'
-  standard evaluation (package ``pyautoattack``: apgd-ce, apgd-t, fab-t, square 5000 queries).
+* ``auto`` against the AutoAttack authors' standard evaluation: see ``bench_auto.py`` (per input, per member,
+  CPU time).
 * ``square``: pertattack's ``square`` against torchattacks' ``Square`` at ``--queries`` queries.
 * ``fmn``: pertattack's ``fmn`` (minimum norm, 100 steps) against foolbox's FMN and DDN (l2) at 100 steps
   and pertattack's DeepFool: success and median norm of the successful perturbations (smaller is stronger).
@@ -83,17 +83,6 @@ def peer_square(model: nn.Module, x: Tensor, y: Tensor, eps: float, queries: int
     return timed(lambda: atk(x, y))
 
 
-def peer_autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> tuple[Tensor, float] | None:
-    try:
-        from pyautoattack import AutoAttack
-    except ImportError:
-        print("pyautoattack not installed: skipped", file=sys.stderr)
-        return None
-    aa = AutoAttack(model, eps=eps, norm="Linf", version="standard", seed=0)
-    out, sec = timed(lambda: aa.run_standard_evaluation(x, y, batch_size=len(x)))
-    return (out[0] if isinstance(out, tuple) else out), sec
-
-
 def peer_minnorm(model: nn.Module, x: Tensor, y: Tensor, p: float, steps: int) -> dict[str, tuple[Tensor, float]]:
     try:
         import foolbox as fb
@@ -119,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--eps", default="0.1,0.2")
     ap.add_argument("--queries", type=int, default=1000, help="square's query budget")
-    ap.add_argument("--parts", default="apgd,auto,square,fmn",
-                    help="which comparisons to run (apgd, auto, auto-ours, auto-peer, square, fmn)")
+    ap.add_argument("--parts", default="apgd,square,fmn", help="which comparisons to run (apgd, square, fmn)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="CSV file")
     args = ap.parse_args(argv)
@@ -162,14 +150,6 @@ def main(argv: list[str] | None = None) -> int:
                 if peer:
                     add(mname, f"square-{args.queries}", "torchattacks", eps, math.inf,
                         robust_accuracy(model, peer[0], y), peer[1])
-            if parts & {"auto", "auto-ours"}:
-                xa, s = ours("auto", model, x, y, eps=eps)
-                add(mname, "auto", "pertattack", eps, math.inf, robust_accuracy(model, xa, y), s)
-            if parts & {"auto", "auto-peer"}:
-                peer = peer_autoattack(model, x, y, eps)
-                if peer:
-                    add(mname, "auto", "autoattack-standard", eps, math.inf, robust_accuracy(model, peer[0], y),
-                        peer[1])
         if "fmn" in parts:
             correct = model(x).argmax(1) == y
             for p in (2.0, math.inf):
