@@ -149,7 +149,8 @@ def test_auto_adapts_to_what_the_checks_find():
     with pytest.warns(UserWarning, match="zero-gradients"):
         sat = _quick_auto()(_Scaled(model, 1e6), x, y)
     assert [f.name for f in sat.flags] == ["zero-gradients"]
-    assert sat.members == ("apgd-dlr", "apgd-t") and set(sat.fooled_by()) <= {"apgd-dlr", "apgd-t", None}
+    assert sat.members == ("apgd-ce", "apgd-dlr", "apgd-t")
+    assert "apgd-dlr" in sat.fooled_by()  # where CE is flat, DLR does the work
     with pytest.warns(UserWarning, match="masked-gradients"):
         masked = _quick_auto(0.3)(_Scaled(model, 1.0, quantise=True), x, y)
     assert "masked-gradients" in [f.name for f in masked.flags] and masked.members[-1] == "square"
