@@ -97,8 +97,9 @@ def target_objective(targets: Tensor) -> pertattack.objectives.Objective:
 
 
 def apgd_targets(model: nn.Module, x: Tensor, y: Tensor, p: float, eps: float, order: str, k: int, steps: int,
-                 seed: int) -> tuple[Tensor, dict[str, float]]:
-    """APGD-T over the first k targets of ``order``, each on the inputs still robust. Returns fooled (N,)."""
+                 seed: int, index: Tensor) -> tuple[Tensor, dict[str, float]]:
+    """APGD-T over the first k targets of ``order``, each on the inputs still robust (``index``: their positions in
+    the case's inputs, which seed their random starts, as in a cascade). Returns fooled (N,)."""
     fooled = torch.zeros(len(x), dtype=torch.bool)
     t0 = time.process_time()
     ball = pertattack.LpBall(p)
@@ -114,7 +115,7 @@ def apgd_targets(model: nn.Module, x: Tensor, y: Tensor, p: float, eps: float, o
         t0 = time.process_time()
         atk = pertattack.get_attack("apgd-dlrt-2", eps=eps, p=p, seed=seed, steps=steps,
                                     objective=target_objective(tgt[todo, r]))
-        res = atk(model, x[todo], y[todo], index=todo)
+        res = atk(model, x[todo], y[todo], index=index[todo])
         fooled[todo[res.success]] = True
         times[f"apgd-t{r + 1}"] = time.process_time() - t0
         times[f"fooled-t{r + 1}"] = int(res.success.sum())
@@ -123,7 +124,11 @@ def apgd_targets(model: nn.Module, x: Tensor, y: Tensor, p: float, eps: float, o
 
 def run_variant(name: str, model: nn.Module, x: Tensor, y: Tensor, p: float, eps: float, seed: int = 0
                 ) -> dict[str, Any]:
-    """A variant: members separated by '+', each run on the inputs still robust."""
+    """A variant: members separated by '+', each run on the inputs still robust; ``#S`` at the end: seed S; a member
+    ``preset@key=int`` sets one integer keyword (``auto@targets=5``, ``apgd-ce@restarts=2``); ``tK[d|l][-S]``: APGD-T
+    on K targets by distance / logits with S steps; ``ta-apgd-ce``: torchattacks' APGD-CE."""
+    name, _, s = name.partition("#")
+    seed = int(s) if s else seed
     fooled = torch.zeros(len(x), dtype=torch.bool)
     times: dict[str, float] = {}
     who: dict[str, int] = {}
@@ -137,7 +142,7 @@ def run_variant(name: str, model: nn.Module, x: Tensor, y: Tensor, p: float, eps
         if member.startswith("t"):  # tK[d|l][-S]: APGD-T on K targets by distance / logits, S steps
             spec, _, st = member[1:].partition("-")
             order = "distance" if spec.endswith("d") else "logits"
-            f, tm = apgd_targets(model, x[todo], y[todo], p, eps, order, int(spec[:-1]), int(st or 100), seed)
+            f, tm = apgd_targets(model, x[todo], y[todo], p, eps, order, int(spec[:-1]), int(st or 100), seed, todo)
             fooled[todo[f]] = True
             times.update({f"{member}:{k}": v for k, v in tm.items()})
         elif member == "ta-apgd-ce":  # torchattacks' APGD-CE, 100 steps, one restart
