@@ -139,20 +139,21 @@ def run_variant(name: str, model: nn.Module, x: Tensor, y: Tensor, p: float, eps
             break
         t0 = time.process_time()
         before = int(fooled.sum())
-        if member.startswith("t"):  # tK[d|l][-S]: APGD-T on K targets by distance / logits, S steps
+        if member == "ta-apgd-ce":  # torchattacks' APGD-CE, 100 steps, one restart
+            import torchattacks
+
+            atk = torchattacks.APGD(model, norm="Linf" if math.isinf(p) else "L2", eps=eps, steps=100, n_restarts=1,
+                                    seed=seed, loss="ce")
+            torch.manual_seed(seed)  # its random start draws from torch's global generator
+            with torch.no_grad():
+                f = model(atk(x[todo], y[todo])).argmax(1) != y[todo]
+            fooled[todo[f]] = True
+        elif member.startswith("t"):  # tK[d|l][-S]: APGD-T on K targets by distance / logits, S steps
             spec, _, st = member[1:].partition("-")
             order = "distance" if spec.endswith("d") else "logits"
             f, tm = apgd_targets(model, x[todo], y[todo], p, eps, order, int(spec[:-1]), int(st or 100), seed, todo)
             fooled[todo[f]] = True
             times.update({f"{member}:{k}": v for k, v in tm.items()})
-        elif member == "ta-apgd-ce":  # torchattacks' APGD-CE, 100 steps, one restart
-            import torchattacks
-
-            atk = torchattacks.APGD(model, norm="Linf" if math.isinf(p) else "L2", eps=eps, steps=100, n_restarts=1,
-                                    seed=seed, loss="ce")
-            with torch.no_grad():
-                f = model(atk(x[todo], y[todo])).argmax(1) != y[todo]
-            fooled[todo[f]] = True
         else:
             preset, _, extra = member.partition("@")
             kw: dict[str, Any] = {}
