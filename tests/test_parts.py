@@ -111,6 +111,9 @@ def test_keywords_go_to_the_part_that_owns_them():
         get_attack("pgd", step=0.5)
     with pytest.raises(TypeError, match="dither="):
         get_attack("pgd", lin_point="first")
+    with pytest.raises(TypeError, match="init_radius="):
+        get_attack("ddn", init=2.0)
+    assert get_attack("ddn", init_radius=2.0).schedule.project.init_radius == 2.0
     assert get_attack("linear-pixel-3", step_fraction=0.5).schedule.step_size.fraction == 0.5
 
 

@@ -667,7 +667,8 @@ SYNC_EVERY_CPU = 1
 _ALIASES = ("random_start", "step_scale", "step_fraction", "project", "early_stop", "box_aware")
 #: keywords that were renamed: what each one meant
 _RENAMED = {"step": "steps= (the number of steps) or step_fraction= (alpha = step_fraction * eps)",
-            "lin_point": "dither= (a Dither policy, or 'none', 'first', 'all' or T fractions)"}
+            "lin_point": "dither= (a Dither policy, or 'none', 'first', 'all' or T fractions)",
+            "init": "init_radius= (DDN's first radius, AdaptiveSphere)"}
 
 
 @dataclass(frozen=True)
