@@ -157,8 +157,8 @@ class Auto(Cascade):
     passes on up to 1,024 inputs) and adapts to what it finds:
 
     * outputs that are probabilities, or a saturated cross-entropy (``zero-gradients``): ``scale_free`` (apgd-dlr)
-      runs after the first member, on the inputs it left robust (on an ordinary float32 model the softmax of the
-      most confident inputs rounds to exactly 1, so the first member keeps the inputs where cross-entropy works);
+      replaces the first member where the flag concerns at least half of the inputs, and runs after it otherwise
+      (the first member keeps the inputs where cross-entropy works);
     * gradients that are zero even for the logit margin (``masked-gradients``), a randomised model, or
       probabilities: ``gradient_free`` (Square) runs last, on the inputs still robust.
 
@@ -178,7 +178,9 @@ class Auto(Cascade):
         names = {f.name for f in flags}
         members = self.attacks
         if names & {"zero-gradients", "probabilities"} and self.scale_free is not None:
-            members = (members[0], self.scale_free, *members[1:])
+            scale = [f for f in flags if f.name in ("zero-gradients", "probabilities")]
+            most = all(f.share is None or f.share >= 0.5 for f in scale)
+            members = (self.scale_free, *members[1:]) if most else (members[0], self.scale_free, *members[1:])
         if names & {"masked-gradients", "randomised", "probabilities"} and self.gradient_free is not None:
             members = (*members, self.gradient_free)
         return members

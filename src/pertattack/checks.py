@@ -44,8 +44,10 @@ class Flag:
 
     name: str
     message: str
+    #: the share of the checked inputs it concerns, where that has a meaning (zero and masked gradients)
+    share: float | None = None
 
-    def __str__(self) -> str:
+    def __str__(self) -> str:  # the share is in the message
         return f"{self.name}: {self.message}"
 
 
@@ -80,11 +82,13 @@ def check_model(forward: Callable[[Tensor], Tensor], x: Tensor, label: Tensor) -
     if bool(saturated.any()):
         flags.append(Flag("zero-gradients", f"the cross-entropy gradient is exactly zero at {int(saturated.sum())} of "
                                             f"{int(correct.sum())} correctly classified inputs, the logit margin's is "
-                                            "not (a saturated softmax: scale-invariant losses see through it)"))
+                                            "not (a saturated softmax: scale-invariant losses see through it)",
+                          float(saturated.sum()) / max(int(correct.sum()), 1)))
     if bool(masked.any()):
         flags.append(Flag("masked-gradients", f"the gradient of the logit margin is exactly zero at "
                                               f"{int(masked.sum())} of {int(correct.sum())} correctly classified "
-                                              "inputs (gradient masking: only a gradient-free attack helps there)"))
+                                              "inputs (gradient masking: only a gradient-free attack helps there)",
+                          float(masked.sum()) / max(int(correct.sum()), 1)))
     return flags
 
 
