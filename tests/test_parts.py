@@ -331,3 +331,17 @@ def test_restarts_rerun_only_the_inputs_still_robust():
     assert (three.norms <= 0.05 + 1e-12).all()
     with pytest.raises(ValueError, match="restarts"):
         get_attack("apgd-ce", restarts=0)
+
+
+def test_probability_margin_is_eq2_on_softmax():
+    """PMA's probability margin (Xie et al. 2024) by name: the margin of eq. 2 on the softmax outputs."""
+    obj = get_attack("apgd-ce", objective="probability-margin").objective
+    model = MLP().eval()
+    x = rand_x(5, MLP_SHAPE, seed=3)
+    out = model(x).detach()
+    y = out.argmax(1)
+    p = out.softmax(1)
+    others = p.clone()
+    others[torch.arange(5), y] = -1.0
+    want = p[torch.arange(5), y] - others.amax(1)
+    torch.testing.assert_close(obj.loss(out, Context(label=y)), want, rtol=0, atol=1e-12)

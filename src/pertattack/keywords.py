@@ -54,7 +54,7 @@ KEYWORDS: dict[str, tuple[str, str]] = {
     "restarts": ("attack", "run the schedule again from a new random start on the inputs still robust"),
     # the parts, by name or instance
     "objective": ("objective", "the objective L: a name (margin, cross-entropy, score, targeted, deepfool, "
-                               "transfer, regression, dlr, dlr-targeted) or an Objective"),
+                               "transfer, regression, dlr, dlr-targeted, probability-margin) or an Objective"),
     "constraint": ("constraint", "a Constraint (p, box, partition)"),
     "solver": ("solver", "the solver: a name of SOLVERS or a Solver"),
     "schedule": ("schedule", "a Schedule"),

@@ -438,8 +438,10 @@ class DLRTargeted(Objective):
         return (zk - zt) / (z[:, 0] - (z[:, 2] + z[:, 3]) / 2 + 1e-12)
 
 
-OBJECTIVES: dict[str, type[Objective]] = {
+OBJECTIVES: dict[str, Callable[[], Objective]] = {
     "margin": Margin,
+    # PMA's probability margin (Xie et al. 2024): eq. 2 on the softmax, the paper's f as class probabilities
+    "probability-margin": lambda: Margin(probs=True),
     "cross-entropy": CrossEntropy,
     "score": Score,
     "targeted": Targeted,
