@@ -302,9 +302,9 @@ def _bad_calls(name: str) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
             ("y", lambda: dict(y=torch.full((N,), K, dtype=torch.long))),
             ("y", lambda: dict(y=torch.full((N,), -1, dtype=torch.long))),
         ]
-        if name == "targeted":
+        if name == "targeted" or pertattack.get_attack(name).objective.steered:  # steered: a target is optional
+            cases += [("target", lambda: dict(target=None))] if name == "targeted" else []
             cases += [
-                ("target", lambda: dict(target=None)),
                 ("target", lambda: dict(target=torch.zeros(N + 1, dtype=torch.long))),
                 ("target", lambda: dict(target=torch.full((N,), K, dtype=torch.long))),
                 ("target", lambda: dict(target=torch.full((N,), 0.5))),
