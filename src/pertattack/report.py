@@ -47,7 +47,6 @@ __all__ = ["EvalRun", "load_run", "write_report", "example_figure", "FIGURES"]
 FIGURES = dict(curve="robust_accuracy.png", norms="min_norm_distances.png", examples="examples.png")
 _COLUMNS = 6  # examples per attack in the grid
 _CLASSES = 20  # more classes than this: report.md lists the least robust ones, per_class.csv all of them
-_KEYS = ("index", "label", "clean", "pred", "success", "norm")
 
 
 @dataclass
@@ -68,9 +67,15 @@ class EvalRun:
     parts: list[dict[str, np.ndarray]]
     n_batches: int
     skipped: list[str] = field(default_factory=list)
+    index: np.ndarray = field(init=False)
+    label: np.ndarray = field(init=False)
+    clean: np.ndarray = field(init=False)
+    pred: np.ndarray = field(init=False)
+    success: np.ndarray = field(init=False)
+    norm: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        for k in _KEYS:
+        for k in ("index", "label", "clean", "pred", "success", "norm"):
             setattr(self, k, np.concatenate([d[k] for d in self.parts], axis=-1))
 
     @property
