@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -445,3 +448,162 @@ def test_reliability_flags_reach_the_summary_and_the_manifest(tmp_path):
     assert "`fgsm`: **robust-at-full-box**" in summary and "`auto`: **masked-gradients**" in summary
     flags = {(f["attack"], f["flag"]) for f in json.loads((out / "manifest.json").read_text())["flags"]}
     assert {("fgsm", "robust-at-full-box"), ("auto", "masked-gradients")} <= flags
+
+
+# ------------------------------------------------------------------------------------------- report.md (issue 19)
+
+
+def _table_rows(md: str, head: str) -> list[list[str]]:
+    """The rows of the markdown table whose header line starts with ``head``."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(head))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def _min_norm(body: list[list[str]], attack: str, ok: set[int]) -> dict[int, float]:
+    """From results.csv: per correctly classified input that ``attack`` fooled, its smallest fooling norm."""
+    d: dict[int, float] = {}
+    for row in body:
+        i = int(row[0])
+        if row[1] == attack and row[5] == "1" and i in ok:
+            d[i] = min(d.get(i, math.inf), float(row[6]))
+    return d
+
+
+def test_report_holds_the_runs_numbers(reference):
+    """report.md: the robust accuracies of summary.md, deepfool's distances, per-class robust accuracy and the
+    examples, all as results.csv says; the figures exist."""
+    md = (reference / "report.md").read_text()
+    for name in ("robust_accuracy.png", "min_norm_distances.png", "examples.png"):
+        assert f"](figures/{name})" in md
+        assert (reference / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = (reference / "summary.md").read_text()
+    assert _table_rows(md, "| attack | p | eps |") == _table_rows(summary, "| attack | p | eps |")
+    body = _rows(reference)[1:]
+    label = {int(r[0]): int(r[3]) for r in body}
+    model = eval_callables.centroids()
+    x, y = eval_callables.digits_test()
+    clean = model(x).argmax(1)
+    ok = {i for i in range(96) if clean[i] == y[i]}
+    # deepfool (minimum-norm): the distances' quartiles
+    d = _min_norm(body, "deepfool", ok)
+    (stats,) = _table_rows(md, "| attack | p | fooled |")
+    assert stats[:3] == ["deepfool", "l2", f"{len(d)} of {len(ok)}"]
+    assert [float(v) for v in stats[3:6]] == pytest.approx(np.quantile(list(d.values()), [0.25, 0.5, 0.75]),
+                                                            rel=1e-3)
+    # per class: the worst case over the attacks at each eps
+    per_class = _table_rows(md, "| class | inputs |")
+    assert [int(r[0]) for r in per_class] == sorted(set(label.values()))
+    for r in per_class:
+        members = [i for i in range(96) if label[i] == int(r[0])]
+        assert int(r[1]) == len(members)
+        for j, e in enumerate((0.05, 0.2)):
+            held = [i in ok and all(row[3] == row[4] for row in body if int(row[0]) == i and float(row[2]) == e)
+                    for i in members]
+            assert float(r[3 + j]) == pytest.approx(sum(held) / len(members), abs=5e-5)
+    with open(reference / "per_class.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(per_class)
+    # examples: per attack, correctly classified inputs, those fooled at the largest eps first
+    examples = _table_rows(md, "| attack | eps | input |")
+    assert [r[0] for r in examples] == [n for n in ATTACKS.split(",") for _ in range(6)]
+    pred = {(r[1], int(r[0])): int(r[4]) for r in body if float(r[2]) == 0.2}
+    for r in examples:
+        i = int(r[2])
+        assert i in ok and r[1] == "0.2" and int(r[3]) == label[i] and int(r[4]) == pred[r[0], i]
+    assert all(int(r[4]) != int(r[3]) for r in examples if r[0] == "pgd")  # pgd fools more than 6 at 0.2
+    assert "## Reliability flags\n\nNone fired" in md
+    cmd = json.loads((reference / "manifest.json").read_text())["command"]  # (here: pytest's own argv)
+    assert f"- Command: `{shlex.join(cmd)}`" in md
+    assert f"torch {torch.__version__}" in md and "finished 20" in md
+
+
+def test_minimum_norm_curve_meets_the_eps_grid(reference):
+    """DeepFool's whole curve (from its norms) equals its robust accuracy at each eps of the grid."""
+    from pertattack.report import _curve, load_run
+
+    run = load_run(reference)
+    a = run.names.index("deepfool")
+    e, acc = _curve(run, a)
+    with open(reference / "summary.csv") as f:
+        grid = {float(s["eps"]): float(s["robust_accuracy"]) for s in csv.DictReader(f) if s["attack"] == "deepfool"}
+    for eps, want in grid.items():
+        assert acc[np.searchsorted(e, eps, side="right") - 1] == pytest.approx(want)
+    assert acc[0] == pytest.approx(float((run.clean == run.label).mean()))  # at eps 0: the clean accuracy
+    assert np.all(np.diff(acc) <= 0)
+
+
+def _without_time(md: str) -> str:
+    return "\n".join(line for line in md.splitlines() if not line.startswith("- This report:"))
+
+
+def test_report_command_on_a_finished_and_a_partial_folder(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(_args(out, extra=("--limit", "26"))) == 0
+    first = (out / "report.md").read_text()
+    body = _rows(out)[1:]
+    shutil.rmtree(out / "figures")
+    (out / "report.md").unlink()
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    assert "report.md (26 inputs)" in capsys.readouterr().out
+    assert _without_time((out / "report.md").read_text()) == _without_time(first)
+    assert len(list((out / "figures").glob("*.png"))) == 3
+    # as if the run had been stopped after batch 0: the report of the first 13 inputs, saying so
+    (out / "parts" / "b0000001.npz").unlink()
+    for name in ("results.csv", "summary.csv", "summary.md"):
+        (out / name).unlink()
+    assert main(["report", str(out)]) == 0
+    assert "from the 1 of 2 batches finished so far (a partial run)" in capsys.readouterr().out
+    md = (out / "report.md").read_text()
+    assert "**Partial run**: 1 of 2 batches finished (13 of 26 inputs)" in md
+    rows = {(r[0], r[2]): r[3] for r in _table_rows(md, "| attack | p | eps |")}
+    model = eval_callables.centroids()
+    x, y = eval_callables.digits_test()
+    clean = model(x[:13]).argmax(1) == y[:13]
+    for name in ATTACKS.split(","):
+        for e in ("0.05", "0.2"):
+            held = [bool(clean[i]) and r[3] == r[4] for i in range(13) for r in body
+                    if int(r[0]) == i and r[1] == name and r[2] == e]
+            assert float(rows[name, e]) == pytest.approx(sum(held) / 13, abs=5e-5)
+    # nothing finished: a clear error
+    for part in (out / "parts").iterdir():
+        part.unlink()
+    assert main(["report", str(out)]) == 2
+    assert "no batch has finished yet" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "not a pertattack evaluate folder" in capsys.readouterr().err
+
+
+def test_report_without_matplotlib_keeps_the_tables(reference, tmp_path, monkeypatch):
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    assert main(["report", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert md.count("needs matplotlib, which is not installed") == 3 and "](figures/" not in md
+    assert "| pgd | inf | 0.05 |" in md and "| class | inputs |" in md and "| attack | eps | input |" in md
+    assert not list((out / "figures").glob("*.png"))  # the earlier report's figures are not left behind
+
+
+def test_parts_of_an_older_pertattack_resume_and_report(tmp_path, capsys):
+    """Parts without the examples (written before report.md existed) are reused as they are; the rows stay the
+    same and report.md says that it has no examples."""
+    out = tmp_path / "out"
+    argv = _args(out, extra=("--limit", "26"))
+    assert main(argv) == 0
+    want = (out / "results.csv").read_bytes()
+    for part in (out / "parts").glob("b*.npz"):
+        with np.load(part) as z:
+            arrays = {k: z[k] for k in z.files if not k.startswith("ex_")}
+        np.savez(part, **arrays)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "(2 reused, 0 computed" in capsys.readouterr().out
+    assert (out / "results.csv").read_bytes() == want
+    md = (out / "report.md").read_text()
+    assert "No example kept" in md and "examples.png" not in md

@@ -101,3 +101,45 @@ def test_save_results_stacks_budgets(tmp_path):
     assert np.load(tmp_path / "one.npz")["x_adv"].shape == (4, 1, 3, 3)
     with pytest.raises(ValueError, match="at least one"):
         save_results(tmp_path / "none.npz", [])
+
+
+def test_repr_html_shows_the_summary_and_the_first_rows():
+    r = _result()
+    page = r._repr_html_()
+    assert page.startswith("<div><strong>AttackResult(&#x27;alg1-10&#x27;, p=inf, eps=0.1, n=4)</strong>")
+    assert "success:  3 / 4 (75.0%)" in page and "<table>" in page
+    assert "<th>index</th><th>label</th><th>pred</th><th>success</th><th>norm</th>" in page
+    assert page.count("<tr>") == 1 + 4 and "<td>0.05</td>" in page  # the header and the rows; floats as in str()
+    many = concat_results([_result()] * 5, math.inf)
+    page = many._repr_html_()
+    assert page.count("<tr>") == 1 + 10 and "first 10 of 20 rows" in page
+    assert "&lt;" in AttackResult(**{**vars(r), "attack": "<b>"})._repr_html_()  # escaped
+    reg = _result(regression=True, attack=None)._repr_html_()
+    assert "regression attack" in reg and "<th>sigma</th>" in reg
+
+
+def test_plot_draws_original_perturbation_adversarial():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    r = _result()  # success: inputs 0, 2, 3
+    fig = r.plot()
+    assert isinstance(fig, Figure) and len(fig.axes) == 3 * 3
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["#0: 0", "#2: 2", "#3: 3"]
+    captions = [ax.get_xlabel() for ax in fig.axes if ax.get_xlabel() and not ax.get_xlabel().startswith("max")]
+    assert captions == ["1", "3", "4"]  # the classes at x_adv
+    assert len(r.plot(2).axes) == 6 and len(r.plot(indices=[1]).axes) == 3
+    assert len(_result(regression=True).plot().axes) == 3 * 4  # no success flag: the first inputs
+
+
+def test_plot_of_a_real_run():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    model = MLP()
+    x = rand_x(6, MLP_SHAPE)
+    res = get_attack("fgsm", eps=0.3)(model, x)
+    fig = res.plot(4)
+    fooled = int(res.success.sum())
+    assert len(fig.axes) == 3 * (min(4, fooled) if fooled else 4)

@@ -440,7 +440,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if report.rank == 0:
         print(f"{report.n_inputs} inputs in {report.n_batches} batches ({report.batches_reused} reused, "
               f"{report.batches_computed} computed, {report.world_size} process(es)); wrote {report.out}/results.csv, "
-              "summary.csv, summary.md, manifest.json")
+              "summary.csv, summary.md, report.md, manifest.json")
         for r in report.summary:
             print(f"  {r['attack']:<14} eps {r['eps']:<8g} robust accuracy {r['robust_accuracy']:.4f}  "
                   f"fooling ratio {r['fooling_ratio']:.4f}")
@@ -477,6 +477,29 @@ def _add_evaluate(sub: Any) -> None:
                    help="seconds without a finished batch after which a silent rank counts as dead")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """report.md and its figures, drawn again from an evaluate folder (finished or not); no attack runs."""
+    from .report import load_run, write_report
+
+    run = load_run(args.out)
+    path = write_report(run, figures=not args.no_figures)
+    print(f"wrote {path}" + (f" from the {len(run.parts)} of {run.n_batches} batches finished so far (a partial run)"
+                             if run.partial else f" ({run.label.size} inputs)"))
+    return 0
+
+
+def _add_report(sub: Any) -> None:
+    p = sub.add_parser(
+        "report", help="draw report.md and its figures again from an evaluate --out folder (no attack runs)",
+        description="Robust accuracy against eps, minimum-norm distances, per-class robust accuracy, the examples "
+                    "with the largest confidence change, the reliability flags, the command and the versions, from "
+                    "the batches that OUT holds: a finished run, or the batches finished so far.")
+    p.add_argument("out", help="the --out folder of pertattack evaluate")
+    p.add_argument("--no-figures", action="store_true", help="tables only (no matplotlib needed)")
+    _debug_argument(p, argparse.SUPPRESS)
+    p.set_defaults(func=cmd_report)
 
 
 # --- end of pertattack evaluate ------------------------------------------------------------------------------------
@@ -606,6 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     _debug_argument(p, argparse.SUPPRESS)
     p.set_defaults(func=cmd_reproduce)
     _add_evaluate(sub)
+    _add_report(sub)
     for subparser in sub.choices.values():  # every subcommand's help shows the defaults
         subparser.formatter_class = _Formatter
     return parser

@@ -21,9 +21,9 @@ How a run is organised (all of it under ``--out``):
 * Each rank reports under ``ranks/``: a heartbeat after every batch, then ``rank<r>.done`` or, with
   the error text, ``rank<r>.failed``. Every rank stops when another has failed; rank 0 waits for
   every rank, shows the progress bar, then merges the parts into ``results.csv``, ``summary.csv``,
-  ``summary.md`` and updates ``manifest.json``. A rank that dies without a word (SIGKILL) is caught
-  by torchrun, which stops the others; without torchrun, rank 0 gives up after ``timeout`` seconds
-  without a heartbeat.
+  ``summary.md``, updates ``manifest.json`` and draws ``report.md`` (:mod:`pertattack.report`). A rank
+  that dies without a word (SIGKILL) is caught by torchrun, which stops the others; without torchrun,
+  rank 0 gives up after ``timeout`` seconds without a heartbeat.
 
 ``--out`` must be a folder that every rank sees (on several machines: a shared file system).
 """
@@ -464,22 +464,29 @@ def _check_part(path: Path, idx: range, ae: tuple[int, int]) -> str | None:
     """The data digest a finished part was computed on, or None (with a warning naming the file) when the part
     cannot be reused: unreadable, keys or shapes not those of a part, or the rows of other inputs than ``idx``
     (a file copied over another batch's)."""
+    part, why = _read_part(path, idx, ae)
+    if part is not None:
+        return str(part["data_sha256"])
+    warnings.warn(f"{path}: {why}; computing this batch again", stacklevel=2)
+    return None
+
+
+def _read_part(path: Path, idx: range, ae: tuple[int, int]) -> tuple[dict[str, np.ndarray] | None, str]:
+    """The part at ``path`` if it holds the rows of the inputs ``idx`` for (attacks, eps) = ``ae``; else None and
+    why not. (The examples of report.md, ``ex_*``, are optional: parts of an older pertattack have none.)"""
     n = len(idx)
     shapes = dict(index=(n,), label=(n,), clean=(n,), pred=(*ae, n), success=(*ae, n), norm=(*ae, n), data_sha256=())
     try:
         part = _load_part(path)
         wrong = [k for k, shape in shapes.items() if k not in part or part[k].shape != shape]
         if wrong:
-            why = f"its {', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} missing or of another shape"
-        elif not np.array_equal(part["index"], np.arange(idx.start, idx.stop)):
-            why = f"it holds the rows of other inputs than {idx.start} to {idx.stop - 1}"
-        else:
-            return str(part["data_sha256"])
+            return None, f"its {', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} missing or of another shape"
+        if not np.array_equal(part["index"], np.arange(idx.start, idx.stop)):
+            return None, f"it holds the rows of other inputs than {idx.start} to {idx.stop - 1}"
+        return part, ""
     except Exception as err:  # noqa: BLE001 - whatever a damaged file raises (BadZipFile, EOFError, pickled data)
         first = str(err).split(". ")[0]  # (not NumPy's advice to load a pickle: a part never holds one)
-        why = f"it is not a readable part ({type(err).__name__}{': ' + first if first else ''})"
-    warnings.warn(f"{path}: {why}; computing this batch again", stacklevel=2)
-    return None
+        return None, f"it is not a readable part ({type(err).__name__}{': ' + first if first else ''})"
 
 
 @contextlib.contextmanager
@@ -672,10 +679,10 @@ def _report_failure(out: Path, rank: int, text: str) -> None:
 def _work(cfg: EvalConfig, attacks: list[Any], model: nn.Module, data: DataSource, device: torch.device, out: Path,
           rank: int, mine: list[int], plan: dict[str, Any], progress: _Progress | None) -> int:
     """This rank's batches; returns how many it computed. Writes ``ranks/rank<r>.done`` or ``.failed``."""
-    from .metrics import predict
-
     parts, ranks = out / "parts", out / "ranks"
     eps = [float(e) for e in cfg.eps]
+    top = eps.index(max(eps))  # the examples kept for report.md are those at the largest eps
+    fwd = _Logits(model, cfg)
     heartbeat = ranks / f"rank{rank}.alive"
     dtype = None if cfg.dtype is None else getattr(torch, cfg.dtype)
     computed = 0
@@ -690,19 +697,21 @@ def _work(cfg: EvalConfig, attacks: list[Any], model: nn.Module, data: DataSourc
             x, y = data.batch(idx.tolist())
             digest = _batch_digest(x, y)
             x, y, idx_d = x.to(device, dtype=dtype), y.to(device), idx.to(device)
-            clean = predict(model, x, preprocess=cfg.preprocess, output=cfg.model_output)  # type: ignore[arg-type]
-            preds, succ, norms, flags = [], [], [], []
+            logits = fwd(x)
+            clean = logits.argmax(dim=1)
+            preds, succ, norms, flags, at_max = [], [], [], [], []
             for name, a in zip(cfg.attacks, attacks, strict=True):
                 res = _call_attack(a, model, x, y, eps, idx_d)
                 flags += [[name, f.name, f.message] for r in res for f in getattr(r, "flags", ())]
                 preds.append(torch.stack([r.pred for r in res]))
                 succ.append(torch.stack([r.success for r in res]))
                 norms.append(torch.stack([r.norms for r in res]))
+                at_max.append(res[top])
             _save_part(parts / _part_name(b), dict(
                 index=idx.numpy(), label=y.cpu().numpy(), clean=clean.cpu().numpy(),
                 pred=torch.stack(preds).cpu().numpy(), success=torch.stack(succ).cpu().numpy(),
                 norm=torch.stack(norms).detach().cpu().numpy(), data_sha256=np.array(digest),
-                flags=np.array(json.dumps(flags))))
+                flags=np.array(json.dumps(flags)), **_examples(fwd, x, y, idx, logits, at_max)))
             computed += 1
             _atomic_write(heartbeat, str(computed).encode())
             if progress is not None:
@@ -715,6 +724,73 @@ def _work(cfg: EvalConfig, attacks: list[Any], model: nn.Module, data: DataSourc
         _report_failure(out, rank, (f"batch {b}: " if b >= 0 else "") + text)
         raise
     return computed
+
+
+class _Logits:
+    """The model's scores as :func:`pertattack.metrics.predict` computes them (eval mode, no gradient, chunks of
+    1,024), so that their argmax is its prediction, bit for bit."""
+
+    def __init__(self, model: nn.Module, cfg: EvalConfig):
+        from .modelcall import as_model
+
+        self.fwd = as_model(model, preprocess=cfg.preprocess, output=cfg.model_output)  # type: ignore[arg-type]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        from .modelcall import eval_mode
+
+        with eval_mode(self.fwd), torch.no_grad():
+            return torch.cat([self.fwd(x[i : i + 1024]) for i in range(0, x.shape[0], 1024)])
+
+
+#: examples per attack and batch kept in a part for report.md's grid (at the largest eps)
+EXAMPLES = 6
+
+
+def _margin(out: Tensor, label: Tensor) -> Tensor:
+    """eq. 2's margin f_y - max_{l != y} f_l per row."""
+    true = out.gather(1, label[:, None])[:, 0]
+    return true - out.scatter(1, label[:, None], -math.inf).amax(dim=1)
+
+
+def _probabilities(out: Tensor) -> Tensor:
+    """Softmax of the scores, or the scores themselves where they already are probabilities."""
+    out = out.double()
+    if bool((out >= 0).all()) and bool(torch.allclose(out.sum(1), torch.ones_like(out[:, 0]), atol=1e-4)):
+        return out
+    return out.softmax(dim=1)
+
+
+def _examples(fwd: _Logits, x: Tensor, y: Tensor, idx: Tensor, logits: Tensor, results: list[Any]
+              ) -> dict[str, np.ndarray]:
+    """For each attack (its result at the largest eps), the :data:`EXAMPLES` correctly classified inputs of the batch
+    whose margin (eq. 2, on the model's scores) the attack lowered most, those it fooled first: their positions, the
+    margin drop, the true class's probability at x and at x_adv and the adversarial class's at x_adv, x and eta
+    (float16: for the figure only). The margins are the attack's own (``AttackResult.margin``): the only forward
+    pass added is one on the few kept inputs, for their probabilities. Index -1 pads a batch with fewer correct
+    inputs."""
+    k = min(EXAMPLES, x.shape[0])
+    ok = logits.argmax(dim=1) == y
+    clean_margin = _margin(logits, y)
+    picked, drops = [], []
+    for r in results:
+        adv = r.margin if r.margin is not None and r.margin.shape == clean_margin.shape else _margin(fwd(r.x_adv), y)
+        drop = torch.where(ok, (clean_margin - adv).double(), -math.inf)
+        order = drop.sort(descending=True, stable=True).indices
+        order = order[(~(r.success & ok)[order]).sort(stable=True).indices][:k]  # fooled first
+        picked.append(order)
+        drops.append(drop[order])
+    i = torch.stack(picked)  # (A, k)
+    valid = torch.isfinite(torch.stack(drops))
+    x_adv = torch.stack([r.x_adv[j] for r, j in zip(results, i, strict=True)])  # (A, k, ...)
+    p_adv = _probabilities(fwd(x_adv.flatten(0, 1))).reshape(*i.shape, -1)
+    p_clean = _probabilities(logits)[i]
+    pred = p_adv.argmax(dim=-1, keepdim=True)
+    lab = y[i][..., None]
+    prob = torch.cat([p_clean.gather(-1, lab), p_adv.gather(-1, lab), p_adv.gather(-1, pred)], dim=-1)
+    return dict(ex_index=torch.where(valid, idx.to(i.device)[i], -1).cpu().numpy(),
+                ex_drop=torch.where(valid, torch.stack(drops), math.nan).cpu().numpy(),
+                ex_prob=prob.float().cpu().numpy(), ex_x=x[i].detach().half().cpu().numpy(),
+                ex_eta=(x_adv - x[i]).detach().half().cpu().numpy())
 
 
 class _Stopped(EvaluationError):
@@ -816,16 +892,18 @@ def _merge(cfg: EvalConfig, attacks: list[Any], out: Path, n_batches: int, plan:
     if missing:
         raise EvaluationError(f"{len(missing)} batches have no result (first: {missing[:5]}); run the same command "
                               "again to compute them")
-    loaded = [_load_part(parts / _part_name(b)) for b in range(n_batches)]
-    cat = {k: np.concatenate([d[k] for d in loaded], axis=-1) for k in ("index", "label", "clean", "pred", "success",
-                                                                         "norm")}
+    from .report import EvalRun, write_report
+
     names = list(cfg.attacks)
     eps = [float(e) for e in cfg.eps]
+    manifest = json.loads((out / "manifest.json").read_text())
+    run = EvalRun(out, manifest, names, eps, attacks, [_load_part(parts / _part_name(b)) for b in range(n_batches)],
+                  n_batches)
     eps_txt = [_fmt(e) for e in eps]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(RESULT_COLUMNS)
-    index, label, pred, succ, norm = cat["index"], cat["label"], cat["pred"], cat["success"], cat["norm"]
+    index, label, pred, succ, norm = run.index, run.label, run.pred, run.success, run.norm
     if not np.array_equal(index, np.arange(index.shape[0])):  # a part replaced while the run went on
         raise EvaluationError(f"the parts in {parts} do not hold each input once, in order; run the same command "
                               "again to check them and compute what is wrong")
@@ -836,8 +914,8 @@ def _merge(cfg: EvalConfig, attacks: list[Any], out: Path, n_batches: int, plan:
                             _fmt(bool(succ[a, j, i])), f"{float(norm[a, j, i]):.7g}"))
     _atomic_write(out / "results.csv", buf.getvalue().encode())
 
-    ps = [float(a.ball.p) for a in attacks]
-    rows = summarize(label, cat["clean"], pred, names, eps, ps)
+    ps = run.ps
+    rows = summarize(label, run.clean, pred, names, eps, ps)
     cols = ["attack", "eps", "p", "n", "clean_accuracy", "robust_accuracy", "fooling_ratio"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -846,20 +924,11 @@ def _merge(cfg: EvalConfig, attacks: list[Any], out: Path, n_batches: int, plan:
         w.writerow([_fmt(r[c]) if r[c] is not None else "" for c in cols])
     _atomic_write(out / "summary.csv", buf.getvalue().encode())
 
-    manifest = json.loads((out / "manifest.json").read_text())
     lines = [f"# Robustness of `{cfg.model}` on `{cfg.data}` ({cfg.split}, {index.shape[0]} inputs)", "",
              f"Clean accuracy {rows[0]['clean_accuracy']:.4f}. Attacks with seed {cfg.seed}; "
              "robust accuracy: share of all inputs still classified correctly at x_adv; fooling ratio: share of "
-             "the correctly classified inputs that the attack misclassifies.", "",
-             "| attack | p | eps | robust accuracy | fooling ratio |", "| --- | --- | --- | --- | --- |"]
-    for r in rows:
-        p = "mixed" if r["p"] is None else f"{r['p']:g}"
-        lines.append(f"| {r['attack']} | {p} | {r['eps']:g} | {r['robust_accuracy']:.4f} | {r['fooling_ratio']:.4f} |")
-    if len(names) > 1:
-        lines += ["", f"`{WORST}`: an input counts as robust only if no attack fools it at that eps."
-                  + (" The attacks use different norms (see p): pass --p to compare them at one norm."
-                     if len(set(ps)) > 1 else "")]
-    flags = _flags(loaded, names, attacks, eps, label, cat["clean"], pred)
+             "the correctly classified inputs that the attack misclassifies.", "", *summary_table(rows, names, ps)]
+    flags = _flags(run.parts, names, attacks, eps, label, run.clean, pred)
     if flags:
         lines += ["", "## Reliability flags", "",
                   "Signs that these robust accuracies may be too high (pertattack.checks):", ""]
@@ -872,11 +941,29 @@ def _merge(cfg: EvalConfig, attacks: list[Any], out: Path, n_batches: int, plan:
 
     manifest["flags"] = [dict(attack=a, flag=f, message=m) for a, f, m in flags]
     manifest["finished"] = _now()
-    for run in manifest["runs"]:
-        if run.get("run_id") == plan["run_id"]:
-            run.update(finished=manifest["finished"], batches_computed=computed)
+    for record in manifest["runs"]:
+        if record.get("run_id") == plan["run_id"]:
+            record.update(finished=manifest["finished"], batches_computed=computed)
     _atomic_write(out / "manifest.json", _json(manifest))
+    try:
+        write_report(run, flags)
+    except Exception as err:  # noqa: BLE001 - the rows are safe; a figure that fails must not fail the run
+        warnings.warn(f"{out / 'report.md'} could not be written ({type(err).__name__}: {err}); "
+                      f"`pertattack report {out}` draws it again", stacklevel=2)
     return rows
+
+
+def summary_table(rows: list[dict[str, Any]], names: Sequence[str], ps: Sequence[float]) -> list[str]:
+    """The rows of :func:`summarize` as a markdown table (summary.md, report.md), with the worst case explained."""
+    lines = ["| attack | p | eps | robust accuracy | fooling ratio |", "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        p = "mixed" if r["p"] is None else f"{r['p']:g}"
+        lines.append(f"| {r['attack']} | {p} | {r['eps']:g} | {r['robust_accuracy']:.4f} | {r['fooling_ratio']:.4f} |")
+    if len(names) > 1:
+        lines += ["", f"`{WORST}`: an input counts as robust only if no attack fools it at that eps."
+                  + (" The attacks use different norms (see p): pass --p to compare them at one norm."
+                     if len(set(ps)) > 1 else "")]
+    return lines
 
 
 def parse_preprocess(text: str) -> tuple[list[float], list[float]]:

@@ -3,6 +3,7 @@
 ``print(result)`` gives a short summary (attack, eps, p, n, success rate, median and max norm);
 ``result.rows()`` the per-input table as a list of dicts, ``result.to_dataframe()`` the same as a
 pandas DataFrame; ``result.save(path)`` and :func:`save_results` write plain NumPy ``.npz`` files.
+In a notebook a result shows as an HTML table (``_repr_html_``) and ``result.plot()`` draws examples.
 """
 
 from __future__ import annotations
@@ -142,6 +143,70 @@ class AttackResult:
             cols["fooled_by"] = self.fooled_by()
         names = list(cols)
         return [dict(zip(names, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]
+
+    def _repr_html_(self, max_rows: int = 10) -> str:
+        """The notebook view: the lines of ``str(result)`` and the first ``max_rows`` rows of :meth:`rows` as an
+        HTML table."""
+        import html
+
+        lines = str(self).splitlines()
+        rows = self.rows()
+        head = list(rows[0]) if rows else ["index"]
+
+        def cell(v: Any) -> str:
+            return html.escape(_fmt(v) if isinstance(v, float) else str(v))
+
+        parts = [f"<div><strong>{html.escape(lines[0])}</strong><br>"
+                 + "<br>".join(html.escape(t.strip()) for t in lines[1:]) + "</div>",
+                 "<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"]
+        parts += ["<tr>" + "".join(f"<td>{cell(r[h])}</td>" for h in head) + "</tr>" for r in rows[:max_rows]]
+        parts.append("</tbody></table>")
+        if len(rows) > max_rows:
+            parts.append(f"<p>first {max_rows} of {len(rows)} rows: result.rows() or result.to_dataframe() for "
+                         "all</p>")
+        return "".join(parts)
+
+    def plot(self, n: int = 8, *, indices: Sequence[int] | None = None) -> Any:
+        """Draw examples with matplotlib: per input a column of the original x, the perturbation eta (scaled to its
+        largest entry) and x_adv, with the class of each (red where it changed).
+
+        Args:
+            n: how many inputs: the first ``n`` that the attack fooled (the first ``n`` where none was, or for a
+                regression attack).
+            indices: the inputs to draw instead (positions in the batch).
+
+        Returns:
+            A ``matplotlib.figure.Figure`` (outside pyplot: a notebook shows it, ``fig.savefig(path)`` writes it)
+            with three axes per input.
+
+        Raises:
+            ImportError: matplotlib is not installed.
+        """
+        from .report import example_figure
+
+        if indices is None:
+            fooled = [] if self.success is None else self.success.nonzero().flatten().tolist()
+            indices = (fooled or list(range(self.n)))[:n]
+        idx = list(indices)
+        if not idx:
+            raise ValueError("nothing to plot: the result holds no input")
+        x_adv = self.x_adv.detach().cpu().double()[idx]
+        eta = self.eta.detach().cpu().double()[idx]
+        x = x_adv - eta
+        lo, hi = float(torch.minimum(x.min(), x_adv.min())), float(torch.maximum(x.max(), x_adv.max()))
+
+        def cls(t: Tensor | None, i: int) -> str:
+            return "-" if t is None else str(int(t[i]))
+
+        titles = [f"#{i}: {cls(self.label, i)}" for i in idx]
+        captions = [cls(self.pred, i) for i in idx]
+        changed = [self.pred is not None and self.label is not None and int(self.pred[i]) != int(self.label[i])
+                   for i in idx]
+        name = self.attack or "attack"
+        eps = self._eps_text()
+        fig = example_figure([(name, x.numpy(), eta.numpy(), titles, captions, changed)], (lo, hi))
+        fig.suptitle(f"{name}: p={_fmt(self.p)}, eps={eps} (class of x and of x_adv; red: changed)", fontsize=9)
+        return fig
 
     def to_dataframe(self) -> Any:
         """:meth:`rows` as a ``pandas.DataFrame`` (one row per input).
