@@ -207,11 +207,12 @@ def auto(p: float = math.inf, targets: int = 3, order: str = "distance", restart
     """The strongest evaluation for its time (issue 17, benchmarks/README.md): apgd-ce (``restarts`` runs, each
     again on the inputs still robust), then apgd-t on the ``targets`` classes closest by eq. 9 (``order``), each on
     the inputs still robust. Where a reliability check fires (:mod:`pertattack.checks`), it adapts: apgd-dlr (scale
-    invariant) replaces apgd-ce where cross-entropy saturates on most inputs or the outputs are probabilities, and
-    runs after it where it saturates on a few; Square (``queries``, no gradient) runs last where gradients are
-    masked, the model is randomised or the outputs are probabilities."""
+    invariant, as many restarts) replaces apgd-ce where cross-entropy saturates on most inputs or the outputs are
+    probabilities, and runs after it where it saturates on a few; Square (``queries``, no gradient) runs last
+    where gradients are masked, the model is randomised or the outputs are probabilities."""
     a = Auto((get_attack("apgd-ce", restarts=restarts), apgd_t(targets, order)), "auto",
-             scale_free=get_attack("apgd-dlr"), gradient_free=get_attack("square", queries=queries))
+             scale_free=get_attack("apgd-dlr", restarts=restarts),
+             gradient_free=get_attack("square", queries=queries))
     return a.replace(p=p, **kw)
 
 
