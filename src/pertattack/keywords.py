@@ -176,21 +176,19 @@ def _set_field(obj: Any, key: str, value: Any, where: str) -> Any:
     return dataclasses.replace(obj, **{key: value})
 
 
+#: what each part may be given as: its class, and the lookup of a part given by name (None: an instance only)
+_AS_PART: dict[str, tuple[type, Any, str]] = {
+    "objective": (Objective, objective_by_name, "a name or an Objective instance"),
+    "solver": (Solver, solver_by_name, "a name or a Solver instance"),
+    "constraint": (Constraint, None, "a Constraint instance"),
+    "schedule": (Schedule, None, "a Schedule instance"),
+}
+
+
 def _as_part(kind: str, value: Any) -> Any:
-    if kind == "objective":
-        if isinstance(value, str):
-            return objective_by_name(value)
-        if not isinstance(value, Objective):
-            raise TypeError(f"objective must be a name or an Objective instance, got {value!r}")
-    elif kind == "solver":
-        if isinstance(value, str):
-            return solver_by_name(value)
-        if not isinstance(value, Solver):
-            raise TypeError(f"solver must be a name or a Solver instance, got {value!r}")
-    elif kind == "constraint" and not isinstance(value, Constraint):
-        raise TypeError(f"constraint must be a Constraint instance, got {value!r}")
-    elif kind == "schedule" and not isinstance(value, Schedule):
-        raise TypeError(f"schedule must be a Schedule instance, got {value!r}")
+    cls, by_name, what = _AS_PART[kind]
+    if by_name is not None and isinstance(value, str):
+        return by_name(value)
+    if not isinstance(value, cls):
+        raise TypeError(f"{kind} must be {what}, got {value!r}")
     return value
-
-

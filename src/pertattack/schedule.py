@@ -11,7 +11,7 @@
     return keep.result(eta)                                    # finish: last / best by loss / best by norm
 
 :meth:`Schedule.run` is that loop, line for line, over the phases of :class:`Run`. Presets are
-combinations of the policies (attacks.py): Algorithm 1 is Constant(1) steps without projection (T
+combinations of the policies (presets.py): Algorithm 1 is Constant(1) steps without projection (T
 steps of eps/T stay in the ball); Madry's PGD a random start, Constant(2.5) steps and the eps-ball
 projection; pgd-paper Algorithm 1 dithered once; DeepFool min-norm steps (unbounded) stopped per input
 when fooled; APGD (Croce and Hein 2020) a random start, Halving step sizes, Momentum and the best
@@ -61,7 +61,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._validate import is_number
+from ._validate import flag, is_number
 from .constraints import Box, LpBall, Partition, expand_like
 from .noise import Noise
 from .objectives import Context, Objective
@@ -690,10 +690,9 @@ class Schedule:
             and the result are clipped, as classic DeepFool does).
         push: added to the distance of min-norm steps after the first (classic DeepFool: 1e-4).
 
-    Convenience keywords of :meth:`with_` (and of ``get_attack``): ``random_start``, ``step_scale``,
-    ``step_fraction``, ``dither`` (also 'none', 'first', 'all' or T fractions), ``project`` (bool),
-    ``early_stop`` and ``box_aware`` (True: mask_blocked and clip_iterates, no push; False: classic
-    DeepFool's box handling).
+    :meth:`with_` (and ``get_attack``) also take ``dither`` as radii, ``project`` as a bool and the convenience
+    keywords ``random_start``, ``step_scale``, ``step_fraction``, ``early_stop``, ``box_aware``: see
+    :data:`pertattack.keywords.KEYWORDS`.
     """
 
     steps: int = 1
@@ -716,8 +715,8 @@ class Schedule:
         object.__setattr__(self, "steps", int(self.steps))
         _number("overshoot", self.overshoot, lo=0)
         _number("push", self.push, lo=0)
-        _flag("mask_blocked", self.mask_blocked)
-        _flag("clip_iterates", self.clip_iterates)
+        flag("mask_blocked", self.mask_blocked)
+        flag("clip_iterates", self.clip_iterates)
         for name, kind in (("start", Start), ("step_size", StepSize), ("update", Update), ("dither", Dither),
                            ("keep", Keep), ("stop", Stop), ("project", Projection)):
             if not isinstance(getattr(self, name), kind):
@@ -727,17 +726,11 @@ class Schedule:
     @classmethod
     def of(cls, **kw: Any) -> Schedule:
         """A schedule from fields and convenience keywords: ``Schedule.of(steps=10, dither="first")``."""
-        steps = kw.pop("steps", 1)
-        return cls(steps=steps).with_(**kw) if kw else cls(steps=steps)
+        return cls(steps=kw.pop("steps", 1)).with_(**kw)
 
     def dither_radii(self) -> list[float]:
         """eps~_t / eps for t = 1..T."""
         return self.dither.fractions(self.steps)
-
-    @property
-    def minimum_norm(self) -> bool:
-        """Whether the projection's radius adapts to each input (FMN, DDN): one run serves every eps."""
-        return self.project.minimum_norm
 
     def with_(self, **kw: Any) -> Schedule:
         """A copy with fields or convenience keywords changed (see the class docstring)."""
@@ -746,19 +739,19 @@ class Schedule:
             if k in _RENAMED:
                 raise TypeError(f"schedule keyword {k!r} was renamed: {_RENAMED[k]}")
             if k == "random_start":
-                out["start"] = RandomStart() if _flag(k, v) else ZeroStart()
+                out["start"] = RandomStart() if flag(k, v) else ZeroStart()
             elif k in ("step_scale", "step_fraction"):
                 cur = out.get("step_size", self.step_size)
                 base = cur if isinstance(cur, Constant) else Constant()
                 out["step_size"] = replace(base, **{"scale" if k == "step_scale" else "fraction": v})
             elif k == "dither" and not isinstance(v, Dither):
-                out["dither"] = Dither(v if isinstance(v, str) else _seq(k, v))
+                out["dither"] = Dither(v)
             elif k == "project" and not isinstance(v, Projection):
-                out["project"] = BallProjection() if _flag(k, v) else NoProjection()
+                out["project"] = BallProjection() if flag(k, v) else NoProjection()
             elif k == "early_stop":
-                out["stop"] = WhenFooled(check_first=True) if _flag(k, v) else NeverStop()
+                out["stop"] = WhenFooled(check_first=True) if flag(k, v) else NeverStop()
             elif k == "box_aware":
-                aware = _flag(k, v)
+                aware = flag(k, v)
                 out.update(mask_blocked=aware, clip_iterates=aware, push=0.0 if aware else 1e-4)
             else:
                 out[k] = v
@@ -883,7 +876,7 @@ class Run:
         value = g = fooled = rows = None
         if self.solver.needs_grad:
             x, n, obj, ctx, act = self.x, self.x.shape[0], self.objective, self.ctx, self.act
-            if act is not None and self.schedule.stop.active and act.numel() < n:
+            if act is not None and act.numel() < n:  # act: set by a stop policy
                 v_act, g_act, out_act = obj.value_and_grad(self.forward, point[act], ctx.subset(act))
                 value = x.new_zeros(n).index_copy(0, act, v_act.to(x.dtype))
                 g = torch.zeros_like(x).index_copy(0, act, g_act.to(x.dtype))
@@ -1017,16 +1010,3 @@ def _warn_if_flat(g: Tensor, done: Tensor, alpha: Tensor | None, objective: Obje
             ),
             stacklevel=6,
         )
-
-
-def _seq(name: str, v: Any) -> tuple:
-    try:
-        return tuple(v)
-    except TypeError:
-        raise TypeError(f"{name} must be 'none', 'first', 'all' or T fractions, got {v!r}") from None
-
-
-def _flag(name: str, v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise TypeError(f"{name} must be True or False, got {v!r}")
-    return v
