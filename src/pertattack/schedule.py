@@ -68,8 +68,8 @@ from .objectives import Context, Objective
 from .solvers import Linearisation, Solution, Solver
 
 __all__ = [
-    "Schedule", "Run", "Observation", "Alpha", "Start", "ZeroStart", "RandomStart", "StepSize", "Constant", "Halving",
-    "Cosine", "Update", "Plain", "Momentum", "Dither", "Keep", "KeepLast", "KeepBest", "Stop", "NeverStop",
+    "Schedule", "Run", "Observation", "Policy", "Alpha", "Start", "ZeroStart", "RandomStart", "StepSize", "Constant",
+    "Halving", "Cosine", "Update", "Plain", "Momentum", "Dither", "Keep", "KeepLast", "KeepBest", "Stop", "NeverStop",
     "WhenFooled", "Projection", "NoProjection", "BallProjection", "AdaptiveBall", "AdaptiveSphere", "apgd_checkpoints"
 ]
 
@@ -110,6 +110,18 @@ class Observation:
     fooled: Tensor | None
     rows: Tensor | None
     done: Tensor
+
+
+class Policy:
+    """The protocol of the policies that keep a state in the run (StepSize, Update, Keep, Projection):
+    ``init(run) -> state`` once (None here), ``update(state, obs) -> state`` after each observation (the
+    state unchanged here)."""
+
+    def init(self, run: Run) -> Any:
+        return None
+
+    def update(self, state: Any, obs: Observation) -> Any:
+        return state
 
 
 # ---------------------------------------------------------------------------------------- start
@@ -159,7 +171,7 @@ class Alpha:
     restart: Tensor | None = None
 
 
-class StepSize:
+class StepSize(Policy):
     """The budget alpha of each step: ``init(run) -> Alpha``, ``update(state, obs) -> Alpha`` after each
     observation. ``needs_eps``: alpha is made of eps (for a bounded solver); ``constant``: alpha never
     changes (the loop reads it as one number when every input has the same)."""
@@ -169,9 +181,6 @@ class StepSize:
 
     def init(self, run: Run) -> Alpha:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def update(self, state: Alpha, obs: Observation) -> Alpha:
-        return state
 
 
 @dataclass(frozen=True)
@@ -294,13 +303,10 @@ class Cosine(StepSize):
 # --------------------------------------------------------------------------------------- update
 
 
-class Update:
+class Update(Policy):
     """How the solver's step s is added to eta (before the projection): ``init(run) -> state``,
     ``apply(state, eta, s, project) -> (eta, state)`` (eta + s unless overridden); ``restart(state, mask,
     eta)`` after the inputs of ``mask`` went back to their best iterate eta."""
-
-    def init(self, run: Run) -> Any:
-        return None
 
     def apply(self, state: Any, eta: Tensor, s: Tensor, project: Callable[[Tensor], Tensor]) -> tuple[Tensor, Any]:
         return eta + s, state
@@ -371,19 +377,13 @@ class Dither:
 # ----------------------------------------------------------------------------------------- keep
 
 
-class Keep:
+class Keep(Policy):
     """What the run returns: ``init(run) -> state``; ``update(state, obs) -> state`` for every iterate
     observed; ``result(state, eta)`` at the end; ``restart(state, mask, eta, g)``: the best iterate and its
     gradient for the inputs of ``mask``. ``needs_final_check``: the last iterate is observed too (with a
     no-grad forward) before the result."""
 
     needs_final_check = False
-
-    def init(self, run: Run) -> Any:
-        return None
-
-    def update(self, state: Any, obs: Observation) -> Any:
-        return state
 
     def restart(self, state: Any, mask: Tensor, eta: Tensor, g: Tensor | None) -> tuple[Tensor, Tensor | None]:
         return eta, g
@@ -502,19 +502,13 @@ class _Radius:
     best: Tensor | None = None
 
 
-class Projection:
+class Projection(Policy):
     """What keeps eta in its ball after a step: ``init(run) -> state``, ``update(state, obs) -> state`` after
     each gradient, ``apply(state, v) -> v`` (v itself unless overridden). ``needs_eps``: the projection needs
     a budget; ``minimum_norm``: the radius adapts to each input (one run serves every eps)."""
 
     needs_eps = False
     minimum_norm = False
-
-    def init(self, run: Run) -> Any:
-        return None
-
-    def update(self, state: Any, obs: Observation) -> Any:
-        return state
 
     def apply(self, state: Any, v: Tensor) -> Tensor:
         return v
