@@ -1,10 +1,6 @@
 """The keywords of :func:`pertattack.get_attack` and :meth:`Attack.replace <pertattack.attacks.Attack.replace>`:
-what each means (:data:`KEYWORDS`) and which part it goes to.
-
-Every keyword goes to the part that owns it (``steps`` to the schedule, ``p`` to the constraint,
-``candidates`` to DeepFool's objective, ...); ``part__field`` names the part explicitly
-(``schedule__update__momentum=0.9``), and any part may be given as an instance or, for the objective and
-the solver, by name (:data:`SOLVERS`).
+what each means (:data:`KEYWORDS`) and which part it goes to (:func:`route`: the part that owns it, as
+get_attack's docstring says; ``schedule__update__momentum=0.9`` names the part; solvers by name: :data:`SOLVERS`).
 """
 
 from __future__ import annotations
@@ -104,7 +100,7 @@ KEYWORDS: dict[str, tuple[str, str]] = {
     "gamma_final": ("schedule", "FMN: the last relative change of the adaptive radius"),
 }
 
-_ATTACK_FIELDS = ("eps", "seed", "batch_size", "progress", "preprocess", "output", "restarts")
+_ATTACK_FIELDS = tuple(k for k, (owner, _) in KEYWORDS.items() if owner == "attack")
 _PARTS = ("objective", "constraint", "solver", "schedule")
 _POLICIES = ("start", "step_size", "update", "dither", "keep", "stop", "project")
 

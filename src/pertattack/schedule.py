@@ -27,10 +27,9 @@ cannot creep up to the boundary from one side). Why the loop is shaped for speed
 the NaN accounting, skipped masks): benchmarks/README.md, "How the loop stays fast".
 
 Writing a part of one's own. A policy is a frozen dataclass of settings; the state of a run is not in
-it but in the :class:`Run`, which asks every policy for its state once (``init(run)``, reading
-``run.x``, ``run.eps`` (N,) or None, ``run.eps_scalar``, ``run.ball``, ``run.box``, ``run.noise``,
-``run.steps``, ``run.eta``) and hands it back with each :class:`Observation` (``update(state, obs) ->
-state``; states are small dataclasses or tensors, updated in place or anew)::
+it but in the :class:`Run`, which asks every policy for its state once (``init(run)``, reading what
+:class:`Run` lists) and hands it back with each :class:`Observation` (``update(state, obs) -> state``;
+states are small dataclasses or tensors, updated in place or anew; :class:`Policy` has the defaults)::
 
     Start       init(run) -> eta_1
     StepSize    init(run) -> Alpha;  update(state, obs) -> Alpha     (state.alpha (N,) or None,
@@ -994,13 +993,8 @@ class Run:
 def _warn_if_flat(g: Tensor, done: Tensor, alpha: Tensor | None, objective: Objective) -> None:
     flat = g.reshape(g.shape[0], -1).abs().amax(dim=1) == 0
     if bool((flat & ~done & (alpha != 0 if alpha is not None else True)).any()):
-        warnings.warn(
-            "the gradient of the objective is exactly zero for some inputs at the first step"
-            + (
-                "; a regression objective with y = f(x) is flat at eta = 0: dither the first"
-                " linearisation point (dither='first' or 'all')"
-                if not objective.classification
-                else " (saturated model or gradient masking?)"
-            ),
-            stacklevel=6,
-        )
+        why = (" (saturated model or gradient masking?)" if objective.classification else
+               "; a regression objective with y = f(x) is flat at eta = 0: dither the first linearisation point "
+               "(dither='first' or 'all')")
+        warnings.warn("the gradient of the objective is exactly zero for some inputs at the first step" + why,
+                      stacklevel=6)
