@@ -207,12 +207,12 @@ class SingleSubset(Solver):
 
     reuse: bool = False
     name = "single-subset"
-
-    def __post_init__(self) -> None:
-        flag("reuse", self.reuse)
     norms = (math.inf,)
     subsets = True
     hint = " (eq. 23 bounds each coordinate of the chosen subset by eps: use p=inf)"
+
+    def __post_init__(self) -> None:
+        flag("reuse", self.reuse)
 
     def __call__(self, lin: Linearisation) -> Solution:  # type: ignore[override]
         assert lin.g is not None
