@@ -113,8 +113,8 @@ class Observation:
 
 class Policy:
     """The protocol of the policies that keep a state in the run (StepSize, Update, Keep, Projection):
-    ``init(run) -> state`` once (None here), ``update(state, obs) -> state`` after each observation (the
-    state unchanged here)."""
+    ``init(run) -> state`` once (None here) and, but for Update, ``update(state, obs) -> state`` after each
+    observation (the state unchanged here)."""
 
     def init(self, run: Run) -> Any:
         return None
