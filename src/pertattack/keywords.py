@@ -11,7 +11,7 @@ from typing import Any
 from ._validate import did_you_mean, from_table
 from .constraints import Constraint
 from .objectives import Objective, objective_by_name
-from .schedule import Schedule
+from .schedule import POLICIES, Schedule
 from .solvers import GNM, MinNorm, Quadratic, RandomGaussian, RandomSign, RandomSubset, SingleSubset, Solver, Square
 
 __all__ = ["KEYWORDS", "SOLVERS", "route", "solver_by_name"]
@@ -102,7 +102,6 @@ KEYWORDS: dict[str, tuple[str, str]] = {
 
 _ATTACK_FIELDS = tuple(k for k, (owner, _) in KEYWORDS.items() if owner == "attack")
 _PARTS = ("objective", "constraint", "solver", "schedule")
-_POLICIES = ("start", "step_size", "update", "dither", "keep", "stop", "project")
 
 
 def route(attack: Any, kw: dict[str, Any]) -> dict[str, Any]:
@@ -132,7 +131,7 @@ def route(attack: Any, kw: dict[str, Any]) -> dict[str, Any]:
 def _route_flat(parts: dict[str, Any], k: str, v: Any) -> dict[str, Any]:
     owners = [p for p in ("objective", "solver") if k in _fields(parts[p])]
     sched = parts["schedule"]
-    owners += [f"schedule.{pol}" for pol in _POLICIES if k in _fields(getattr(sched, pol))]
+    owners += [f"schedule.{pol}" for pol in POLICIES if k in _fields(getattr(sched, pol))]
     if not owners:
         known = sorted(KEYWORDS)
         if k in KEYWORDS:

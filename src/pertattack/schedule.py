@@ -658,6 +658,9 @@ SYNC_EVERY = 8
 SYNC_EVERY_CPU = 1
 
 _ALIASES = ("random_start", "step_scale", "step_fraction", "project", "early_stop", "box_aware")
+#: the policy fields of a :class:`Schedule`, and the class each one's value must be an instance of
+POLICIES = {"start": Start, "step_size": StepSize, "update": Update, "dither": Dither, "keep": Keep, "stop": Stop,
+            "project": Projection}
 #: keywords that were renamed: what each one meant
 _RENAMED = {"step": "steps= (the number of steps) or step_fraction= (alpha = step_fraction * eps)",
             "lin_point": "dither= (a Dither policy, or 'none', 'first', 'all' or T fractions)"}
@@ -710,8 +713,7 @@ class Schedule:
         _number("push", self.push, lo=0)
         flag("mask_blocked", self.mask_blocked)
         flag("clip_iterates", self.clip_iterates)
-        for name, kind in (("start", Start), ("step_size", StepSize), ("update", Update), ("dither", Dither),
-                           ("keep", Keep), ("stop", Stop), ("project", Projection)):
+        for name, kind in POLICIES.items():
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"schedule {name} must be a {kind.__name__}, got {getattr(self, name)!r}")
         self.dither.fractions(self.steps)
