@@ -513,12 +513,9 @@ def _report_regression(res: DemoResult) -> list[str]:
         "",
     ]
     for p, names in REGRESSION_ATTACKS.items():
-        parts.append(f"p = {_pname(p)}:")
-        parts.append("")
-        parts.append(_md_table(["attack", *[f"target {d:g} dB" for d in res.config.input_psnr]],
-                               [[n, *[f"{v:.1f}" for v in res.regression[n]["output_psnr_clean"]]]
-                                for n in names]))
-        parts.append("")
+        table = _md_table(["attack", *[f"target {d:g} dB" for d in res.config.input_psnr]],
+                          [[n, *[f"{v:.1f}" for v in res.regression[n]["output_psnr_clean"]]] for n in names])
+        parts += [f"p = {_pname(p)}:", "", table, ""]
     return parts + [
         "## Autoencoder: operator norm",
         "",
