@@ -104,7 +104,7 @@ class Attack:
     def minimum_norm(self) -> bool:
         """True for minimum-norm attacks (DeepFool's unbounded steps, FMN's adaptive ball): they need no
         eps, and one run serves every eps (projected on each ball and re-evaluated)."""
-        return not self.solver.bounded or self.schedule.minimum_norm
+        return not self.solver.bounded or self.schedule.project.minimum_norm
 
     def box_for(self, model: Any, box: Any = None) -> Box:
         """The box of a call: the call's ``box=``, else the model wrapper's, else the attack's, else [0, 1]."""

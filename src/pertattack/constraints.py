@@ -296,9 +296,7 @@ class Partition:
         """Subset id of each coordinate of one flattened input, shape (M,), int64, values 0..S-1."""
         shape = like.shape[1:]
         m = like[0].numel()
-        if isinstance(self.groups, str):
-            if self.groups != "pixel":
-                raise ValueError(f"unknown partition {self.groups!r}; use 'pixel' or a list of subset ids")
+        if isinstance(self.groups, str):  # "pixel" (the only name __post_init__ lets through)
             if len(shape) == 3:  # (C, H, W): pixel id = h * W + w, shared by the channels
                 c, h, w = shape
                 return torch.arange(h * w, device=like.device).repeat(c)

@@ -1,10 +1,6 @@
 """The keywords of :func:`pertattack.get_attack` and :meth:`Attack.replace <pertattack.attacks.Attack.replace>`:
-what each means (:data:`KEYWORDS`) and which part it goes to.
-
-Every keyword goes to the part that owns it (``steps`` to the schedule, ``p`` to the constraint,
-``candidates`` to DeepFool's objective, ...); ``part__field`` names the part explicitly
-(``schedule__update__momentum=0.9``), and any part may be given as an instance or, for the objective and
-the solver, by name (:data:`SOLVERS`).
+what each means (:data:`KEYWORDS`) and which part it goes to (:func:`route`: the part that owns it, as
+get_attack's docstring says; ``schedule__update__momentum=0.9`` names the part; solvers by name: :data:`SOLVERS`).
 """
 
 from __future__ import annotations
@@ -15,7 +11,7 @@ from typing import Any
 from ._validate import did_you_mean, from_table
 from .constraints import Constraint
 from .objectives import Objective, objective_by_name
-from .schedule import Schedule
+from .schedule import POLICIES, Schedule
 from .solvers import GNM, MinNorm, Quadratic, RandomGaussian, RandomSign, RandomSubset, SingleSubset, Solver, Square
 
 __all__ = ["KEYWORDS", "SOLVERS", "route", "solver_by_name"]
@@ -104,9 +100,8 @@ KEYWORDS: dict[str, tuple[str, str]] = {
     "gamma_final": ("schedule", "FMN: the last relative change of the adaptive radius"),
 }
 
-_ATTACK_FIELDS = ("eps", "seed", "batch_size", "progress", "preprocess", "output", "restarts")
+_ATTACK_FIELDS = tuple(k for k, (owner, _) in KEYWORDS.items() if owner == "attack")
 _PARTS = ("objective", "constraint", "solver", "schedule")
-_POLICIES = ("start", "step_size", "update", "dither", "keep", "stop", "project")
 
 
 def route(attack: Any, kw: dict[str, Any]) -> dict[str, Any]:
@@ -136,7 +131,7 @@ def route(attack: Any, kw: dict[str, Any]) -> dict[str, Any]:
 def _route_flat(parts: dict[str, Any], k: str, v: Any) -> dict[str, Any]:
     owners = [p for p in ("objective", "solver") if k in _fields(parts[p])]
     sched = parts["schedule"]
-    owners += [f"schedule.{pol}" for pol in _POLICIES if k in _fields(getattr(sched, pol))]
+    owners += [f"schedule.{pol}" for pol in POLICIES if k in _fields(getattr(sched, pol))]
     if not owners:
         known = sorted(KEYWORDS)
         if k in KEYWORDS:
@@ -176,21 +171,19 @@ def _set_field(obj: Any, key: str, value: Any, where: str) -> Any:
     return dataclasses.replace(obj, **{key: value})
 
 
+#: what each part may be given as: its class, and the lookup of a part given by name (None: an instance only)
+_AS_PART: dict[str, tuple[type, Any, str]] = {
+    "objective": (Objective, objective_by_name, "a name or an Objective instance"),
+    "solver": (Solver, solver_by_name, "a name or a Solver instance"),
+    "constraint": (Constraint, None, "a Constraint instance"),
+    "schedule": (Schedule, None, "a Schedule instance"),
+}
+
+
 def _as_part(kind: str, value: Any) -> Any:
-    if kind == "objective":
-        if isinstance(value, str):
-            return objective_by_name(value)
-        if not isinstance(value, Objective):
-            raise TypeError(f"objective must be a name or an Objective instance, got {value!r}")
-    elif kind == "solver":
-        if isinstance(value, str):
-            return solver_by_name(value)
-        if not isinstance(value, Solver):
-            raise TypeError(f"solver must be a name or a Solver instance, got {value!r}")
-    elif kind == "constraint" and not isinstance(value, Constraint):
-        raise TypeError(f"constraint must be a Constraint instance, got {value!r}")
-    elif kind == "schedule" and not isinstance(value, Schedule):
-        raise TypeError(f"schedule must be a Schedule instance, got {value!r}")
+    cls, by_name, what = _AS_PART[kind]
+    if by_name is not None and isinstance(value, str):
+        return by_name(value)
+    if not isinstance(value, cls):
+        raise TypeError(f"{kind} must be {what}, got {value!r}")
     return value
-
-

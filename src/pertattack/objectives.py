@@ -149,14 +149,20 @@ def _scores(out: Tensor, probs: bool) -> Tensor:
 
 
 @dataclass(repr=False)
-class Margin(Objective):
-    """AGP margin, eq. 2: f_k - max_{l != k} f_l; fooled iff negative (Algorithm 1)."""
+class _OnScores(Objective):
+    """An objective of the scores f, or of softmax(f) with ``probs=True`` (the paper's f, probabilities)."""
 
     probs: bool = False
-    name = "margin"
 
     def __post_init__(self) -> None:
         flag("probs", self.probs)
+
+
+@dataclass(repr=False)
+class Margin(_OnScores):
+    """AGP margin, eq. 2: f_k - max_{l != k} f_l; fooled iff negative (Algorithm 1)."""
+
+    name = "margin"
 
     def loss(self, out: Tensor, ctx: Context) -> Tensor:
         s = _scores(out, self.probs)
@@ -185,29 +191,21 @@ class CrossEntropy(Objective):
 
 
 @dataclass(repr=False)
-class Score(Objective):
+class Score(_OnScores):
     """f_k(x+eta) alone (Algorithm 2): one gradient, no search over classes."""
 
-    probs: bool = False
     name = "score"
-
-    def __post_init__(self) -> None:
-        flag("probs", self.probs)
 
     def loss(self, out: Tensor, ctx: Context) -> Tensor:
         return _scores(out, self.probs).gather(1, ctx.label[:, None])[:, 0]
 
 
 @dataclass(repr=False)
-class Targeted(Objective):
+class Targeted(_OnScores):
     """max_{l != t} f_l - f_t: negative iff the model predicts the target t."""
 
-    probs: bool = False
     name = "targeted"
     needs_target = True
-
-    def __post_init__(self) -> None:
-        flag("probs", self.probs)
 
     def loss(self, out: Tensor, ctx: Context) -> Tensor:
         if ctx.target is None:

@@ -146,10 +146,8 @@ def list_attacks() -> list[dict[str, Any]]:
     rows = []
     for name, (doc, _) in PRESETS.items():
         a = get_attack(name)
-        rows.append(
-            dict(name=name, description=doc, objective=repr(a.objective), constraint=repr(a.constraint),
-                 solver=repr(a.solver), schedule=a.schedule)
-        )
+        rows.append(dict(name=name, description=doc, objective=repr(a.objective), constraint=repr(a.constraint),
+                         solver=repr(a.solver), schedule=a.schedule))
     for name, (doc, _build) in COMPOSITES.items():
         rows.append(dict(name=name, description=doc, objective="(several)", constraint="", solver="(cascade)",
                          schedule=None))
@@ -165,10 +163,9 @@ def _resolve(name: str) -> dict[str, Any]:
     if name in PRESETS:
         return dict(PRESETS[name][1])
     m = _TEMPLATE.match(name)
-    if m and m.group("base") + "-T" in PRESETS:
-        return {**PRESETS[m.group("base") + "-T"][1], "steps": int(m.group("T"))}
-    if m and m.group("base") + "-R" in PRESETS:
-        return {**PRESETS[m.group("base") + "-R"][1], "rank": int(m.group("T"))}
+    for template, key in (("-T", "steps"), ("-R", "rank")):  # alg1-10: steps=10; apgd-dlrt-3: rank=3
+        if m and m.group("base") + template in PRESETS:
+            return {**PRESETS[m.group("base") + template][1], key: int(m.group("T"))}
     names = sorted(PRESETS) + sorted(COMPOSITES)
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(close)}?" if close else ""

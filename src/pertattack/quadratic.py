@@ -373,18 +373,33 @@ def quadratic_l2_truth(
         raise ValueError(f"y must be shaped like f(x) {tuple(lin.out.shape)}, got {tuple(y.shape)}")
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
-    n, m = lin.n, lin.m
     r = (lin.out - y.to(lin.out.dtype)).detach()
-    b = lin.jtu(r).reshape(n, m)
+    b = lin.jtu(r).reshape(lin.n, lin.m)
+    basis, h = _lanczos_trs(lin, b, e, _krylov_start(b, generator), min(iters, lin.m), tol)
+    eta = torch.bmm(basis.transpose(1, 2), h.to(b.dtype).unsqueeze(2)).squeeze(2)
+    # exact budget (rounding of the Krylov basis)
+    eta = eta * (e.to(b.dtype) / eta.norm(dim=1).clamp_min(1e-30)).unsqueeze(1)
+    return eta.reshape(lin.x.shape)
+
+
+def _krylov_start(b: Tensor, generator: torch.Generator | None) -> Tensor:
+    """The Lanczos start of :func:`quadratic_l2_truth`, unit norm (N, M): b / norm(b) plus 1% of a random unit
+    vector, so that the Krylov space also finds the top eigenvector where b is (nearly) orthogonal to it (the
+    hard case) or zero (eq. 13)."""
     bn = b.norm(dim=1, keepdim=True)
-    # Krylov start: b plus a small random part, so that the space also finds the top eigenvector where b
-    # is (nearly) orthogonal to it (the hard case) or zero (eq. 13)
     z = torch.randn(b.shape, dtype=b.dtype, device=b.device, generator=generator)
     z = z / z.norm(dim=1, keepdim=True).clamp_min(1e-30)
     q0 = torch.where(bn > 0, b / bn.clamp_min(1e-30), torch.zeros_like(b)) + 1e-2 * z
-    k_max = min(iters, m)
+    return q0 / q0.norm(dim=1, keepdim=True)
+
+
+def _lanczos_trs(lin: Linearization, b: Tensor, e: Tensor, q0: Tensor, k_max: int, tol: float) -> tuple[Tensor, Tensor]:
+    """Lanczos on A = J^T J from ``q0`` (full reorthogonalisation), the trust-region problem on each T_j solved
+    by :func:`_trs_max`, until the objective changes by less than ``tol`` relative twice in a row, T_j breaks
+    down or j = ``k_max``: the basis Q_j (N, j, M) and the maximiser h (N, j), float64, of the last T_j."""
+    n, m = lin.n, lin.m
     basis = b.new_zeros(n, k_max + 1, m)
-    basis[:, 0] = q0 / q0.norm(dim=1, keepdim=True)
+    basis[:, 0] = q0
     alphas = torch.zeros(n, k_max, dtype=torch.float64, device=b.device)
     betas = torch.zeros(n, k_max, dtype=torch.float64, device=b.device)
     h = torch.zeros(n, 1, dtype=torch.float64, device=b.device)
@@ -416,10 +431,7 @@ def quadratic_l2_truth(
         prev = val
         basis[:, j + 1] = torch.where(breakdown.unsqueeze(1), torch.zeros_like(w),
                                       w / beta.clamp_min(1e-30).unsqueeze(1))
-    eta = torch.bmm(basis[:, :steps].transpose(1, 2), h.to(b.dtype).unsqueeze(2)).squeeze(2)
-    # exact budget (rounding of the Krylov basis)
-    eta = eta * (e.to(b.dtype) / eta.norm(dim=1).clamp_min(1e-30)).unsqueeze(1)
-    return eta.reshape(lin.x.shape)
+    return basis[:, :steps], h
 
 
 def _trs_max(t: Tensor, g: Tensor, eps: Tensor) -> Tensor:

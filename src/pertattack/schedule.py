@@ -11,7 +11,7 @@
     return keep.result(eta)                                    # finish: last / best by loss / best by norm
 
 :meth:`Schedule.run` is that loop, line for line, over the phases of :class:`Run`. Presets are
-combinations of the policies (attacks.py): Algorithm 1 is Constant(1) steps without projection (T
+combinations of the policies (presets.py): Algorithm 1 is Constant(1) steps without projection (T
 steps of eps/T stay in the ball); Madry's PGD a random start, Constant(2.5) steps and the eps-ball
 projection; pgd-paper Algorithm 1 dithered once; DeepFool min-norm steps (unbounded) stopped per input
 when fooled; APGD (Croce and Hein 2020) a random start, Halving step sizes, Momentum and the best
@@ -27,10 +27,9 @@ cannot creep up to the boundary from one side). Why the loop is shaped for speed
 the NaN accounting, skipped masks): benchmarks/README.md, "How the loop stays fast".
 
 Writing a part of one's own. A policy is a frozen dataclass of settings; the state of a run is not in
-it but in the :class:`Run`, which asks every policy for its state once (``init(run)``, reading
-``run.x``, ``run.eps`` (N,) or None, ``run.eps_scalar``, ``run.ball``, ``run.box``, ``run.noise``,
-``run.steps``, ``run.eta``) and hands it back with each :class:`Observation` (``update(state, obs) ->
-state``; states are small dataclasses or tensors, updated in place or anew)::
+it but in the :class:`Run`, which asks every policy for its state once (``init(run)``, reading what
+:class:`Run` lists) and hands it back with each :class:`Observation` (``update(state, obs) -> state``;
+states are small dataclasses or tensors, updated in place or anew; :class:`Policy` has the defaults)::
 
     Start       init(run) -> eta_1
     StepSize    init(run) -> Alpha;  update(state, obs) -> Alpha     (state.alpha (N,) or None,
@@ -61,15 +60,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._validate import is_number
+from ._validate import flag, is_number
 from .constraints import Box, LpBall, Partition, expand_like
 from .noise import Noise
 from .objectives import Context, Objective
 from .solvers import Linearisation, Solution, Solver
 
 __all__ = [
-    "Schedule", "Run", "Observation", "Alpha", "Start", "ZeroStart", "RandomStart", "StepSize", "Constant", "Halving",
-    "Cosine", "Update", "Plain", "Momentum", "Dither", "Keep", "KeepLast", "KeepBest", "Stop", "NeverStop",
+    "Schedule", "Run", "Observation", "Policy", "Alpha", "Start", "ZeroStart", "RandomStart", "StepSize", "Constant",
+    "Halving", "Cosine", "Update", "Plain", "Momentum", "Dither", "Keep", "KeepLast", "KeepBest", "Stop", "NeverStop",
     "WhenFooled", "Projection", "NoProjection", "BallProjection", "AdaptiveBall", "AdaptiveSphere", "apgd_checkpoints"
 ]
 
@@ -110,6 +109,18 @@ class Observation:
     fooled: Tensor | None
     rows: Tensor | None
     done: Tensor
+
+
+class Policy:
+    """The protocol of the policies that keep a state in the run (StepSize, Update, Keep, Projection):
+    ``init(run) -> state`` once (None here) and, but for Update, ``update(state, obs) -> state`` after each
+    observation (the state unchanged here)."""
+
+    def init(self, run: Run) -> Any:
+        return None
+
+    def update(self, state: Any, obs: Observation) -> Any:
+        return state
 
 
 # ---------------------------------------------------------------------------------------- start
@@ -159,7 +170,7 @@ class Alpha:
     restart: Tensor | None = None
 
 
-class StepSize:
+class StepSize(Policy):
     """The budget alpha of each step: ``init(run) -> Alpha``, ``update(state, obs) -> Alpha`` after each
     observation. ``needs_eps``: alpha is made of eps (for a bounded solver); ``constant``: alpha never
     changes (the loop reads it as one number when every input has the same)."""
@@ -169,9 +180,6 @@ class StepSize:
 
     def init(self, run: Run) -> Alpha:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def update(self, state: Alpha, obs: Observation) -> Alpha:
-        return state
 
 
 @dataclass(frozen=True)
@@ -294,13 +302,10 @@ class Cosine(StepSize):
 # --------------------------------------------------------------------------------------- update
 
 
-class Update:
+class Update(Policy):
     """How the solver's step s is added to eta (before the projection): ``init(run) -> state``,
     ``apply(state, eta, s, project) -> (eta, state)`` (eta + s unless overridden); ``restart(state, mask,
     eta)`` after the inputs of ``mask`` went back to their best iterate eta."""
-
-    def init(self, run: Run) -> Any:
-        return None
 
     def apply(self, state: Any, eta: Tensor, s: Tensor, project: Callable[[Tensor], Tensor]) -> tuple[Tensor, Any]:
         return eta + s, state
@@ -371,19 +376,13 @@ class Dither:
 # ----------------------------------------------------------------------------------------- keep
 
 
-class Keep:
+class Keep(Policy):
     """What the run returns: ``init(run) -> state``; ``update(state, obs) -> state`` for every iterate
     observed; ``result(state, eta)`` at the end; ``restart(state, mask, eta, g)``: the best iterate and its
     gradient for the inputs of ``mask``. ``needs_final_check``: the last iterate is observed too (with a
     no-grad forward) before the result."""
 
     needs_final_check = False
-
-    def init(self, run: Run) -> Any:
-        return None
-
-    def update(self, state: Any, obs: Observation) -> Any:
-        return state
 
     def restart(self, state: Any, mask: Tensor, eta: Tensor, g: Tensor | None) -> tuple[Tensor, Tensor | None]:
         return eta, g
@@ -502,19 +501,13 @@ class _Radius:
     best: Tensor | None = None
 
 
-class Projection:
+class Projection(Policy):
     """What keeps eta in its ball after a step: ``init(run) -> state``, ``update(state, obs) -> state`` after
     each gradient, ``apply(state, v) -> v`` (v itself unless overridden). ``needs_eps``: the projection needs
     a budget; ``minimum_norm``: the radius adapts to each input (one run serves every eps)."""
 
     needs_eps = False
     minimum_norm = False
-
-    def init(self, run: Run) -> Any:
-        return None
-
-    def update(self, state: Any, obs: Observation) -> Any:
-        return state
 
     def apply(self, state: Any, v: Tensor) -> Tensor:
         return v
@@ -665,6 +658,9 @@ SYNC_EVERY = 8
 SYNC_EVERY_CPU = 1
 
 _ALIASES = ("random_start", "step_scale", "step_fraction", "project", "early_stop", "box_aware")
+#: the policy fields of a :class:`Schedule`, and the class each one's value must be an instance of
+POLICIES = {"start": Start, "step_size": StepSize, "update": Update, "dither": Dither, "keep": Keep, "stop": Stop,
+            "project": Projection}
 #: keywords that were renamed: what each one meant
 _RENAMED = {"step": "steps= (the number of steps) or step_fraction= (alpha = step_fraction * eps)",
             "lin_point": "dither= (a Dither policy, or 'none', 'first', 'all' or T fractions)",
@@ -691,10 +687,9 @@ class Schedule:
             and the result are clipped, as classic DeepFool does).
         push: added to the distance of min-norm steps after the first (classic DeepFool: 1e-4).
 
-    Convenience keywords of :meth:`with_` (and of ``get_attack``): ``random_start``, ``step_scale``,
-    ``step_fraction``, ``dither`` (also 'none', 'first', 'all' or T fractions), ``project`` (bool),
-    ``early_stop`` and ``box_aware`` (True: mask_blocked and clip_iterates, no push; False: classic
-    DeepFool's box handling).
+    :meth:`with_` (and ``get_attack``) also take ``dither`` as radii, ``project`` as a bool and the convenience
+    keywords ``random_start``, ``step_scale``, ``step_fraction``, ``early_stop``, ``box_aware``: see
+    :data:`pertattack.keywords.KEYWORDS`.
     """
 
     steps: int = 1
@@ -717,10 +712,9 @@ class Schedule:
         object.__setattr__(self, "steps", int(self.steps))
         _number("overshoot", self.overshoot, lo=0)
         _number("push", self.push, lo=0)
-        _flag("mask_blocked", self.mask_blocked)
-        _flag("clip_iterates", self.clip_iterates)
-        for name, kind in (("start", Start), ("step_size", StepSize), ("update", Update), ("dither", Dither),
-                           ("keep", Keep), ("stop", Stop), ("project", Projection)):
+        flag("mask_blocked", self.mask_blocked)
+        flag("clip_iterates", self.clip_iterates)
+        for name, kind in POLICIES.items():
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"schedule {name} must be a {kind.__name__}, got {getattr(self, name)!r}")
         self.dither.fractions(self.steps)
@@ -728,17 +722,11 @@ class Schedule:
     @classmethod
     def of(cls, **kw: Any) -> Schedule:
         """A schedule from fields and convenience keywords: ``Schedule.of(steps=10, dither="first")``."""
-        steps = kw.pop("steps", 1)
-        return cls(steps=steps).with_(**kw) if kw else cls(steps=steps)
+        return cls(steps=kw.pop("steps", 1)).with_(**kw)
 
     def dither_radii(self) -> list[float]:
         """eps~_t / eps for t = 1..T."""
         return self.dither.fractions(self.steps)
-
-    @property
-    def minimum_norm(self) -> bool:
-        """Whether the projection's radius adapts to each input (FMN, DDN): one run serves every eps."""
-        return self.project.minimum_norm
 
     def with_(self, **kw: Any) -> Schedule:
         """A copy with fields or convenience keywords changed (see the class docstring)."""
@@ -747,19 +735,19 @@ class Schedule:
             if k in _RENAMED:
                 raise TypeError(f"schedule keyword {k!r} was renamed: {_RENAMED[k]}")
             if k == "random_start":
-                out["start"] = RandomStart() if _flag(k, v) else ZeroStart()
+                out["start"] = RandomStart() if flag(k, v) else ZeroStart()
             elif k in ("step_scale", "step_fraction"):
                 cur = out.get("step_size", self.step_size)
                 base = cur if isinstance(cur, Constant) else Constant()
                 out["step_size"] = replace(base, **{"scale" if k == "step_scale" else "fraction": v})
             elif k == "dither" and not isinstance(v, Dither):
-                out["dither"] = Dither(v if isinstance(v, str) else _seq(k, v))
+                out["dither"] = Dither(v)
             elif k == "project" and not isinstance(v, Projection):
-                out["project"] = BallProjection() if _flag(k, v) else NoProjection()
+                out["project"] = BallProjection() if flag(k, v) else NoProjection()
             elif k == "early_stop":
-                out["stop"] = WhenFooled(check_first=True) if _flag(k, v) else NeverStop()
+                out["stop"] = WhenFooled(check_first=True) if flag(k, v) else NeverStop()
             elif k == "box_aware":
-                aware = _flag(k, v)
+                aware = flag(k, v)
                 out.update(mask_blocked=aware, clip_iterates=aware, push=0.0 if aware else 1e-4)
             else:
                 out[k] = v
@@ -884,7 +872,7 @@ class Run:
         value = g = fooled = rows = None
         if self.solver.needs_grad:
             x, n, obj, ctx, act = self.x, self.x.shape[0], self.objective, self.ctx, self.act
-            if act is not None and self.schedule.stop.active and act.numel() < n:
+            if act is not None and act.numel() < n:  # act: set by a stop policy
                 v_act, g_act, out_act = obj.value_and_grad(self.forward, point[act], ctx.subset(act))
                 value = x.new_zeros(n).index_copy(0, act, v_act.to(x.dtype))
                 g = torch.zeros_like(x).index_copy(0, act, g_act.to(x.dtype))
@@ -1008,26 +996,8 @@ class Run:
 def _warn_if_flat(g: Tensor, done: Tensor, alpha: Tensor | None, objective: Objective) -> None:
     flat = g.reshape(g.shape[0], -1).abs().amax(dim=1) == 0
     if bool((flat & ~done & (alpha != 0 if alpha is not None else True)).any()):
-        warnings.warn(
-            "the gradient of the objective is exactly zero for some inputs at the first step"
-            + (
-                "; a regression objective with y = f(x) is flat at eta = 0: dither the first"
-                " linearisation point (dither='first' or 'all')"
-                if not objective.classification
-                else " (saturated model or gradient masking?)"
-            ),
-            stacklevel=6,
-        )
-
-
-def _seq(name: str, v: Any) -> tuple:
-    try:
-        return tuple(v)
-    except TypeError:
-        raise TypeError(f"{name} must be 'none', 'first', 'all' or T fractions, got {v!r}") from None
-
-
-def _flag(name: str, v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise TypeError(f"{name} must be True or False, got {v!r}")
-    return v
+        why = (" (saturated model or gradient masking?)" if objective.classification else
+               "; a regression objective with y = f(x) is flat at eta = 0: dither the first linearisation point "
+               "(dither='first' or 'all')")
+        warnings.warn("the gradient of the objective is exactly zero for some inputs at the first step" + why,
+                      stacklevel=6)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._validate import integer, is_number
+from ._validate import flag, integer, is_number
 from .constraints import Box, Constraint, LpBall, Partition, expand_like
 from .noise import Noise
 from .objectives import Context, Objective
@@ -207,13 +207,12 @@ class SingleSubset(Solver):
 
     reuse: bool = False
     name = "single-subset"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.reuse, bool):
-            raise TypeError(f"reuse must be True or False, got {self.reuse!r}")
     norms = (math.inf,)
     subsets = True
     hint = " (eq. 23 bounds each coordinate of the chosen subset by eps: use p=inf)"
+
+    def __post_init__(self) -> None:
+        flag("reuse", self.reuse)
 
     def __call__(self, lin: Linearisation) -> Solution:  # type: ignore[override]
         assert lin.g is not None

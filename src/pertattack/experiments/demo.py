@@ -444,11 +444,14 @@ _READ = {
 
 
 def _report(res: DemoResult) -> str:
+    sections = (_report_runs, _report_classifier, _report_regression, _report_figures)
+    return "\n".join(line for section in sections for line in section(res))
+
+
+def _report_runs(res: DemoResult) -> list[str]:
+    """The title, the machine and versions, and what was run."""
     cfg = res.config
-    r = res.robustness
-    sigma = res.operator_norm if res.operator_norm is not None else torch.zeros(1)
-    eps = list(cfg.eps)
-    parts = [
+    return [
         "# pertattack demo",
         "",
         f"Ran in {res.seconds:.1f} s (data, training, attacks, figures; Python start-up and imports not counted) "
@@ -464,7 +467,7 @@ def _report(res: DemoResult) -> str:
         f"test error {res.test_error:.2%} ({res.n_correct} of {res.n_test} correct).",
         f"- Autoencoder: fully connected 64 -> 128 -> 8 -> 128 -> 64 (87.5% compression), {cfg.epochs} epochs "
         f"of Adam on the MSE: test MSE {res.ae_mse:.4f}.",
-        f"- Classification attacks (Figure 3 of the paper), l-inf, eps = {', '.join(f'{e:g}' for e in eps)}: "
+        f"- Classification attacks (Figure 3 of the paper), l-inf, eps = {', '.join(f'{e:g}' for e in cfg.eps)}: "
         + ", ".join(f"{k} (`{p}`)" for k, (p, _) in CLASSIFICATION_ATTACKS.items()) + ".",
         "- Robustness (Table 3): test error, rho1 (DeepFool's norm relative to norm(x)), rho2 (Theorem 1's "
         "first-order distance to the boundary, absolute), the smallest eps at which DeepFool fools > 99%.",
@@ -474,9 +477,16 @@ def _report(res: DemoResult) -> str:
         + ".",
         "- Operator norm norm(J)_{2->2} of the autoencoder's Jacobian at each test image (power iteration).",
         "",
+    ]
+
+
+def _report_classifier(res: DemoResult) -> list[str]:
+    """Figure 3's fooling ratios and Table 3's robustness figures."""
+    r = res.robustness
+    return [
         "## Classifier: fooling ratio",
         "",
-        _md_table(["attack", *[f"eps={e:g}" for e in eps]], [[k, *v] for k, v in res.fooling.items()]),
+        _md_table(["attack", *[f"eps={e:g}" for e in res.config.eps]], [[k, *v] for k, v in res.fooling.items()]),
         "",
         "## Classifier: robustness (p = inf)",
         "",
@@ -488,6 +498,13 @@ def _report(res: DemoResult) -> str:
         "rho1 is DeepFool's l-inf norm divided by norm_inf(x) (relative); rho2 and the 99% eps are in pixel units "
         "(absolute). Means over the correctly classified test images.",
         "",
+    ]
+
+
+def _report_regression(res: DemoResult) -> list[str]:
+    """Figure 4's output PSNR by input PSNR, one table per norm, and the autoencoder's operator norm."""
+    sigma = res.operator_norm if res.operator_norm is not None else torch.zeros(1)
+    parts = [
         "## Autoencoder: output PSNR by input PSNR",
         "",
         "Output PSNR in dB of f(x + eta) against the clean output f(x), mean over the images (lower: larger "
@@ -496,13 +513,10 @@ def _report(res: DemoResult) -> str:
         "",
     ]
     for p, names in REGRESSION_ATTACKS.items():
-        parts.append(f"p = {_pname(p)}:")
-        parts.append("")
-        parts.append(_md_table(["attack", *[f"target {d:g} dB" for d in cfg.input_psnr]],
-                               [[n, *[f"{v:.1f}" for v in res.regression[n]["output_psnr_clean"]]]
-                                for n in names]))
-        parts.append("")
-    parts += [
+        table = _md_table(["attack", *[f"target {d:g} dB" for d in res.config.input_psnr]],
+                          [[n, *[f"{v:.1f}" for v in res.regression[n]["output_psnr_clean"]]] for n in names])
+        parts += [f"p = {_pname(p)}:", "", table, ""]
+    return parts + [
         "## Autoencoder: operator norm",
         "",
         _md_table(["images", "min", "median", "mean", "max"],
@@ -512,15 +526,18 @@ def _report(res: DemoResult) -> str:
         "norm(J)_{2->2} bounds the first-order output change per unit of input l2 norm: an l2 perturbation of "
         "norm eps moves the output by at most about sigma * eps.",
         "",
-        "## Figures",
-        "",
     ]
+
+
+def _report_figures(res: DemoResult) -> list[str]:
+    """The figures with how to read them, the files written and the time per stage."""
+    parts = ["## Figures", ""]
     figs = [f for f in FIGURES if f in res.files]
     if not figs:
         parts += ["matplotlib is not installed: no figures were drawn (`pip install matplotlib`).", ""]
     for f in figs:
         parts += [f"### {FIGURES[f]}", "", f"![{FIGURES[f]}]({f})", "", _READ[f], ""]
-    parts += [
+    return parts + [
         "## Files",
         "",
         *[f"- `{f}`" for f in [*res.files, "report.md"]],
@@ -530,4 +547,3 @@ def _report(res: DemoResult) -> str:
         _md_table(["stage", "seconds"], [[k, f"{v:.2f}"] for k, v in res.timings.items()]),
         "",
     ]
-    return "\n".join(parts)
