@@ -377,6 +377,30 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+class _Figures:
+    """Draws the report's figures into ``out/figures`` (with matplotlib, unless disabled) and gives the lines that
+    show them in report.md; remembers which it drew."""
+
+    def __init__(self, out: Path, draw: bool) -> None:
+        self.out, self.draw, self.dir, self.drawn = out, draw, out / "figures", set()
+        if draw:
+            self.dir.mkdir(exist_ok=True)
+
+    def __call__(self, key: str, make: Any, *args: Any) -> list[str]:
+        if not self.draw:
+            return ["*(figure: needs matplotlib, which is not installed: `pip install matplotlib`, then "
+                    f"`pertattack report {self.out}`)*", ""]
+        make(*args, self.dir / FIGURES[key])
+        self.drawn.add(key)
+        return [f"![{key}](figures/{FIGURES[key]})", ""]
+
+    def remove_stale(self) -> None:
+        """Delete a figure of an earlier report that this one does not have."""
+        for key, name in FIGURES.items():
+            if key not in self.drawn and (self.dir / name).exists():
+                (self.dir / name).unlink()
+
+
 def write_report(run: EvalRun, flags: list[tuple[str, str, str]] | None = None, *, figures: bool = True) -> Path:
     """Write ``report.md``, ``per_class.csv`` and (with matplotlib, unless ``figures`` is False) the PNGs of
     :data:`FIGURES` into ``run.out``; returns the path of report.md.
@@ -384,26 +408,20 @@ def write_report(run: EvalRun, flags: list[tuple[str, str, str]] | None = None, 
     Args:
         flags: the run's reliability flags; None: computed from the parts (:func:`pertattack.evaluation._flags`).
     """
-    out = run.out
     if flags is None:
         flags = _flags(run.parts, run.names, run.attacks, run.eps, run.label, run.clean, run.pred)
-    m = run.manifest
+    figure = _Figures(run.out, figures and _has_matplotlib())
+    lines = (_report_head(run) + _report_curve(run, figure) + _report_norms(run, figure) + _report_classes(run)
+             + _report_examples(run, figure) + _report_flags(flags) + _report_run(run))
+    figure.remove_stale()
+    path = run.out / "report.md"
+    _atomic_write(path, "\n".join(lines).encode())
+    return path
+
+
+def _report_head(run: EvalRun) -> list[str]:
+    m, n, ok = run.manifest, run.label.size, run.clean == run.label
     fp = m.get("fingerprint", {})
-    n, ok = run.label.size, run.clean == run.label
-    draw = figures and _has_matplotlib()
-    figdir = out / "figures"
-    drawn: set[str] = set()
-    if draw:
-        figdir.mkdir(exist_ok=True)
-
-    def figure(key: str, make: Any, *args: Any) -> list[str]:
-        if not draw:
-            return ["*(figure: needs matplotlib, which is not installed: `pip install matplotlib`, then "
-                    f"`pertattack report {out}`)*", ""]
-        make(*args, figdir / FIGURES[key])
-        drawn.add(key)
-        return [f"![{key}](figures/{FIGURES[key]})", ""]
-
     lines = [f"# Robustness report: `{fp.get('model', '?')}` on `{fp.get('data', '?')}` ({fp.get('split', '?')})", ""]
     if run.partial:
         n_all = int(m.get("n_inputs", n))
@@ -411,93 +429,101 @@ def write_report(run: EvalRun, flags: list[tuple[str, str, str]] | None = None, 
                   "everything below is from those inputs only. Run the evaluate command (below) again to finish "
                   "it.", ""]
     lines += [f"> Left out: {s}." for s in run.skipped] + ([""] if run.skipped else [])
-    lines += [f"{n} inputs, clean accuracy {ok.mean():.4f} ({int(ok.sum())} of {n}). Robust accuracy: the share of "
-              "all inputs still classified correctly at x_adv; fooling ratio: the share of the correctly classified "
-              "inputs that the attack misclassifies.", "", "## Robust accuracy against eps", ""]
-    lines += figure("curve", _curve_figure, run)
+    return lines + [f"{n} inputs, clean accuracy {ok.mean():.4f} ({int(ok.sum())} of {n}). Robust accuracy: the share "
+                    "of all inputs still classified correctly at x_adv; fooling ratio: the share of the correctly "
+                    "classified inputs that the attack misclassifies.", ""]
+
+
+def _report_curve(run: EvalRun, figure: _Figures) -> list[str]:
+    lines = ["## Robust accuracy against eps", ""] + figure("curve", _curve_figure, run)
     if any(run.minimum_norm):
         lines += ["Minimum-norm attacks: the line is the whole curve, from the norm of each input's smallest "
                   "perturbation in results.csv (known up to the largest eps); the markers are the eps grid.", ""]
     summary = summarize(run.label, run.clean, run.pred, run.names, run.eps, run.ps)
-    lines += summary_table(summary, run.names, run.ps) + [""]
+    return lines + summary_table(summary, run.names, run.ps) + [""]
 
+
+def _report_norms(run: EvalRun, figure: _Figures) -> list[str]:
     which = [a for a, mn in enumerate(run.minimum_norm) if mn]
-    if which:
-        top = max(run.eps)
-        lines += ["## Minimum-norm distances", ""]
-        lines += figure("norms", _norms_figure, run, which)
-        stats = []
-        for a in which:
-            d = _min_norm_distances(run, a)
-            f = d[np.isfinite(d)]
-            q = [f"{v:.4g}" for v in np.quantile(f, [0.25, 0.5, 0.75])] if f.size else ["-"] * 3
-            stats.append([run.names[a], _pnorm(run.ps[a]), f"{f.size} of {d.size}", *q,
-                          f"{f.max():.4g}" if f.size else "-"])
-        lines += [f"The smallest perturbation each minimum-norm attack found for the correctly classified inputs it "
-                  f"fooled within eps {top:g} (the norm of its row at the smallest eps where it fooled the input).", ""]
-        lines += _table(["attack", "p", "fooled", "25%", "median", "75%", "max"], stats) + [""]
+    if not which:
+        return []
+    lines = ["## Minimum-norm distances", ""] + figure("norms", _norms_figure, run, which)
+    stats = []
+    for a in which:
+        d = _min_norm_distances(run, a)
+        f = d[np.isfinite(d)]
+        q = [f"{v:.4g}" for v in np.quantile(f, [0.25, 0.5, 0.75])] if f.size else ["-"] * 3
+        top = f"{f.max():.4g}" if f.size else "-"
+        stats.append([run.names[a], _pnorm(run.ps[a]), f"{f.size} of {d.size}", *q, top])
+    lines += [f"The smallest perturbation each minimum-norm attack found for the correctly classified inputs it "
+              f"fooled within eps {max(run.eps):g} (the norm of its row at the smallest eps where it fooled the "
+              "input).", ""]
+    return lines + _table(["attack", "p", "fooled", "25%", "median", "75%", "max"], stats) + [""]
 
+
+def _report_classes(run: EvalRun) -> list[str]:
+    """The per-class section; writes per_class.csv."""
     head, rows = _per_class(run)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(head)
     w.writerows([[f"{v:.6g}" if isinstance(v, float) else v for v in r] for r in rows])
-    _atomic_write(out / "per_class.csv", buf.getvalue().encode())
+    _atomic_write(run.out / "per_class.csv", buf.getvalue().encode())
     who = "the worst case over the attacks" if len(run.names) > 1 else run.names[0]
-    lines += ["## Robust accuracy per class", "", f"Robust accuracy of {who} at each eps, per true class."]
+    lines = ["## Robust accuracy per class", "", f"Robust accuracy of {who} at each eps, per true class."]
     shown = rows
     if len(rows) > _CLASSES:
         last = len(head) - 1 - (len(run.eps) - 1 - run.eps.index(max(run.eps)))
         shown = sorted(rows, key=lambda r: (r[last], r[0]))[:10]
         lines[-1] += f" The 10 least robust of {len(rows)} classes at eps {max(run.eps):g}; all in per_class.csv."
-    lines += [""] + _table(["class", "inputs", "clean accuracy"] + [f"eps {e:g}" for e in run.eps],
-                           [[str(r[0]), str(r[1])] + [f"{v:.4f}" for v in r[2:]] for r in shown]) + [""]
+    return lines + [""] + _table(["class", "inputs", "clean accuracy"] + [f"eps {e:g}" for e in run.eps],
+                                 [[str(r[0]), str(r[1])] + [f"{v:.4f}" for v in r[2:]] for r in shown]) + [""]
 
+
+def _report_examples(run: EvalRun, figure: _Figures) -> list[str]:
     examples, without = _examples(run)
-    lines += ["## Adversarial examples with the largest confidence change", ""]
-    if any(examples):
-        lines += figure("examples", _examples_figure, run, examples)
-        j = run.eps.index(max(run.eps))
-        where = {int(i): k for k, i in enumerate(run.index)}
-        rows_ex = [[e.attack, f"{run.eps[j]:g}", str(e.index), str(int(run.label[where[e.index]])),
-                    str(int(run.pred[run.names.index(e.attack), j, where[e.index]])), f"{e.drop:.4g}",
-                    f"{e.prob[0]:.3f} -> {e.prob[1]:.3f}"] for ex in examples for e in ex]
-        lines += ["Per attack, at the largest eps, the correctly classified inputs whose margin f_y - max_{l != y} "
-                  "f_l (eq. 2, on the model's scores) the attack lowered most, those it fooled first; in the figure "
-                  "the perturbation is scaled to its largest entry.", ""]
-        lines += _table(["attack", "eps", "input", "class", "class at x_adv", "margin drop",
-                         "p(class): x -> x_adv"], rows_ex) + [""]
-    else:
-        lines += ["No example kept: the finished batches were computed by an older pertattack, which kept none.", ""]
-    if without and any(examples):
+    lines = ["## Adversarial examples with the largest confidence change", ""]
+    if not any(examples):
+        return lines + ["No example kept: the finished batches were computed by an older pertattack, which kept "
+                        "none.", ""]
+    lines += figure("examples", _examples_figure, run, examples)
+    j = run.eps.index(max(run.eps))
+    where = {int(i): k for k, i in enumerate(run.index)}
+    rows = [[e.attack, f"{run.eps[j]:g}", str(e.index), str(int(run.label[where[e.index]])),
+             str(int(run.pred[run.names.index(e.attack), j, where[e.index]])), f"{e.drop:.4g}",
+             f"{e.prob[0]:.3f} -> {e.prob[1]:.3f}"] for ex in examples for e in ex]
+    lines += ["Per attack, at the largest eps, the correctly classified inputs whose margin f_y - max_{l != y} "
+              "f_l (eq. 2, on the model's scores) the attack lowered most, those it fooled first; in the figure "
+              "the perturbation is scaled to its largest entry.", ""]
+    lines += _table(["attack", "eps", "input", "class", "class at x_adv", "margin drop", "p(class): x -> x_adv"],
+                    rows) + [""]
+    if without:
         lines += [f"({without} finished batches were computed by an older pertattack and kept no example.)", ""]
+    return lines
 
-    lines += ["## Reliability flags", ""]
-    if flags:
-        lines += ["Signs that these robust accuracies may be too high (pertattack.checks):", ""]
-        lines += [f"- `{a}`: **{f}**: {msg}" for a, f, msg in flags] + [""]
-    else:
-        lines += ["None fired (pertattack.checks: the attacks' own checks, and the robust accuracies across eps).", ""]
 
-    v = m.get("versions", {})
-    cmd = m.get("command")
+def _report_flags(flags: list[tuple[str, str, str]]) -> list[str]:
+    if not flags:
+        return ["## Reliability flags", "",
+                "None fired (pertattack.checks: the attacks' own checks, and the robust accuracies across eps).", ""]
+    return (["## Reliability flags", "", "Signs that these robust accuracies may be too high (pertattack.checks):", ""]
+            + [f"- `{a}`: **{f}**: {msg}" for a, f, msg in flags] + [""])
+
+
+def _report_run(run: EvalRun) -> list[str]:
+    m = run.manifest
+    fp, v, cmd = m.get("fingerprint", {}), m.get("versions", {}), m.get("command")
     if cmd and (Path(cmd[0]).name == "pertattack" or Path(cmd[0]).parts[-2:] == ("pertattack", "__main__.py")):
         cmd = ["pertattack", *cmd[1:]]
-    lines += ["## Run", "",
-              f"- Command: `{shlex.join(cmd) if cmd else '(not recorded: called from Python)'}`",
-              "- Versions: " + ", ".join(f"{k} {v[k]}" for k in ("pertattack", "torch", "numpy", "python")
-                                         if k in v) + (f"; {v['platform']}" if "platform" in v else ""),
-              f"- Seed {m.get('seed')}, batches of {fp.get('batch_size')}, {m.get('world_size')} process(es); "
-              f"started {m.get('started')}, finished {m.get('finished') or '(not yet)'}"]
+    lines = ["## Run", "",
+             f"- Command: `{shlex.join(cmd) if cmd else '(not recorded: called from Python)'}`",
+             "- Versions: " + ", ".join(f"{k} {v[k]}" for k in ("pertattack", "torch", "numpy", "python")
+                                        if k in v) + (f"; {v['platform']}" if "platform" in v else ""),
+             f"- Seed {m.get('seed')}, batches of {fp.get('batch_size')}, {m.get('world_size')} process(es); "
+             f"started {m.get('started')}, finished {m.get('finished') or '(not yet)'}"]
     for r in m.get("runs", []):
         lines.append(f"  - run {r.get('run_id')}: started {r.get('started')}, finished {r.get('finished') or '-'}, "
                      f"{r.get('world_size')} process(es), {r.get('batches_reused')} batches reused, "
                      f"{r.get('batches_computed', '-')} computed")
-    lines += [f"- This report: {_now()}; arguments in manifest.json, rows in results.csv, per class in "
-              "per_class.csv.", ""]
-    for key, name in FIGURES.items():  # a figure of an earlier report that this one does not have
-        if key not in drawn and (figdir / name).exists():
-            (figdir / name).unlink()
-    path = out / "report.md"
-    _atomic_write(path, "\n".join(lines).encode())
-    return path
+    return lines + [f"- This report: {_now()}; arguments in manifest.json, rows in results.csv, per class in "
+                    "per_class.csv.", ""]
