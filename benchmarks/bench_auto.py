@@ -174,6 +174,7 @@ def table(path: str) -> str:
     """A markdown table from a JSON-lines file of this script: per case and variant, robust accuracy, the inputs it
     misses of AutoAttack's successes and the ones it adds, CPU seconds and the ratio to AutoAttack's."""
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    rows.sort(key=lambda r: (r["case"], r["impl"]))
     out = ["| case | variant | robust acc. | AutoAttack | missed / extra | CPU s | time / AutoAttack |",
            "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
