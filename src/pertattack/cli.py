@@ -217,9 +217,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training_attack(args: argparse.Namespace) -> Any:
+    """``--adversarial PRESET --eps E [--set k=v ...] [--mix M]``: the inner attack of adversarial training, or None."""
+    from .presets import get_attack
+
+    if args.adversarial is None:
+        given = [o for o, v in (("--eps", args.eps), ("--set", args.set or None), ("--mix", args.mix)) if v is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} go(es) with --adversarial PRESET and only there")
+        return None
+    if args.model.endswith("-ae"):
+        raise UsageError(f"--adversarial trains a classifier; {args.model} is an autoencoder")
+    eps = _eps_list(args.eps)
+    if eps is None or len(eps) != 1:
+        raise UsageError("--adversarial needs one budget: --eps E (e.g. --eps 0.1 or --eps 8/255)")
+    mix = 0.0 if args.mix is None else args.mix
+    if not 0 <= mix <= 1:
+        raise UsageError(f"--mix is the weight of the clean loss, in [0, 1]; got {mix:g}")
+    attack = get_attack(args.adversarial, eps=eps[0], seed=args.seed, **_overrides(args.set))
+    obj = attack.objective
+    if not obj.classification or obj.needs_target:
+        raise UsageError(f"--adversarial {args.adversarial}: adversarial training needs an untargeted classification "
+                         f"attack, this one has objective {obj!r}")
+    return attack
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .models import build_model
-    from .training import accuracy, reconstruction_mse, save_model, train_autoencoder, train_classifier
+    from .training import (
+        accuracy,
+        adversarial_training,
+        reconstruction_mse,
+        save_model,
+        train_autoencoder,
+        train_classifier,
+    )
 
     out = _output_file(args.out)
     device = _device(args.device)
@@ -227,6 +259,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _at_least("--epochs", args.epochs, 0)
     _at_least("--batch-size", args.batch_size, 1)
     _at_least("--lr", args.lr, 0, strict=True)
+    attack = _training_attack(args)
     model = build_model(args.model, seed=args.seed)
     x, y = _load_data(args, "train", args.n)
     x_te, y_te = _load_data(args, "test", None)
@@ -237,13 +270,16 @@ def cmd_train(args: argparse.Namespace) -> int:
                          f"{int(y.max()) + 1} classes of --data {args.data}")
     model = model.to(device)  # batches follow the model's device
     t0 = time.perf_counter()
+    kw = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=True)
     if autoencoder:
-        train_autoencoder(model, x, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                          progress=True)
+        train_autoencoder(model, x, **kw)
         print(f"test MSE {reconstruction_mse(model, x_te):.5f}")
+    elif attack is not None:
+        adversarial_training(model, x, y, attack, mix=0.0 if args.mix is None else args.mix,
+                             on_epoch=lambda epoch, losses: save_model(out, model, args.model), **kw)
+        print(f"test error {1 - accuracy(model, x_te, y_te):.4f} (clean; the robust accuracy: pertattack evaluate)")
     else:
-        train_classifier(model, x, y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         progress=True)
+        train_classifier(model, x, y, **kw)
         print(f"test error {1 - accuracy(model, x_te, y_te):.4f}")
     save_model(out, model, args.model)
     print(f"trained in {time.perf_counter() - t0:.1f} s; saved {out}")
@@ -584,7 +620,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--n", type=int, default=None, help="use the first n training images (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the shuffling")
-    p.add_argument("--out", required=True, help="checkpoint path (.pt)")
+    p.add_argument("--out", required=True, help="checkpoint path (.pt; with --adversarial, saved after every epoch)")
+    p.add_argument("--adversarial", default=None, metavar="PRESET",
+                   help="adversarial training: attack every minibatch with this preset (e.g. pgd, fgsm, alg1-10)")
+    p.add_argument("--eps", default=None, help="the budget of --adversarial (a number or a fraction such as 8/255)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides of the --adversarial attack, e.g. steps=10 random_start=True")
+    p.add_argument("--mix", type=float, default=None,
+                   help="weight of the clean loss with --adversarial (default 0: adversarial only; 0.5: half and half)")
     _device_argument(p)
     _debug_argument(p, argparse.SUPPRESS)
     p.set_defaults(func=cmd_train)
