@@ -174,3 +174,115 @@ def test_cli_train_adversarial_errors(tmp_path, capsys, argv: list[str], match: 
     import re
 
     assert re.search(match, err), err
+
+
+def _rank_main(rank: int, world: int, port: int, out: str, mix: float) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    code = 1
+    try:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+        x, y = data()
+        model = MLP()
+        h = adversarial_training(model, x, y, pgd(), epochs=2, batch_size=8, lr=0.01, seed=0, mix=mix)
+        torch.save({"weights": [p.detach() for p in model.parameters()], "history": h}, f"{out}/rank{rank}.pt")
+        dist.destroy_process_group()
+        code = 0
+    finally:
+        os._exit(code)
+
+
+@pytest.mark.parametrize("mix", [0.0, 0.5])
+def test_two_ranks_train_as_one_process(tmp_path, mix: float) -> None:
+    """DistributedDataParallel over 2 gloo ranks (forked processes, as torchrun would start them): each rank
+    attacks half of every batch; the weights are those of one process on the whole batches (float64, up to
+    rounding), the same on both ranks."""
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = torch.multiprocessing.get_context(os.environ.get("PERTATTACK_TEST_START", "spawn" if torch.cuda.is_available()
+                                                           else "fork"))
+    procs = [ctx.Process(target=_rank_main, args=(r, 2, port, str(tmp_path), mix)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    x, y = data()
+    model = MLP()
+    h = adversarial_training(model, x, y, pgd(), epochs=2, batch_size=8, lr=0.01, seed=0, mix=mix)
+    for a, b, c in zip(r0["weights"], r1["weights"], model.parameters(), strict=True):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, c.detach(), rtol=1e-9, atol=1e-9)
+    assert r0["history"] == r1["history"]
+    for got, want in zip(r0["history"], h, strict=True):
+        assert got == pytest.approx(want, rel=1e-9)
+
+
+def _cli_rank(rank: int, world: int, port: int, argv: list[str], log: str) -> None:
+    import os
+    import sys
+
+    code = 1
+    try:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                          WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
+        torch.set_num_threads(1)
+        sys.stdout = sys.stderr = open(log, "w")  # noqa: SIM115 - closed by os._exit's flush below
+        code = main(argv)
+        sys.stdout.flush()
+    finally:
+        os._exit(code)
+
+
+def test_cli_train_adversarial_two_ranks(tmp_path) -> None:
+    """``torchrun --nproc-per-node 2 -m pertattack train ... --adversarial pgd``, ranks forked with torchrun's
+    environment: rank 0 saves weights close to one process's (float32) and alone reports."""
+    import os
+    import socket
+
+    def argv(out: str) -> list[str]:
+        return ["train", "smallcnn", "--data", "digits", "--limit", "64", "--epochs", "1", "--batch-size", "32",
+                "--adversarial", "pgd", "--eps", "0.1", "--set", "steps=2", "--device", "cpu", "--out", out]
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = torch.multiprocessing.get_context(os.environ.get("PERTATTACK_TEST_START", "spawn" if torch.cuda.is_available()
+                                                           else "fork"))
+    ddp = tmp_path / "ddp.pt"
+    procs = [ctx.Process(target=_cli_rank, args=(r, 2, port, argv(str(ddp)), str(tmp_path / f"rank{r}.log")))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    logs = [(tmp_path / f"rank{r}.log").read_text() for r in range(2)]
+    assert [p.exitcode for p in procs] == [0, 0], logs
+    assert "saved" in logs[0] and "saved" not in logs[1] and "test error" not in logs[1]
+    one = tmp_path / "one.pt"
+    assert main(argv(str(one))) == 0
+    for a, b in zip(load_model(ddp).parameters(), load_model(one).parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_torchrun_leaves_the_train_options_to_us() -> None:
+    """torchrun takes abbreviations of its own options even after ``-m pertattack``: every option of ``train``
+    but ``--n`` (a prefix of ``--nnodes``; ``--limit`` is its other name) must not be a prefix of one of them."""
+    from pertattack.cli import build_parser
+
+    run = pytest.importorskip("torch.distributed.run")
+    theirs = [s for a in run.get_args_parser()._actions for s in a.option_strings]
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    ours = [s for a in sub.choices["train"]._actions for s in a.option_strings if s not in ("-h", "--help", "--n")]
+    assert {"--adversarial", "--eps", "--set", "--mix", "--limit"} <= set(ours)
+    for opt in ours:
+        assert not any(t.startswith(opt) for t in theirs), f"{opt} is a prefix of a torchrun option"

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -242,7 +243,32 @@ def _training_attack(args: argparse.Namespace) -> Any:
     return attack
 
 
+@contextlib.contextmanager
+def _process_group() -> Iterator[tuple[int, int]]:
+    """torchrun's process group (gloo) for the command when torchrun started it; yields (rank, local rank)."""
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        yield 0, local
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        yield dist.get_rank(), local
+        return
+    dist.init_process_group("gloo")
+    try:
+        yield dist.get_rank(), local
+    finally:
+        dist.destroy_process_group()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train and save a model; under torchrun, data parallel (each rank takes its share of every batch)."""
+    with _process_group() as (rank, local_rank):
+        return _train(args, rank, local_rank)
+
+
+def _train(args: argparse.Namespace, rank: int, local_rank: int) -> int:
     from .models import build_model
     from .training import (
         accuracy,
@@ -255,6 +281,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     out = _output_file(args.out)
     device = _device(args.device)
+    if device.startswith("cuda") and ":" not in device and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = f"cuda:{local_rank % torch.cuda.device_count()}"  # one GPU per rank
     _at_least("--n", args.n, 1)
     _at_least("--epochs", args.epochs, 0)
     _at_least("--batch-size", args.batch_size, 1)
@@ -270,17 +298,21 @@ def cmd_train(args: argparse.Namespace) -> int:
                          f"{int(y.max()) + 1} classes of --data {args.data}")
     model = model.to(device)  # batches follow the model's device
     t0 = time.perf_counter()
-    kw = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=True)
+    kw = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=rank == 0)
     if autoencoder:
         train_autoencoder(model, x, **kw)
-        print(f"test MSE {reconstruction_mse(model, x_te):.5f}")
     elif attack is not None:
         adversarial_training(model, x, y, attack, mix=0.0 if args.mix is None else args.mix,
                              on_epoch=lambda epoch, losses: save_model(out, model, args.model), **kw)
-        print(f"test error {1 - accuracy(model, x_te, y_te):.4f} (clean; the robust accuracy: pertattack evaluate)")
     else:
         train_classifier(model, x, y, **kw)
-        print(f"test error {1 - accuracy(model, x_te, y_te):.4f}")
+    if rank > 0:  # the ranks hold the same weights: rank 0 reports and saves
+        return 0
+    if autoencoder:
+        print(f"test MSE {reconstruction_mse(model, x_te):.5f}")
+    else:
+        clean = " (clean; the robust accuracy: pertattack evaluate)" if attack is not None else ""
+        print(f"test error {1 - accuracy(model, x_te, y_te):.4f}{clean}")
     save_model(out, model, args.model)
     print(f"trained in {time.perf_counter() - t0:.1f} s; saved {out}")
     return 0
@@ -612,13 +644,15 @@ def build_parser() -> argparse.ArgumentParser:
     _debug_argument(p, argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("train", help="train a model of the paper on MNIST (or the digits) and save it")
+    p = sub.add_parser("train", help="train a model of the paper on MNIST (or the digits) and save it; "
+                                      "--adversarial PRESET for adversarial training; data parallel under torchrun")
     p.add_argument("model", help="fcnn, lenet5, smallcnn, fc-ae (MNIST); nin, densenet40 (CIFAR-10)")
     _data_arguments(p)
     p.add_argument("--epochs", type=int, default=3, help="passes over the training data")
     p.add_argument("--batch-size", type=int, default=128, help="minibatch size")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--n", type=int, default=None, help="use the first n training images (default: all)")
+    p.add_argument("--n", "--limit", dest="n", type=int, default=None,
+                   help="use the first n training images (default: all; under torchrun write --limit)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the shuffling")
     p.add_argument("--out", required=True, help="checkpoint path (.pt; with --adversarial, saved after every epoch)")
     p.add_argument("--adversarial", default=None, metavar="PRESET",

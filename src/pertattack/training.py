@@ -44,6 +44,14 @@ def _device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed process group, (0, 1) without one."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def _cuda_indices(device: torch.device) -> list[int]:
     """The CUDA device whose RNG ``fork_rng`` must save and restore, if any."""
     if device.type != "cuda":
@@ -73,7 +81,12 @@ def _fit(
     With ``perturb``, each batch is replaced by ``perturb(x, t, index)`` (``index``: the inputs'
     positions in the data, offset by ``epoch * n`` so that every epoch draws afresh) and the loss is
     ``mix * loss(x) + (1 - mix) * loss(x_adv)``; the history then holds ``clean`` and ``adversarial``
-    besides ``loss``. ``on_epoch(epoch, history[-1])`` runs after each epoch (e.g. a checkpoint).
+    besides ``loss``. ``on_epoch(epoch, history[-1])`` runs after each epoch (e.g. a checkpoint), on rank 0.
+
+    In a torch.distributed process group (torchrun) of W processes, every rank draws the same permutation and
+    takes every W-th input of each batch; the model is wrapped in ``DistributedDataParallel`` for the training
+    step (the gradients, the mean of the ranks' mean losses, are averaged) and attacked unwrapped; a last batch
+    smaller than W is skipped. The losses reported are summed over the ranks.
     """
     n = inputs.shape[0]
     if targets.shape[0] != n:
@@ -83,33 +96,39 @@ def _fit(
     if epochs < 0 or batch_size < 1 or not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"need epochs >= 0, batch_size >= 1, finite lr > 0; got {epochs}, {batch_size}, {lr}")
     device = _device(model)
+    rank, world = _world()
+    net = model if world == 1 else nn.parallel.DistributedDataParallel(model)
+    progress = progress and rank == 0
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     history: list[dict[str, float]] = []
     keys = ("loss",) if perturb is None else ("loss", "clean", "adversarial")
     # eval_mode records every submodule's mode and restores each one afterwards; inside, train mode
     with torch.random.fork_rng(devices=_cuda_indices(device)), eval_mode(model):
-        torch.manual_seed(seed)
+        torch.manual_seed(seed + rank)  # dropout masks differ between ranks
         model.train()
         try:
             for epoch in range(epochs):
                 perm = torch.randperm(n, generator=generator)
                 batches = perm.split(batch_size)
-                totals = torch.zeros(len(keys), dtype=torch.float64, device=device)
-                seen = 0
+                totals = torch.zeros(len(keys) + 1, dtype=torch.float64, device=device)  # sums, then the count
                 bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
                 for idx in bar:
+                    if world > 1:
+                        if len(idx) < world:
+                            continue
+                        idx = idx[rank::world]
                     xb = inputs[idx].to(device, non_blocking=True)
                     tb = targets[idx].to(device, non_blocking=True)
                     if perturb is None:
-                        loss = loss_fn(model(xb), tb)
+                        loss = loss_fn(net(xb), tb)
                         parts = loss.detach().reshape(1)
                     else:
                         # the attack runs the model in eval mode and restores train mode
                         x_adv = perturb(xb, tb, idx + epoch * n).detach()
-                        adv = loss_fn(model(x_adv), tb)
+                        adv = loss_fn(net(x_adv), tb)
                         if mix > 0:
-                            clean = loss_fn(model(xb), tb)
+                            clean = loss_fn(net(xb), tb)
                             loss = mix * clean + (1 - mix) * adv
                         else:  # Madry: adversarial only; the clean loss is only reported
                             with eval_mode(model), torch.no_grad():
@@ -119,19 +138,20 @@ def _fit(
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                    totals += parts * len(idx)
-                    seen += len(idx)
+                    totals += torch.cat([parts, parts.new_ones(1)]) * len(idx)
                     if progress and perturb is not None:
-                        clean_m, adv_m = (totals[1:] / seen).tolist()
+                        clean_m, adv_m = (totals[1:-1] / totals[-1]).tolist()
                         bar.set_postfix(clean=f"{clean_m:.4f}", adv=f"{adv_m:.4f}", refresh=False)
-                history.append(dict(zip(keys, (totals / n).tolist(), strict=True)))
+                if world > 1:
+                    torch.distributed.all_reduce(totals)
+                history.append(dict(zip(keys, (totals[:-1] / totals[-1]).tolist(), strict=True)))
                 if not math.isfinite(history[-1]["loss"]):
                     raise ValueError(f"training diverged: the mean loss of epoch {epoch + 1} is {history[-1]['loss']} "
                                      f"(lower lr, now {lr:g}, or check the data for NaN/inf)")
                 if progress:
                     losses = ", ".join(f"{k} {v:.4f}" for k, v in history[-1].items())
                     bar.write(f"epoch {epoch + 1}/{epochs}: {losses}")
-                if on_epoch is not None:
+                if on_epoch is not None and rank == 0:
                     on_epoch(epoch, history[-1])
         finally:
             optimizer.zero_grad(set_to_none=True)
