@@ -86,7 +86,7 @@ def _fit(
     In a torch.distributed process group (torchrun) of W processes, every rank draws the same permutation and
     takes every W-th input of each batch; the model is wrapped in ``DistributedDataParallel`` for the training
     step (the gradients, the mean of the ranks' mean losses, are averaged) and attacked unwrapped; a last batch
-    smaller than W is skipped. The losses reported are summed over the ranks.
+    smaller than W is skipped. The losses reported are per-example means over all the ranks' inputs.
     """
     n = inputs.shape[0]
     if targets.shape[0] != n:
@@ -97,6 +97,9 @@ def _fit(
         raise ValueError(f"need epochs >= 0, batch_size >= 1, finite lr > 0; got {epochs}, {batch_size}, {lr}")
     device = _device(model)
     rank, world = _world()
+    if min(batch_size, n) < world:
+        raise ValueError(f"{world} processes share each batch: need batch_size and the data's length >= {world}, got "
+                         f"{batch_size} and {n}")
     net = model if world == 1 else nn.parallel.DistributedDataParallel(model)
     progress = progress and rank == 0
     generator = torch.Generator().manual_seed(seed)
