@@ -28,6 +28,7 @@ from .objectives import Objective
 from .presets import cascade, get_attack, list_attacks
 from .schedule import Schedule
 from .solvers import Solver
+from .training import adversarial_training
 
 __version__ = "0.1.0"
 
@@ -48,6 +49,7 @@ __all__ = [
     "targets",
     "Partition",
     "UndefinedMetricWarning",
+    "adversarial_training",
     "eps_for_psnr",
     "eval_mode",
     "evaluate",

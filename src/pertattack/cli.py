@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -217,16 +218,76 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training_attack(args: argparse.Namespace) -> Any:
+    """``--adversarial PRESET --eps E [--set k=v ...] [--mix M]``: the inner attack of adversarial training, or None."""
+    from .presets import get_attack
+
+    if args.adversarial is None:
+        given = [o for o, v in (("--eps", args.eps), ("--set", args.set or None), ("--mix", args.mix)) if v is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} go(es) with --adversarial PRESET and only there")
+        return None
+    if args.model.endswith("-ae"):
+        raise UsageError(f"--adversarial trains a classifier; {args.model} is an autoencoder")
+    eps = _eps_list(args.eps)
+    if eps is None or len(eps) != 1:
+        raise UsageError("--adversarial needs one budget: --eps E (e.g. --eps 0.1 or --eps 8/255)")
+    mix = 0.0 if args.mix is None else args.mix
+    if not 0 <= mix <= 1:
+        raise UsageError(f"--mix is the weight of the clean loss, in [0, 1]; got {mix:g}")
+    attack = get_attack(args.adversarial, eps=eps[0], seed=args.seed, **_overrides(args.set))
+    obj = attack.objective
+    if not obj.classification or obj.needs_target:
+        raise UsageError(f"--adversarial {args.adversarial}: adversarial training needs an untargeted classification "
+                         f"attack, this one has objective {obj!r}")
+    return attack
+
+
+@contextlib.contextmanager
+def _process_group() -> Iterator[tuple[int, int]]:
+    """torchrun's process group (gloo) for the command when torchrun started it; yields (rank, local rank)."""
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        yield 0, local
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        yield dist.get_rank(), local
+        return
+    dist.init_process_group("gloo")
+    try:
+        yield dist.get_rank(), local
+    finally:
+        dist.destroy_process_group()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train and save a model; under torchrun, data parallel (each rank takes its share of every batch)."""
+    with _process_group() as (rank, local_rank):
+        return _train(args, rank, local_rank)
+
+
+def _train(args: argparse.Namespace, rank: int, local_rank: int) -> int:
     from .models import build_model
-    from .training import accuracy, reconstruction_mse, save_model, train_autoencoder, train_classifier
+    from .training import (
+        accuracy,
+        adversarial_training,
+        reconstruction_mse,
+        save_model,
+        train_autoencoder,
+        train_classifier,
+    )
 
     out = _output_file(args.out)
     device = _device(args.device)
+    if device.startswith("cuda") and ":" not in device and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = f"cuda:{local_rank % torch.cuda.device_count()}"  # one GPU per rank
     _at_least("--n", args.n, 1)
     _at_least("--epochs", args.epochs, 0)
     _at_least("--batch-size", args.batch_size, 1)
     _at_least("--lr", args.lr, 0, strict=True)
+    attack = _training_attack(args)
     model = build_model(args.model, seed=args.seed)
     x, y = _load_data(args, "train", args.n)
     x_te, y_te = _load_data(args, "test", None)
@@ -237,14 +298,21 @@ def cmd_train(args: argparse.Namespace) -> int:
                          f"{int(y.max()) + 1} classes of --data {args.data}")
     model = model.to(device)  # batches follow the model's device
     t0 = time.perf_counter()
+    kw = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=rank == 0)
     if autoencoder:
-        train_autoencoder(model, x, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                          progress=True)
+        train_autoencoder(model, x, **kw)
+    elif attack is not None:
+        adversarial_training(model, x, y, attack, mix=0.0 if args.mix is None else args.mix,
+                             on_epoch=lambda epoch, losses: save_model(out, model, args.model), **kw)
+    else:
+        train_classifier(model, x, y, **kw)
+    if rank > 0:  # the ranks hold the same weights: rank 0 reports and saves
+        return 0
+    if autoencoder:
         print(f"test MSE {reconstruction_mse(model, x_te):.5f}")
     else:
-        train_classifier(model, x, y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         progress=True)
-        print(f"test error {1 - accuracy(model, x_te, y_te):.4f}")
+        clean = " (clean; the robust accuracy: pertattack evaluate)" if attack is not None else ""
+        print(f"test error {1 - accuracy(model, x_te, y_te):.4f}{clean}")
     save_model(out, model, args.model)
     print(f"trained in {time.perf_counter() - t0:.1f} s; saved {out}")
     return 0
@@ -599,15 +667,24 @@ def build_parser() -> argparse.ArgumentParser:
     _debug_argument(p, argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("train", help="train a model of the paper on MNIST (or the digits) and save it")
+    p = sub.add_parser("train", help="train a model of the paper on MNIST (or the digits) and save it; "
+                                      "--adversarial PRESET for adversarial training; data parallel under torchrun")
     p.add_argument("model", help="fcnn, lenet5, smallcnn, fc-ae (MNIST); nin, densenet40 (CIFAR-10)")
     _data_arguments(p)
     p.add_argument("--epochs", type=int, default=3, help="passes over the training data")
     p.add_argument("--batch-size", type=int, default=128, help="minibatch size")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--n", type=int, default=None, help="use the first n training images (default: all)")
+    p.add_argument("--n", "--limit", dest="n", type=int, default=None,
+                   help="use the first n training images (default: all; under torchrun write --limit)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the shuffling")
-    p.add_argument("--out", required=True, help="checkpoint path (.pt)")
+    p.add_argument("--out", required=True, help="checkpoint path (.pt; with --adversarial, saved after every epoch)")
+    p.add_argument("--adversarial", default=None, metavar="PRESET",
+                   help="adversarial training: attack every minibatch with this preset (e.g. pgd, fgsm, alg1-10)")
+    p.add_argument("--eps", default=None, help="the budget of --adversarial (a number or a fraction such as 8/255)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides of the --adversarial attack, e.g. steps=10 random_start=True")
+    p.add_argument("--mix", type=float, default=None,
+                   help="weight of the clean loss with --adversarial (default 0: adversarial only; 0.5: half and half)")
     _device_argument(p)
     _debug_argument(p, argparse.SUPPRESS)
     p.set_defaults(func=cmd_train)

@@ -27,6 +27,7 @@ from .models import MODELS, build_model
 
 __all__ = [
     "train_classifier",
+    "adversarial_training",
     "train_autoencoder",
     "accuracy",
     "reconstruction_mse",
@@ -43,11 +44,22 @@ def _device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed process group, (0, 1) without one."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def _cuda_indices(device: torch.device) -> list[int]:
     """The CUDA device whose RNG ``fork_rng`` must save and restore, if any."""
     if device.type != "cuda":
         return []
     return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+Perturb = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 def _fit(
@@ -60,8 +72,22 @@ def _fit(
     lr: float,
     seed: int,
     progress: bool,
-) -> list[float]:
-    """The one training loop: Adam on minibatches of a seeded permutation; per-epoch mean loss."""
+    perturb: Perturb | None = None,
+    mix: float = 0.0,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
+    """The one training loop: Adam on minibatches of a seeded permutation; per-epoch mean losses.
+
+    With ``perturb``, each batch is replaced by ``perturb(x, t, index)`` (``index``: the inputs'
+    positions in the data, offset by ``epoch * n`` so that every epoch draws afresh) and the loss is
+    ``mix * loss(x) + (1 - mix) * loss(x_adv)``; the history then holds ``clean`` and ``adversarial``
+    besides ``loss``. ``on_epoch(epoch, history[-1])`` runs after each epoch (e.g. a checkpoint), on rank 0.
+
+    In a torch.distributed process group (torchrun) of W processes, every rank draws the same permutation and
+    takes every W-th input of each batch; the model is wrapped in ``DistributedDataParallel`` for the training
+    step (the gradients, the mean of the ranks' mean losses, are averaged) and attacked unwrapped; a last batch
+    smaller than W is skipped. The losses reported are per-example means over all the ranks' inputs.
+    """
     n = inputs.shape[0]
     if targets.shape[0] != n:
         raise ValueError(f"inputs and targets differ in length: {n} vs {targets.shape[0]}")
@@ -70,33 +96,66 @@ def _fit(
     if epochs < 0 or batch_size < 1 or not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"need epochs >= 0, batch_size >= 1, finite lr > 0; got {epochs}, {batch_size}, {lr}")
     device = _device(model)
+    rank, world = _world()
+    if min(batch_size, n) < world:
+        raise ValueError(f"{world} processes share each batch: need batch_size and the data's length >= {world}, got "
+                         f"{batch_size} and {n}")
+    net = model if world == 1 else nn.parallel.DistributedDataParallel(model)
+    progress = progress and rank == 0
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    history: list[float] = []
+    history: list[dict[str, float]] = []
+    keys = ("loss",) if perturb is None else ("loss", "clean", "adversarial")
     # eval_mode records every submodule's mode and restores each one afterwards; inside, train mode
     with torch.random.fork_rng(devices=_cuda_indices(device)), eval_mode(model):
-        torch.manual_seed(seed)
+        torch.manual_seed(seed + rank)  # dropout masks differ between ranks
         model.train()
         try:
             for epoch in range(epochs):
                 perm = torch.randperm(n, generator=generator)
                 batches = perm.split(batch_size)
-                total = torch.zeros((), dtype=torch.float64, device=device)
+                totals = torch.zeros(len(keys) + 1, dtype=torch.float64, device=device)  # sums, then the count
                 bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
                 for idx in bar:
+                    if world > 1:
+                        if len(idx) < world:
+                            continue
+                        idx = idx[rank::world]
                     xb = inputs[idx].to(device, non_blocking=True)
                     tb = targets[idx].to(device, non_blocking=True)
-                    loss = loss_fn(model(xb), tb)
+                    if perturb is None:
+                        loss = loss_fn(net(xb), tb)
+                        parts = loss.detach().reshape(1)
+                    else:
+                        # the attack runs the model in eval mode and restores train mode
+                        x_adv = perturb(xb, tb, idx + epoch * n).detach()
+                        adv = loss_fn(net(x_adv), tb)
+                        if mix > 0:
+                            clean = loss_fn(net(xb), tb)
+                            loss = mix * clean + (1 - mix) * adv
+                        else:  # Madry: adversarial only; the clean loss is only reported
+                            with eval_mode(model), torch.no_grad():
+                                clean = loss_fn(model(xb), tb)
+                            loss = adv
+                        parts = torch.stack([loss.detach(), clean.detach(), adv.detach()])
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                    total += loss.detach() * len(idx)
-                history.append(float(total) / n)
-                if not math.isfinite(history[-1]):
-                    raise ValueError(f"training diverged: the mean loss of epoch {epoch + 1} is {history[-1]} "
+                    totals += torch.cat([parts, parts.new_ones(1)]) * len(idx)
+                    if progress and perturb is not None:
+                        clean_m, adv_m = (totals[1:-1] / totals[-1]).tolist()
+                        bar.set_postfix(clean=f"{clean_m:.4f}", adv=f"{adv_m:.4f}", refresh=False)
+                if world > 1:
+                    torch.distributed.all_reduce(totals)
+                history.append(dict(zip(keys, (totals[:-1] / totals[-1]).tolist(), strict=True)))
+                if not math.isfinite(history[-1]["loss"]):
+                    raise ValueError(f"training diverged: the mean loss of epoch {epoch + 1} is {history[-1]['loss']} "
                                      f"(lower lr, now {lr:g}, or check the data for NaN/inf)")
                 if progress:
-                    bar.write(f"epoch {epoch + 1}/{epochs}: loss {history[-1]:.4f}")
+                    losses = ", ".join(f"{k} {v:.4f}" for k, v in history[-1].items())
+                    bar.write(f"epoch {epoch + 1}/{epochs}: {losses}")
+                if on_epoch is not None and rank == 0:
+                    on_epoch(epoch, history[-1])
         finally:
             optimizer.zero_grad(set_to_none=True)
     return history
@@ -131,7 +190,72 @@ def train_classifier(
     The train/eval mode of the model and of each of its submodules is restored afterwards;
     parameter ``.grad`` are left as None.
     """
-    return _fit(model, x, y, F.cross_entropy, epochs, batch_size, lr, seed, progress)
+    return [h["loss"] for h in _fit(model, x, y, F.cross_entropy, epochs, batch_size, lr, seed, progress)]
+
+
+def adversarial_training(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    attack: Any,
+    *,
+    epochs: int = 1,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+    mix: float = 0.0,
+    progress: bool = False,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
+    """Adversarial training (Madry et al.): train a classifier, in place, on the examples an attack finds.
+
+    Each minibatch is attacked (``attack(model, x_b, y_b, index=...)``, the model in eval mode) and the
+    model is then trained (in train mode) with Adam on ``mix * CE(x_b) + (1 - mix) * CE(x_adv)``. The same
+    loop as :func:`train_classifier`: the same shuffling, seeding and restored modes.
+
+    Args:
+        model: returns logits (N, K); trained on the device of its parameters.
+        x: inputs (N, ...) in the attack's box; y: int64 labels (N,).
+        attack: any classification attack with a budget: ``get_attack("pgd", eps=0.1)``,
+            ``get_attack("fgsm", eps=0.1, random_start=True)``, a :class:`pertattack.Cascade`, ...
+            It is built once and given ``seed``; its random draws for input i in epoch e depend only on
+            ``(seed, e * N + i)`` (the attack's ``index=``), so a run is reproducible under any batching
+            and every epoch draws new random starts.
+        epochs, batch_size, lr, seed, progress: as in :func:`train_classifier` (the bar shows the running
+            clean and adversarial losses).
+        mix: the weight of the clean loss in [0, 1]: 0 trains on the adversarial examples only (Madry's
+            recipe), 0.5 half and half (Goodfellow et al.'s). With ``mix = 0`` the clean loss is still
+            computed (in eval mode, without gradient) for the report.
+        on_epoch: called as ``on_epoch(epoch, losses)`` after each epoch, e.g. to save a checkpoint with
+            :func:`save_model`.
+
+    Returns:
+        Per epoch, the mean (per example) training ``loss``, ``clean`` and ``adversarial`` cross-entropy.
+
+    Raises:
+        ValueError: an attack that is not a classification attack, has no budget, or gives several
+            results (a list of eps); ``mix`` outside [0, 1]; bad data or hyper-parameters.
+    """
+    if not callable(attack) or not hasattr(attack, "replace"):
+        raise TypeError(f"attack must be an attack (get_attack(...) or a Cascade), got {type(attack).__name__}")
+    objective = getattr(attack, "objective", None)
+    if objective is None or not objective.classification or objective.needs_target:
+        raise ValueError(f"adversarial training needs an untargeted classification attack; {attack!r} has "
+                         f"objective {objective!r}")
+    if attack.eps is None and not attack.minimum_norm:
+        raise ValueError(f"the attack {attack!r} has no budget: build it with eps=...")
+    if isinstance(attack.eps, (list, tuple)):
+        raise ValueError(f"the attack {attack!r} has several budgets ({attack.eps}); adversarial training takes one")
+    if isinstance(mix, bool) or not isinstance(mix, (int, float)) or not 0 <= mix <= 1:
+        raise ValueError(f"mix (the weight of the clean loss) must be a number in [0, 1], got {mix!r}")
+    if y.dtype != torch.int64 or y.dim() != 1:
+        raise ValueError(f"y must be int64 labels of shape (N,), got {y.dtype} of shape {tuple(y.shape)}")
+    seeded = attack.replace(seed=seed)
+
+    def perturb(xb: Tensor, yb: Tensor, index: Tensor) -> Tensor:
+        return seeded(model, xb, yb, index=index.to(xb.device)).x_adv
+
+    return _fit(model, x, y, F.cross_entropy, epochs, batch_size, lr, seed, progress, perturb, float(mix), on_epoch)
 
 
 def train_autoencoder(
@@ -158,7 +282,7 @@ def train_autoencoder(
         The mean training MSE of each epoch.
     """
     t = x if target is None else target
-    return _fit(model, x, t, F.mse_loss, epochs, batch_size, lr, seed, progress)
+    return [h["loss"] for h in _fit(model, x, t, F.mse_loss, epochs, batch_size, lr, seed, progress)]
 
 
 def _batched_eval(model: nn.Module, x: Tensor, batch_size: int, fn: Callable[[Tensor, slice], Tensor]) -> Tensor:
