@@ -447,6 +447,19 @@ def test_bad_labels(setup):
         attack(model, x, y.double())
 
 
+def test_one_input_without_its_batch_dimension_is_named():
+    """issue 18: x[0] with y[0] failed with a bare IndexError (slice of a 0-dim tensor)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 10)).eval()
+    x = torch.rand(2, 3, 8, 8)
+    y = model(x).argmax(1)
+    attack = get_attack("pgd", eps=0.1, steps=2, seed=0)
+    for label in (y[0], int(y[0]), y[:1]):
+        with pytest.raises(ValueError, match=r"x must be batch-first \(N, \.\.\.\); for one input use x\[None\]"):
+            attack(model, x[0], label)
+    assert attack(model, x[0][None], y[:1]).x_adv.shape == (1, 3, 8, 8)
+
+
 def test_bad_model_output(setup):
     _, x, y = setup
 

@@ -108,15 +108,19 @@ def budgets(eps: EpsLike) -> tuple[list[float | Tensor | None], bool]:
 
 
 def check_rows(n: int, **args: Any) -> None:
-    """y, target and per-input eps must have one row per input (checked before the inputs are chunked)."""
+    """y, target and per-input eps must have one row per input (checked before the inputs are chunked). A scalar
+    label or a wrong length most often means one input without its batch dimension: the error says so."""
+    hint = "; x must be batch-first (N, ...); for one input use x[None]"
     for name, v in args.items():
         vals = v if name == "eps" else [v]
         for t in vals:
+            if name != "eps" and (is_number(t) or isinstance(t, (Tensor, np.ndarray)) and t.ndim == 0):
+                raise ValueError(f"{name} must have shape ({n},) (one entry per input), got a scalar{hint}")
             if isinstance(t, (Tensor, np.ndarray)) and t.ndim >= 1 and t.shape[0] != n:
                 if t.ndim > 1:
-                    raise ValueError(f"{name} must have {n} rows (one per input), got shape {tuple(t.shape)}")
+                    raise ValueError(f"{name} must have {n} rows (one per input), got shape {tuple(t.shape)}{hint}")
                 want = "be a scalar or have shape" if name == "eps" else "have shape"
-                raise ValueError(f"{name} must {want} ({n},) (one entry per input), got {tuple(t.shape)}")
+                raise ValueError(f"{name} must {want} ({n},) (one entry per input), got {tuple(t.shape)}{hint}")
 
 
 def check_input(x: Tensor, box: Box) -> Tensor:
