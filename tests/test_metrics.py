@@ -72,6 +72,16 @@ def test_fooling_ratio_with_preprocess():
     assert fooling_ratio(model, x, x_adv, y, preprocess=(0.5, 0.5)) == 0.0
 
 
+def test_metrics_accept_the_result_for_x_adv():
+    """issue 18: fooling_ratio(model, x, res, y) failed with AttributeError 'shape'."""
+    model = MLP().to(DTYPE).eval()
+    x = rand_x(6, MLP_SHAPE, seed=0)
+    y = predict(model, x)
+    res = get_attack("pgd", eps=0.3, steps=5, seed=0)(model, x, y)
+    assert fooling_ratio(model, x, res, y) == fooling_ratio(model, x, res.x_adv, y)
+    assert torch.equal(psnr(res, x), psnr(res.x_adv, x))
+
+
 def test_predict_restores_mode_and_batches():
     model = ConvNet()
     model.train()

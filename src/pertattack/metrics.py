@@ -83,12 +83,18 @@ def predict(model: nn.Module, x: Tensor, *, preprocess: Preprocess | None = None
         return torch.cat([fwd(x[i : i + batch_size]).argmax(dim=1) for i in range(0, x.shape[0], batch_size)])
 
 
-def fooling_ratio(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, **kw: Any) -> float:
-    """Share of the inputs that ``model`` classifies correctly on x and wrongly on x_adv.
+def _adv(v: Tensor | AttackResult) -> Tensor:
+    """x_adv, given as a tensor or as the :class:`AttackResult` that holds it."""
+    return v.x_adv if isinstance(v, AttackResult) else v
+
+
+def fooling_ratio(model: nn.Module, x: Tensor, x_adv: Tensor | AttackResult, y: Tensor, **kw: Any) -> float:
+    """Share of the inputs that ``model`` classifies correctly on x and wrongly on x_adv (a tensor or the result).
 
     The paper's definition: only correctly classified inputs count. NaN with an
     :class:`UndefinedMetricWarning` when none is; ``ValueError`` for an empty batch.
     """
+    x_adv = _adv(x_adv)
     if x.shape != x_adv.shape:
         raise ValueError(f"x and x_adv differ in shape: {tuple(x.shape)} vs {tuple(x_adv.shape)}")
     _require_inputs(x, "fooling_ratio")
@@ -258,11 +264,13 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, p: float = math.inf, *, b
                 deepfool_success=float(ok.float().mean()), deepfool_failed=float((~ok).sum()))
 
 
-def psnr(a: Tensor, b: Tensor, peak: float = 1.0) -> Tensor:
+def psnr(a: Tensor | AttackResult, b: Tensor | AttackResult, peak: float = 1.0) -> Tensor:
     """PSNR in dB of each input of a batch: 10 log10(peak^2 / MSE(a_i, b_i)), shape (N,).
 
-    inf where a_i == b_i. peak = hi - lo of the box (1 for [0, 1] images).
+    inf where a_i == b_i. peak = hi - lo of the box (1 for [0, 1] images). An :class:`AttackResult` stands for its
+    x_adv.
     """
+    a, b = _adv(a), _adv(b)
     if a.shape != b.shape:
         raise ValueError(f"psnr needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
     mse = (a - b).reshape(a.shape[0], -1).double().pow(2).mean(dim=1)
