@@ -460,6 +460,18 @@ def test_one_input_without_its_batch_dimension_is_named():
     assert attack(model, x[0][None], y[:1]).x_adv.shape == (1, 3, 8, 8)
 
 
+@pytest.mark.parametrize("name", ["pgd", "fgsm", "apgd-t"])
+def test_the_first_budget_check_a_user_writes_holds(name):
+    """issue 18: norms were float32 (0.10000000149) against a float64 eps, so norms <= eps was False."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4)).eval()
+    x = torch.rand(8, 12)
+    res = get_attack(name, eps=0.1, steps=3, seed=0)(model, x)
+    assert res.norms.dtype == torch.float64 and res.eps.dtype == torch.float64
+    assert bool((res.norms <= res.eps).all())
+    assert torch.equal(res.norms, LpBall(math.inf).norm(res.x_adv.double() - x.double()))
+
+
 def test_bad_model_output(setup):
     _, x, y = setup
 

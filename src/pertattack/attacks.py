@@ -275,7 +275,7 @@ class Attack:
         # x_adv - x, computed exactly, is at most what the user asked for
         eps_report = None if eps is None else eps_as_asked(eps_asked, x.shape[0], x.device)
         x_adv = fit_budget(x_out, x + eta, eps_report, self.ball, box)
-        eta_out = x_adv - x_out
+        eta_out = x_adv - x_out  # norms: of the returned tensors in float64, the precision of eps (fit_budget)
         success = pred = margin = None
         with torch.no_grad():
             out = fwd(x_adv)
@@ -288,7 +288,7 @@ class Attack:
             warnings.warn(f"the model's output at x_adv is NaN or inf for inputs "
                           f"{(~finite).nonzero().flatten().tolist()[:10]}"
                           + (": marked as not fooled" if success is not None else ""), stacklevel=4)
-        return AttackResult(x_adv=x_adv, eta=eta_out, norms=self.ball.norm(eta_out.to(x.dtype)), success=success,
+        return AttackResult(x_adv=x_adv, eta=eta_out, norms=self.ball.norm(x_adv.double() - x_out.double()), success=success,
                             eps=eps_report, label=ctx.label, pred=pred, steps=steps, p=self.ball.p, margin=margin,
                             info=info)
 

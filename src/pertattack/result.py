@@ -35,7 +35,8 @@ class AttackResult:
     Attributes:
         x_adv: the adversarial inputs, same shape, dtype and device as x, inside the box.
         eta: x_adv - x.
-        norms: norm_p(eta) per input, in the attack's p, shape (N,).
+        norms: norm_p(x_adv - x) per input, in the attack's p, shape (N,), float64 (computed in float64 from
+            the returned tensors, as eps is held): ``(norms <= eps).all()`` holds.
         success: (N,) bool from a fresh evaluation of the model on x_adv (None for regression).
         eps: the budget per input (N,), or None for an unbounded minimum-norm run.
         label: (N,) the class k each input was attacked from (true label or prediction).
