@@ -242,6 +242,27 @@ def test_templated_names():
             assert row["objective"] and row["solver"] and row["constraint"].startswith("l")
 
 
+def test_list_attacks_and_the_readme_give_each_preset_its_norm():
+    """issue 18: the same eps is another ball for deepfool (l2) than for pgd (l-inf): both lists say p."""
+    import re
+    from pathlib import Path
+
+    rows = {row["name"]: row["p"] for row in list_attacks()}
+    assert all(rows[n] == INF for n in ("pgd", "fgsm", "apgd-ce", "fmn", "apgd-t", "auto"))
+    assert rows["deepfool"] == rows["ddn"] == 2.0
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    seen = set()
+    for line in readme.splitlines():
+        m = re.match(r"\| (`[^|]+`) \| ([^|]+) \|", line)
+        if m and m.group(1).startswith("`") and re.fullmatch(r"(inf|\d)(, (inf|\d))*", m.group(2).strip()):
+            names = re.findall(r"`([^`]+)`", m.group(1))
+            ps = [p.strip() for p in m.group(2).split(",")]
+            for n, p in zip(names, ps * len(names) if len(ps) == 1 else ps, strict=True):
+                assert rows[n] == float(p), (n, p)
+                seen.add(n)
+    assert seen == set(rows)
+
+
 def test_replace_returns_a_new_attack():
     a = get_attack("fgsm", eps=0.1)
     b = a.replace(eps=0.2, p=2)

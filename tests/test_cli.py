@@ -24,6 +24,14 @@ def test_list_names_every_preset(capsys):
         assert f"\n{name} " in "\n" + out
 
 
+def test_list_shows_the_norm_of_each_preset(capsys):
+    """issue 18: deepfool defaults to l2 where pgd, fgsm, apgd and fmn default to l-inf; list shows p."""
+    assert main(["list"]) == 0
+    rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["deepfool"] == "2" and rows["ddn"] == "2" and rows["quadratic-l1"] == "1"
+    assert all(rows[n] == "inf" for n in ("pgd", "fgsm", "apgd-ce", "fmn", "square", "auto"))
+
+
 def test_train_then_run_saves_npz(tmp_path, capsys):
     ckpt = tmp_path / "cnn.pt"
     assert main(["train", "smallcnn", "--data", "digits", "--epochs", "2", "--out", str(ckpt)]) == 0
@@ -121,7 +129,7 @@ def test_version_help_defaults_and_list_header(capsys):
         assert default in " ".join(capsys.readouterr().out.split()), cmd
     assert main(["list"]) == 0
     header = capsys.readouterr().out.splitlines()[0].split()
-    assert header == ["preset", "objective", "constraint", "solver", "description"]
+    assert header == ["preset", "p", "objective", "constraint", "solver", "description"]
 
 
 @pytest.fixture

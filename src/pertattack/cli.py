@@ -186,11 +186,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     from .presets import list_attacks
 
     rows = list_attacks()
-    fmt = "{:<16} {:<14} {:<10} {:<16} {}"
-    print(fmt.format("preset", "objective", "constraint", "solver", "description"))
-    print(fmt.format("-" * 6, "-" * 9, "-" * 10, "-" * 6, "-" * 11))
+    fmt = "{:<16} {:<3} {:<14} {:<10} {:<16} {}"  # p: the norm eps is in by default (deepfool: 2, pgd: inf)
+    print(fmt.format("preset", "p", "objective", "constraint", "solver", "description"))
+    print(fmt.format("-" * 6, "-", "-" * 9, "-" * 10, "-" * 6, "-" * 11))
     for r in rows:
-        print(fmt.format(r["name"], r["objective"], r["constraint"], r["solver"], r["description"]))
+        print(fmt.format(r["name"], f"{r['p']:g}", r["objective"], r["constraint"], r["solver"], r["description"]))
     return 0
 
 

@@ -142,15 +142,15 @@ get_attack.__doc__ = (get_attack.__doc__ or "") + _keyword_doc()
 
 
 def list_attacks() -> list[dict[str, Any]]:
-    """The presets with their description and their four parts."""
+    """The presets with their description, their default norm ``p`` (eps is in that norm) and their four parts."""
     rows = []
     for name, (doc, _) in PRESETS.items():
         a = get_attack(name)
-        rows.append(dict(name=name, description=doc, objective=repr(a.objective), constraint=repr(a.constraint),
-                         solver=repr(a.solver), schedule=a.schedule))
-    for name, (doc, _build) in COMPOSITES.items():
-        rows.append(dict(name=name, description=doc, objective="(several)", constraint="", solver="(cascade)",
-                         schedule=None))
+        rows.append(dict(name=name, description=doc, p=a.ball.p, objective=repr(a.objective),
+                         constraint=repr(a.constraint), solver=repr(a.solver), schedule=a.schedule))
+    for name, (doc, build) in COMPOSITES.items():
+        rows.append(dict(name=name, description=doc, p=build().ball.p, objective="(several)", constraint="",
+                         solver="(cascade)", schedule=None))
     return rows
 
 
