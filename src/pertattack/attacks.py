@@ -288,9 +288,9 @@ class Attack:
             warnings.warn(f"the model's output at x_adv is NaN or inf for inputs "
                           f"{(~finite).nonzero().flatten().tolist()[:10]}"
                           + (": marked as not fooled" if success is not None else ""), stacklevel=4)
-        return AttackResult(x_adv=x_adv, eta=eta_out, norms=self.ball.norm(x_adv.double() - x_out.double()), success=success,
-                            eps=eps_report, label=ctx.label, pred=pred, steps=steps, p=self.ball.p, margin=margin,
-                            info=info)
+        return AttackResult(x_adv=x_adv, eta=eta_out, norms=self.ball.norm(x_adv.double() - x_out.double()),
+                            success=success, eps=eps_report, label=ctx.label, pred=pred, steps=steps, p=self.ball.p,
+                            margin=margin, info=info)
 
 
 def _slice(t: Tensor | None, i: int, bs: int) -> Tensor | None:
