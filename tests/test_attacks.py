@@ -493,6 +493,33 @@ def test_the_first_budget_check_a_user_writes_holds(name):
     assert torch.equal(res.norms, LpBall(math.inf).norm(res.x_adv.double() - x.double()))
 
 
+def test_an_eps_on_the_wrong_scale_is_refused_and_a_suspicious_one_warned(setup):
+    """issue 18: get_attack("pgd", eps=8) on [0, 1] inputs reported 100% success. The rule: eps above the box's
+    reach (l-inf: its width; lp: its diameter norm_p(hi - lo) over one input) is refused, eps above half of it
+    warned; eps = width runs (with the warning) for the reliability check robust-at-full-box."""
+    model, x, y = setup  # 4 inputs of shape (12,) in [0, 1]: l-inf width 1, l2 diameter sqrt(12), l1 12
+    refused = [("pgd", dict(eps=8)), ("fgsm", dict(eps=1.01)), ("pgd", dict(eps=3.5, p=2)),
+               ("bim", dict(eps=12.5, p=1)), ("apgd-t", dict(eps=8)), ("deepfool", dict(eps=[0.1, 4.0])),
+               ("fgsm", dict(eps=torch.tensor([0.1, 0.1, 2.0, 0.1]))), ("fgsm", dict(eps=1.6, box=(-0.5, 1.0)))]
+    for name, kw in refused:
+        call = {"box": kw.pop("box")} if "box" in kw else {}
+        with pytest.raises(ValueError, match=r"eps [\d.]+ \(p = .*\) against the box .*: the ball holds the whole box"):
+            get_attack(name, steps=2, seed=0, **kw)(model, x, y, **call)
+    for name, kw in [("pgd", dict(eps=0.6)), ("fgsm", dict(eps=1.0)), ("pgd", dict(eps=2.0, p=2)),
+                     ("fgsm", dict(eps=2.0, box=(-1.0, 1.0)))]:
+        call = {"box": kw.pop("box")} if "box" in kw else {}
+        with pytest.warns(UserWarning, match="more than half of it"):
+            res = get_attack(name, steps=2, seed=0, **kw)(model, x, y, **call)
+        assert bool((res.norms <= res.eps).all())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        get_attack("pgd", eps=0.5, steps=2, seed=0)(model, x, y)
+        get_attack("pgd", eps=1.7, p=2, steps=2, seed=0)(model, x, y)
+        get_attack("fgsm", eps=1.5)(model, x, y, box=(-1.0, 2.0))
+        get_attack("deepfool")(model, x, y)
+        get_attack("rand-pixel-3", eps=0.7)(model, x)  # subset attacks change a few pixels: Fig. 4(c)'s budgets
+
+
 def test_bad_model_output(setup):
     _, x, y = setup
 
@@ -573,7 +600,7 @@ def test_deepfool_runs_once_for_a_list_of_eps():
     free = df(model, x)
     c0 = model.calls
     model.calls = 0
-    grid = [0.01, 0.1, 0.3, 1.0, 5.0]
+    grid = [0.01, 0.1, 0.3, 1.0, math.sqrt(12)]  # the last: the box's l2 diameter, the largest accepted (issue 18)
     many = df(model, x, eps=grid)
     c_many = model.calls
     model.calls = 0
@@ -700,7 +727,7 @@ def test_targeted_reaches_the_target_on_an_easy_model(p):
     x = rand_x(6, MLP_SHAPE, seed=12)
     y = fresh_pred(model, x)
     target = (y + 1) % 3
-    eps = 1.0 if math.isinf(p) else 3.5
+    eps = 1.0 if math.isinf(p) else math.sqrt(12)  # the box's width, its l2 diameter: the largest accepted
     r = get_attack("targeted", eps=eps, p=p)(model, x, target=target)
     assert torch.equal(r.pred, target)
     assert r.success.all()

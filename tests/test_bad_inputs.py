@@ -358,6 +358,12 @@ def test_cascade_fewer_classes() -> None:
     check_invariants(res, "cascade", model, x, x.clone(), 0.05)
 
 
+def reach(name: str) -> float:
+    """The largest eps accepted on [0, 1]^M (issue 18): the box's width for p = inf, its diameter M^(1/p) else."""
+    p = make(name).ball.p if name not in CASCADES else INF
+    return 1.0 if math.isinf(p) else M ** (1 / p)
+
+
 def _faces() -> Tensor:
     x = x_in().clone()
     x[:, :4] = 0.0
@@ -367,7 +373,7 @@ def _faces() -> Tensor:
 
 EDGES: list[tuple[str, Callable[[], dict[str, Any]]]] = [
     ("eps 0", lambda: dict(eps=0.0)),
-    ("eps 1e3", lambda: dict(eps=1e3)),
+    ("eps the box's reach (the largest accepted)", lambda: dict(eps="reach")),
     ("eps 1e-30", lambda: dict(eps=1e-30)),
     ("per-input eps with zeros", lambda: dict(eps=torch.tensor([0.0, 0.1, 0.0, 0.2], dtype=DTYPE))),
     ("one input", lambda: dict(x=x_in()[:1])),
@@ -384,6 +390,7 @@ def test_edge_conditions(name: str) -> None:
     for label, build in EDGES:
         kw = {"x": x_in(), "eps": eps_for(name), **build()}
         x, eps, box = kw.pop("x"), kw.pop("eps"), kw.pop("box", None)
+        eps = reach(name) if eps == "reach" else eps
         attack = make(name, model, **kw)
         args = call_args(name, model, x)
         before = modes(model)
@@ -392,6 +399,8 @@ def test_edge_conditions(name: str) -> None:
                          modes_before=before, box=box or (0.0, 1.0))
         if isinstance(eps, float) and eps == 0.0:
             assert torch.equal(res.x_adv, x), label
+    with pytest.raises(ValueError, match="the ball holds the whole box"):  # eps 1e3 was legal before issue 18
+        make(name, model)(model, x_in(), eps=1e3, **call_args(name, model, x_in()))
 
 
 # ----------------------------------------------------------------------------------------- 3. eps rule
@@ -590,7 +599,7 @@ def test_float32_budget_every_p(name: str, p: float) -> None:
     model = base_model(name).float()
     x = x_in(torch.float32)
     attack = make(name, model if name == "transfer" else None, p=p)
-    for e in (0.1, 0.7, 1.3):
+    for e in (0.1, 0.7, 1.0 if p == INF else 1.3):  # p = inf: 1.0, the box's width, the largest accepted
         run_checked(name, model, x, e, attack=attack)
 
 
@@ -730,7 +739,7 @@ def test_fit_budget_property(p: float, dtype: torch.dtype, eps: float, seed: int
 def test_attack_budget_property(name: str, dtype: torch.dtype, eps: float, seed: int) -> None:
     """Any preset, dtype and eps: every invariant holds."""
     model = base_model(name).to(dtype)
-    run_checked(name, model, x_in(dtype, seed), eps)
+    run_checked(name, model, x_in(dtype, seed), min(eps, reach(name)))  # above the reach: refused (issue 18)
 
 
 # ------------------------------------------------------------------------------------------- counts

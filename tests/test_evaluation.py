@@ -231,6 +231,7 @@ def test_out_made_with_other_arguments_is_refused(reference, tmp_path, capsys):
     (dict(data="eval_callables:centroids"), "expected a Dataset of (x, y)"),
     (dict(data="imagenet"), "mnist, cifar10, digits"),
     (dict(eps="0.1,-1"), ">= 0"),
+    (dict(eps="0.1,8"), "--eps: eps 8 (p = inf) against the box [0, 1]: its width max(hi - lo) is 1"),  # issue 18
     (dict(extra=("--attack", "targeted")), "targeted"),
     (dict(extra=("--attack", "quadratic-l2")), "regression"),
     (dict(extra=("--set", "seed=3")), "use --seed"),

@@ -302,7 +302,7 @@ def test_minimum_norm_presets_serve_every_eps_from_one_run():
     a = get_attack("fmn", p=2.0, steps=30)
     assert a.minimum_norm and get_attack("ddn").minimum_norm and not get_attack("apgd-ce").minimum_norm
     free = a(model, x)
-    per = a(model, x, eps=[0.01, 10.0])
+    per = a(model, x, eps=[0.01, math.sqrt(12)])  # the box's l2 diameter, the largest eps accepted (issue 18)
     torch.testing.assert_close(per[1].x_adv, free.x_adv, rtol=0, atol=1e-12)  # a big ball changes nothing
     assert (per[0].norms <= 0.01 + 1e-12).all()
 

@@ -4,6 +4,7 @@ names the setting or argument it refuses."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from .constraints import Box
 
 __all__ = ["integer", "positive_int", "flag", "is_number", "EpsLike", "budgets", "eps_as_asked", "check_rows",
-           "check_input", "check_labels", "check_reference", "FirstOutputCheck"]
+           "check_scale", "check_input", "check_labels", "check_reference", "FirstOutputCheck"]
 
 EpsLike = float | Sequence[float] | Tensor | np.ndarray | None
 
@@ -121,6 +122,42 @@ def check_rows(n: int, **args: Any) -> None:
                     raise ValueError(f"{name} must have {n} rows (one per input), got shape {tuple(t.shape)}{hint}")
                 want = "be a scalar or have shape" if name == "eps" else "have shape"
                 raise ValueError(f"{name} must {want} ({n},) (one entry per input), got {tuple(t.shape)}{hint}")
+
+
+def check_scale(eps_list: list[Any], p: float, box: Box, x: Tensor, warn: bool = True) -> None:
+    """An eps on the wrong scale for the box (``eps=8`` meant 8/255 on [0, 1] images) is refused, a suspicious
+    one warned. The box's reach in the lp norm: its width max(hi - lo) for p = inf, its diameter norm_p(hi - lo)
+    over one input's shape otherwise. eps > reach is an error (the ball holds the whole box: every attack
+    "succeeds"); reach / 2 < eps <= reach a warning unless ``warn`` is False (subset attacks, which change a few
+    pixels by up to eps: Fig. 4(c) goes to 0.7); eps = width is meant only to test the evaluation, as the
+    reliability check robust-at-full-box does. Scalar eps and box are read as numbers: no device sync."""
+    shape = tuple(x.shape[1:])
+    if is_number(box.lo) and is_number(box.hi):
+        width = float(box.hi) - float(box.lo)
+        m = math.prod(shape)
+        reach = width if math.isinf(p) else width * m ** (1 / p) if m else 0.0
+    else:
+        span = (torch.as_tensor(box.hi, dtype=torch.float64) - torch.as_tensor(box.lo, dtype=torch.float64)).cpu()
+        span = span.expand(shape) if span.dim() else span
+        reach = float(span.max()) if math.isinf(p) else float(torch.linalg.vector_norm(span.flatten(), ord=p))
+    if not math.isfinite(reach):
+        return
+    largest = max((float(e.max()) if isinstance(e, Tensor) else e for e in eps_list if e is not None
+                   and (not isinstance(e, Tensor) or e.numel())), default=None)
+    if largest is None or largest <= (reach / 2 if warn else reach):
+        return
+    what = (f"eps {largest:g} (p = {p:g}) against the box [{_bound(box.lo)}, {_bound(box.hi)}]: its "
+            + ("width max(hi - lo)" if math.isinf(p) else f"diameter norm_{p:g}(hi - lo) over one input {shape}")
+            + f" is {reach:.6g}")
+    if largest > reach:
+        raise ValueError(f"{what}: the ball holds the whole box, so every input is reachable. eps is in the units "
+                         "of the box (8/255, not 8, for [0, 1] images); set box=(lo, hi) to the inputs' range")
+    warnings.warn(f"{what}: more than half of it, so the ball holds most of the box; eps is in the units of the "
+                  "box (8/255, not 8, for [0, 1] images)", stacklevel=3)
+
+
+def _bound(b: Any) -> str:
+    return f"{b:g}" if is_number(b) else "per-channel"
 
 
 def check_input(x: Tensor, box: Box) -> Tensor:

@@ -34,6 +34,7 @@ from ._validate import (
     check_labels,
     check_reference,
     check_rows,
+    check_scale,
     eps_as_asked,
     flag,
     positive_int,
@@ -170,6 +171,7 @@ class Attack:
         x_in = check_input(x, the_box)
         n = x_in.shape[0]
         check_rows(n, y=y, target=target, eps=eps_list)  # before chunking: a slice would hide a wrong length
+        check_scale(eps_list, self.ball.p, the_box, x_in, warn=not self.solver.subsets)
         xw = x_in.to(torch.float32 if x_in.dtype in (torch.float16, torch.bfloat16) else x_in.dtype)
         bs = self.batch_size or n
         noise = Noise.create(self.seed, n, x_in.device, index)  # seed None: one drawn from torch's generator

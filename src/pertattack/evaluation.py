@@ -339,9 +339,11 @@ def _build_attacks(cfg: EvalConfig) -> list[Any]:
     return attacks
 
 
-def _probe(cfg: EvalConfig, model: nn.Module, data: DataSource, device: torch.device) -> None:
+def _probe(cfg: EvalConfig, model: nn.Module, data: DataSource, device: torch.device, attacks: list[Any]) -> None:
     """The model's scores for the first input, as the batches will be called: data of the wrong shape or dtype is
-    refused here, naming --data, not inside torch at the first batch."""
+    refused here, naming --data, not inside torch at the first batch; an --eps on the wrong scale for the box
+    (:func:`check_scale`), naming --eps, before anything is written."""
+    from ._validate import check_scale
     from .metrics import predict
 
     x = data.batch([0])[0].to(device, dtype=None if cfg.dtype is None else getattr(torch, cfg.dtype))
@@ -351,6 +353,13 @@ def _probe(cfg: EvalConfig, model: nn.Module, data: DataSource, device: torch.de
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         raise EvaluationError(f"--data {cfg.data}: the model ({name}) cannot take its inputs of shape "
                               f"{tuple(x.shape[1:])} and dtype {x.dtype}: {' '.join(str(err).split())}") from err
+    for a in attacks:
+        try:
+            with warnings.catch_warnings():  # the attack's own call warns
+                warnings.simplefilter("ignore")
+                check_scale([max(float(e) for e in cfg.eps)], a.ball.p, a.box_for(model), x)
+        except ValueError as err:
+            raise EvaluationError(f"--eps: {err}") from err
 
 
 def _call_attack(attack: Any, model: nn.Module, x: Tensor, y: Tensor, eps: list[float], index: Tensor) -> list[Any]:
@@ -628,7 +637,7 @@ def run_evaluation(cfg: EvalConfig, argv: list[str] | None = None) -> EvalReport
         with _lock(out) if rank == 0 else contextlib.nullcontext():
             if rank == 0 and local_error is None:
                 try:
-                    _probe(cfg, model, data, device)  # (the same model and data on every rank)
+                    _probe(cfg, model, data, device, attacks)  # (the same model and data on every rank)
                     fp = _fingerprint(cfg, attacks, model, data, device)
                     plan = _plan(cfg, out, fp, data, world, argv)
                 except UsageError as err:  # (an EvaluationError, or the data's own)
