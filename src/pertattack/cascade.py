@@ -5,9 +5,10 @@ restarts, the same run again on the inputs still robust (:func:`restarted`).
 
 The result is one :class:`AttackResult` per eps whose ``success`` is the union of the members'
 successes and whose ``info["attack"]`` says which member fooled each input (its position in
-``members``; -1 where none did; :meth:`AttackResult.fooled_by` gives the names). :class:`Auto` (the
-``auto`` preset) is a cascade that checks the model first and picks its members by what it finds. An input that a member fools is never attacked again, so the cost of the
-later (stronger, slower) members falls on the robust inputs only.
+``members``; -1 where none did; :meth:`AttackResult.fooled_by` gives the names). An input that a member
+fools is never attacked again, so the cost of the later (stronger, slower) members falls on the robust
+inputs only. :class:`Auto` (the ``auto`` preset) is a cascade that checks the model first and picks its
+members by what it finds.
 """
 
 from __future__ import annotations
