@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 from torch import Tensor, nn
+
+# Property tests draw the same examples on every run and machine (no example database): a CI run is reproducible.
+# A random draw found fmn's batch dependence at p = 2 (tests/test_attacks.py, 6e-3 at one boundary-hovering input).
+settings.register_profile("pertattack", derandomize=True, database=None)
+settings.load_profile("pertattack")
 
 DTYPE = torch.float64
 
