@@ -103,7 +103,7 @@ class Attack:
 
     @property
     def minimum_norm(self) -> bool:
-        """True for minimum-norm attacks (DeepFool's unbounded steps, FMN's adaptive ball): they need no
+        """Whether this is a minimum-norm attack (DeepFool's unbounded steps, FMN's adaptive ball), which needs no
         eps, and one run serves every eps (projected on each ball and re-evaluated)."""
         return not self.solver.bounded or self.schedule.project.minimum_norm
 

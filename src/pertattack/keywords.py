@@ -16,6 +16,7 @@ from .solvers import GNM, MinNorm, Quadratic, RandomGaussian, RandomSign, Random
 
 __all__ = ["KEYWORDS", "SOLVERS", "route", "solver_by_name"]
 
+#: The solvers by the name a recipe or ``solver=`` gives them.
 SOLVERS: dict[str, Any] = {
     "gnm": GNM,
     "min-norm": MinNorm,
@@ -36,8 +37,8 @@ def solver_by_name(name: str) -> Solver:
     return from_table(SOLVERS, name, "solver", " (or pass a Solver instance)")
 
 
-# Every keyword get_attack takes, with its meaning: one table, shown by help(get_attack) and checked by a
-# test against what the parts accept (a keyword without a line here is a test failure).
+#: Every keyword get_attack takes, with its meaning, in one table; help(get_attack) shows it and a test
+#: checks it against what the parts accept (a keyword without a line here is a test failure).
 KEYWORDS: dict[str, tuple[str, str]] = {
     # the attack itself
     "eps": ("attack", "budget: a float, a per-input tensor/array (N,), or a list of floats (one result each); "

@@ -2,17 +2,17 @@
 
 Every objective here is a loss to MINIMISE over eta, per input, shape (N,):
 
-=============  ==========================================================  =======================
-name           L(x, eta)                                                   fooled when
-=============  ==========================================================  =======================
-margin         f_k(x+eta) - max_{l != k} f_l(x+eta)   (AGP, eq. 2)         argmax != k  (L < 0)
-cross-entropy  -CE(f(x+eta), k)                        (FGSM, BIM, PGD)    argmax != k
-score          f_k(x+eta)                              (Algorithm 2)       argmax != k
-targeted       max_{l != t} f_l(x+eta) - f_t(x+eta)                         argmax == t  (L < 0)
-deepfool       f_k - f_l^, l^ = argmin_{l!=k} |f_k - f_l| / norm_q(grad(f_k - f_l))   argmax != k
-transfer       any of the above, evaluated on a surrogate model            on the attacked model
-regression     -norm_2(y - f(x+eta))^2  (maximises the squared error, Sec. 3)  (no label)
-=============  ==========================================================  =======================
+=============  =======================================================================  =====================
+name           L(x, eta)                                                                fooled when
+=============  =======================================================================  =====================
+margin         f_k(x+eta) - max_{l != k} f_l(x+eta)   (AGP, eq. 2)                      argmax != k  (L < 0)
+cross-entropy  -CE(f(x+eta), k)   (FGSM, BIM, PGD)                                      argmax != k
+score          f_k(x+eta)   (Algorithm 2)                                               argmax != k
+targeted       max_{l != t} f_l(x+eta) - f_t(x+eta)                                     argmax == t  (L < 0)
+deepfool       f_k - f_l^, l^ = argmin_{l!=k} abs(f_k - f_l) / norm_q(grad(f_k - f_l))  argmax != k
+transfer       any of the above, evaluated on a surrogate model                         on the attacked model
+regression     -norm_2(y - f(x+eta))^2  (maximises the squared error, Sec. 3)           (no label)
+=============  =======================================================================  =====================
 
 k is the true label when given, else the model's own prediction on x. ``targeted`` equals the
 paper's f_k - f_t whenever k is the top class; written with max_{l != t} it also says exactly when
@@ -103,6 +103,7 @@ class Objective:
     steered: bool = False
 
     def loss(self, out: Tensor, ctx: Context) -> Tensor:  # pragma: no cover - abstract
+        """The loss per input (shape (N,)), to minimise: its gradient is the solvers' g."""
         raise NotImplementedError
 
     def prepare(self, out: Tensor, ctx: Context) -> None:

@@ -42,6 +42,7 @@ _REG = dict(objective="regression", solver="gnm")
 _APGD = dict(solver="gnm", steps=100, start=RandomStart(), step_size=Halving(), update=Momentum(),
              keep=KeepBest("loss"), stop=WhenFooled(), project=BallProjection(), mask_blocked=False)
 
+#: The presets, name -> (description, the keyword settings of the four parts).
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "fgsm": ("FGSM (Goodfellow et al.): one GNM step on cross-entropy, p = inf",
              dict(objective="cross-entropy", solver="gnm")),
@@ -213,7 +214,7 @@ def auto(p: float = math.inf, targets: int = 3, order: str = "distance", restart
     return a.replace(p=p, **kw)
 
 
-# Attacks made of several attacks (cascades)
+#: Attacks made of several attacks (cascades), name -> (description, how to build it).
 COMPOSITES: dict[str, tuple[str, Any]] = {
     "apgd-t": ("APGD-T: apgd-dlrt-R for R = 2..10 (targets=), each on the inputs still robust; order='distance' "
                "takes the targets closest by eq. 9 first", apgd_t),

@@ -18,7 +18,9 @@ from torch import Tensor, nn
 
 __all__ = ["UsageError", "DataSource", "load_model_spec", "load_data_spec", "MODEL_HELP", "DATA_HELP"]
 
+#: What ``--model`` takes (the CLI's help).
 MODEL_HELP = "checkpoint of `pertattack train`, or package.module:callable returning an nn.Module"
+#: What ``--data`` takes (the CLI's help).
 DATA_HELP = ("mnist (any folder of MNIST-format IDX files), cifar10, digits, or package.module:callable returning "
              "a Dataset of (x, y) or a pair of tensors (x, y)")
 

@@ -50,7 +50,7 @@ __all__ = [
 
 #: The official tarball (163 MB; md5 c58f30108f718f92721af3b95e74349a).
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-#: The md5 published on https://www.cs.toronto.edu/~kriz/cifar.html for :data:`CIFAR10_URL`.
+#: The md5 of :data:`CIFAR10_URL` as the CIFAR page (www.cs.toronto.edu/~kriz/cifar.html) publishes it.
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_TARBALL = "cifar-10-python.tar.gz"
 CIFAR10_FOLDER = "cifar-10-batches-py"
