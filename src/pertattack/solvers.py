@@ -341,7 +341,8 @@ class Quadratic(Solver):
                 raise ValueError(f"a ground truth y is solved for (eq. 12) by quadratic-l2 only; {self.name} solves "
                                  "eq. 13 (y = f(x)): call it without y, or use quadratic-l2 / the linear presets")
             gen = None if lin.noise is None else lin.noise.generator(x.device)
-            return qd.quadratic_l2_truth(f, x, truth, eps, iters=self.power_iters, tol=self.tol, generator=gen)
+            return qd.quadratic_l2_truth(f, x, truth, eps, iters=self.power_iters, tol=self.tol, generator=gen,
+                                         box=box)
         if self.norm == "l2":
             gen = None if lin.noise is None else lin.noise.generator(x.device)
             eta, sigma = qd.quadratic_l2(f, x, eps, iters=self.power_iters, tol=self.tol, generator=gen,
