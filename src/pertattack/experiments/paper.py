@@ -245,7 +245,8 @@ def _pair_figure(out: Path, tag: str, model: torch.nn.Module, x: torch.Tensor, a
                                                                    strict=True)]
     rows = {"original": x, "output": clean, adv_name: adv, "its output": out_adv, rnd_name: rnd,
             "its output ": out_rnd}
-    plot_images(out / f"{tag}.png", rows, captions=caps, title=title + ": output PSNR adversarial / random")
+    plot_images(out / f"{tag}.png", rows, captions=caps,
+                title=title + ", random noise of the same measured input PSNR: output PSNR adversarial / random")
     print("output PSNR (adversarial / random):", ", ".join(caps))
     print(f"wrote {out / tag}.csv and {out / tag}.png")
 
