@@ -292,8 +292,9 @@ class Quadratic(Solver):
     norm(J)_{2->2}, goes to ``AttackResult.info['sigma']``), ``"l1"`` (eq. 15, largest column), ``"linf"`` (the
     greedy of eq. 20) or ``"subset"`` (eq. 19-21, the greedy inside the best subset). The sign of
     +-eta is the one that distorts the output more. With a ground truth y != f(x) (``y=`` of the call),
-    quadratic-l2 solves eq. 12, max norm_2(f(x) - y + J eta)^2 (:func:`pertattack.quadratic.quadratic_l2_truth`);
-    the other norms refuse it. Needs no gradient of the objective. ``method``:
+    quadratic-l2 solves eq. 12, max norm_2(f(x) - y + J eta)^2 (:func:`pertattack.quadratic.quadratic_l2_truth`,
+    inside the box: no budget lost to clipping where the box leaves room); the other norms refuse it. Needs no
+    gradient of the objective. ``method``:
     ``"lanczos"`` (default; reaches tol in 40-70 iterations at M = 3,072-27,648 where 100 power
     iterations stay ~0.5% off sigma, benchmarks/bench_quadratic.py) or ``"power"``.
     """
@@ -341,7 +342,8 @@ class Quadratic(Solver):
                 raise ValueError(f"a ground truth y is solved for (eq. 12) by quadratic-l2 only; {self.name} solves "
                                  "eq. 13 (y = f(x)): call it without y, or use quadratic-l2 / the linear presets")
             gen = None if lin.noise is None else lin.noise.generator(x.device)
-            return qd.quadratic_l2_truth(f, x, truth, eps, iters=self.power_iters, tol=self.tol, generator=gen)
+            return qd.quadratic_l2_truth(f, x, truth, eps, iters=self.power_iters, tol=self.tol, generator=gen,
+                                         box=box)
         if self.norm == "l2":
             gen = None if lin.noise is None else lin.noise.generator(x.device)
             eta, sigma = qd.quadratic_l2(f, x, eps, iters=self.power_iters, tol=self.tol, generator=gen,

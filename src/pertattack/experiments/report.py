@@ -45,7 +45,8 @@ def _curves(path: Path) -> dict[str, list[float]]:
 
 
 def _psnr_rows(path: Path) -> dict[str, list[float]]:
-    """fig4-style CSV -> attack -> output PSNR per budget (mean over images)."""
+    """fig4-style CSV -> attack -> output PSNR per budget (mean over images): Figure 4(c), compared at equal eps
+    (its x axis); the others are compared at equal measured input PSNR (:func:`_at_input_psnr`)."""
     out: dict[str, list[float]] = {}
     for r in _read(path)[1:]:
         out.setdefault(r[0], []).append(float(r[3]))
@@ -92,23 +93,51 @@ def _fig3_checks(tag: str) -> list[Check]:
             ("adversarial far above random noise", random)]
 
 
+def _at_input_psnr(path: Path) -> dict[str, list[float]]:
+    """fig4-style CSV -> attack -> output PSNR at each input PSNR of the paper's axis (measured input PSNR,
+    interpolated; NaN outside an attack's measured range): attacks compared at equal input size."""
+    from .regression import at_input_psnr
+
+    pts: dict[str, tuple[list[float], list[float]]] = {}
+    for r in _read(path)[1:]:
+        pts.setdefault(r[0], ([], []))
+        pts[r[0]][0].append(float(r[2]))
+        pts[r[0]][1].append(float(r[3]))
+    return {k: at_input_psnr(a, b) for k, (a, b) in pts.items()}
+
+
+def _common(c: dict[str, list[float]], names: list[str]) -> tuple[dict[str, list[float]], str]:
+    """The curves ``names`` restricted to the input PSNRs where every one of them was measured, and those
+    PSNRs in words; KeyError for a missing attack, ValueError where they share no input PSNR."""
+    from .regression import INPUT_PSNR
+
+    keep = [i for i in range(len(INPUT_PSNR)) if all(math.isfinite(c[n][i]) for n in names)]
+    if not keep:
+        raise ValueError(f"{', '.join(names)} share no measured input PSNR on the axis {INPUT_PSNR}")
+    where = f"at equal measured input PSNR {', '.join(f'{INPUT_PSNR[i]:g}' for i in keep)} dB"
+    return {n: [c[n][i] for i in keep] for n in names}, where
+
+
 def _psnr_checks(tag: str, p: str) -> list[Check]:
+    lin1, lin20, quad, rand = f"linear-{p}-1", f"linear-{p}-20", f"quadratic-{p}", f"rand-{p}"
+
     def successive(d: Path) -> tuple[bool | None, str]:
-        c = _psnr_rows(d / f"{tag}.csv")
-        a1, a20 = _mean(c[f"linear-{p}-1"]), _mean(c[f"linear-{p}-20"])
-        return a20 <= a1, f"mean output PSNR linear-{p}-1 {a1:.2f} dB, linear-{p}-20 {a20:.2f} dB (lower is stronger)"
+        c, where = _common(_at_input_psnr(d / f"{tag}.csv"), [lin1, lin20])
+        a1, a20 = _mean(c[lin1]), _mean(c[lin20])
+        return a20 <= a1, f"mean output PSNR {where}: {lin1} {a1:.2f} dB, {lin20} {a20:.2f} dB (lower is stronger)"
 
     def quadratic(d: Path) -> tuple[bool | None, str]:
-        c = _psnr_rows(d / f"{tag}.csv")
-        q, a1, a20 = _mean(c[f"quadratic-{p}"]), _mean(c[f"linear-{p}-1"]), _mean(c[f"linear-{p}-20"])
-        return q <= a1 + 0.5, (f"mean output PSNR quadratic-{p} {q:.2f} dB vs linear-{p}-1 {a1:.2f} and "
-                               f"linear-{p}-20 {a20:.2f} (competitive: within 0.5 dB of linear-1 or below)")
+        c, where = _common(_at_input_psnr(d / f"{tag}.csv"), [quad, lin1, lin20])
+        q, a1, a20 = _mean(c[quad]), _mean(c[lin1]), _mean(c[lin20])
+        return q <= a1 + 0.5, (f"mean output PSNR {where}: {quad} {q:.2f} dB vs {lin1} {a1:.2f} and "
+                               f"{lin20} {a20:.2f} (competitive: within 0.5 dB of linear-1 or below)")
 
     def random(d: Path) -> tuple[bool | None, str]:
-        c = _psnr_rows(d / f"{tag}.csv")
-        r = _mean(c[f"rand-{p}"])
-        worst = max(_mean(v) for k, v in c.items() if not k.startswith("rand"))
-        return worst < r, f"mean output PSNR random {r:.2f} dB, weakest attack {worst:.2f} dB"
+        full = _at_input_psnr(d / f"{tag}.csv")
+        c, where = _common(full, [rand, *(k for k in full if not k.startswith("rand"))])
+        r = _mean(c[rand])
+        worst = max(_mean(v) for k, v in c.items() if k != rand)
+        return worst < r, f"mean output PSNR {where}: random {r:.2f} dB, weakest attack {worst:.2f} dB"
 
     return [("successive linearizations improve (linear-20 below linear-1)", successive),
             ("the non-iterative quadratic attack is competitive", quadratic),
@@ -135,26 +164,42 @@ def _fig4c_checks() -> list[Check]:
 
 def _fig4d_checks() -> list[Check]:
     def iterative(d: Path) -> tuple[bool | None, str]:
-        c = _psnr_rows(d / "fig4d.csv")
+        c, where = _common(_at_input_psnr(d / "fig4d.csv"), ["linear-linf-1", "linear-linf-20"])
         gap = max(a - b for a, b in zip(c["linear-linf-1"], c["linear-linf-20"], strict=True))
-        return gap > 10.0, f"largest output PSNR drop from linear-linf-1 to linear-linf-20: {gap:.2f} dB"
+        return gap > 10.0, f"largest output PSNR drop from linear-linf-1 to linear-linf-20 {where}: {gap:.2f} dB"
 
     def random(d: Path) -> tuple[bool | None, str]:
-        c = _psnr_rows(d / "fig4d.csv")
+        c, where = _common(_at_input_psnr(d / "fig4d.csv"), ["rand-linf", "linear-linf-20"])
         r, a = _mean(c["rand-linf"]), _mean(c["linear-linf-20"])
-        return a < r, f"mean output PSNR rand-linf {r:.2f} dB vs linear-linf-20 {a:.2f} dB"
+        return a < r, f"mean output PSNR {where}: rand-linf {r:.2f} dB vs linear-linf-20 {a:.2f} dB"
 
     return [("iterative linearizations: more than 10 dB output PSNR reduction", iterative),
             ("the colorization network is unstable (attack far below random)", random)]
 
 
+#: how far (dB) the random noise's measured input PSNR may lie from the attack's for "the same size"
+SAME_SIZE_DB = 0.1
+
+
 def _pair_check(tag: str, adv: str, rnd: str) -> list[Check]:
+    """The attack's output PSNR below the random noise's, both of the same measured input PSNR (per image, within
+    :data:`SAME_SIZE_DB`; not checked where the noise is of another size)."""
+
     def check(d: Path) -> tuple[bool | None, str]:
         rows = _read(d / f"{tag}.csv")
         h = rows[0]
-        a = _mean([float(r[h.index(adv)]) for r in rows[1:]])
-        r = _mean([float(r[h.index(rnd)]) for r in rows[1:]])
-        return a < r, f"mean output PSNR (vs x) {adv} {a:.2f} dB, {rnd} {r:.2f} dB"
+
+        def col(name: str) -> list[float]:
+            return [float(r[h.index(name)]) for r in rows[1:]]
+
+        a, r = _mean(col(adv)), _mean(col(rnd))
+        ia, ir = col("in_psnr_adv"), col("in_psnr_random")
+        gap = max(abs(u - v) for u, v in zip(ia, ir, strict=True))
+        size = (f"input PSNR adversarial {_mean(ia):.2f} dB, random {_mean(ir):.2f} dB, per image at most "
+                f"{gap:.2f} apart")
+        if not gap <= SAME_SIZE_DB:
+            return None, f"the random noise is not of the same measured size ({size})"
+        return a < r, f"mean output PSNR (vs x) {adv} {a:.2f} dB, {rnd} {r:.2f} dB; {size}"
 
     return [("the network undoes random noise but not the adversarial perturbation of the same size", check)]
 
