@@ -361,7 +361,7 @@ def quadratic_l2_truth(
 
     Box (``box``): the sphere's maximiser may leave the box [lo, hi] (MNIST's black background: about 20% of
     the budget was lost to clipping on the MNIST autoencoder). Where it does, the clipped point seeds
-    :func:`_ball_box_ascent`: eta <- argmax of the linear term (J^T (r + J eta))^T u over the feasible set
+    ``_ball_box_ascent``: eta <- argmax of the linear term (J^T (r + J eta))^T u over the feasible set
     ball-and-box {norm_2(u) <= eps, lo <= x + u <= hi}, ``box_iters`` times at most. The objective is convex,
     so each step cannot lower it (a conditional-gradient ascent to a stationary point; the global maximum of a
     convex function over ball-and-box is NP-hard in general): the result is at least as good, to first order,
