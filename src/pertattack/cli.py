@@ -172,9 +172,11 @@ def _probe(model: torch.nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
 
 def _load_data(args: argparse.Namespace, split: str, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``--data`` (with ``--root``, ``--download``): the first n inputs of ``split`` as tensors (x, y)."""
+    from .data.idx import DownloadableError
+
     try:
         return load_data_spec(args.data, args.root, split, n, download=args.download).xy()
-    except FileNotFoundError as err:
+    except DownloadableError as err:  # MNIST, CIFAR-10: --download fetches them (other files it cannot)
         raise FileNotFoundError(f"{err} On the command line: add --download.") from err
 
 
@@ -442,6 +444,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .data.idx import DownloadableError
     from .experiments import paper
     from .experiments.common import cache_dir
 
@@ -460,7 +463,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     try:
         return paper.reproduce(args.experiment, out=out, n=args.n, root=args.root, seed=args.seed,
                                epochs=args.epochs, device=device)
-    except FileNotFoundError as err:
+    except DownloadableError as err:  # MNIST, CIFAR-10; STL-10's message says how to get it
         if args.download:
             raise
         raise FileNotFoundError(f"{err} On the command line: add --download.") from err

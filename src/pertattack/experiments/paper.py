@@ -312,14 +312,13 @@ def _fig1(*, out: Path, n: int, root: str | None, seed: int, epochs: int, device
 COLOR_WIDTH = 16
 
 
-def _stl_root(root: str | None) -> str | None:
-    """``root`` when it holds the STL-10 binary files (a single STL-10 item run with --root), else None:
-    the default STL-10 root ($PERTATTACK_STL10)."""
-    from pathlib import Path as _P
+def _stl_root(root: str | None) -> str:
+    """The folder the STL-10 items read: ``root`` when it holds the STL-10 test files (a single STL-10 item run
+    with --root), else the default STL-10 root ($PERTATTACK_STL10; under ``all``, --root is the MNIST folder).
+    When neither holds them, the FileNotFoundError names both."""
+    from ..data.stl10 import default_stl10_root, find_stl10_root
 
-    if root and any((_P(root) / sub / "test_X.bin").is_file() for sub in ("", "stl10_binary")):
-        return root
-    return None
+    return str(find_stl10_root("test", *([root] if root else []), default_stl10_root()))
 
 
 def colorization_model(root: str | None, epochs: int, seed: int, device: str = "cpu"):
@@ -339,8 +338,7 @@ def colorization_model(root: str | None, epochs: int, seed: int, device: str = "
 def _stl10_setup(root: str | None, n: int, epochs: int, seed: int, device: str, limit: int):
     from ..data import load_stl10, to_gray
 
-    root = _stl_root(root)
-    load_stl10(root, "test", limit=1)  # FileNotFoundError (what to provide) before any training
+    root = _stl_root(root)  # FileNotFoundError (what to provide, where it was looked for) before any training
     t0 = time.perf_counter()
     model = colorization_model(root, epochs, seed, device)
     took = time.perf_counter() - t0
