@@ -149,6 +149,10 @@ def _fig3(dataset: str, model_name: str, eps: list[float], title: str, tag: str)
     return run
 
 
+#: what an item that ran without its CIFAR-10 part reports as skipped (the note says why)
+_NO_CIFAR = "the CIFAR-10 part, no CIFAR-10 files"
+
+
 def _cifar_available() -> str | None:
     """None when the CIFAR-10 files load from the default root ($PERTATTACK_CIFAR10), else why not."""
     try:
@@ -174,11 +178,12 @@ def _table3(*, out: Path, n: int, root: str | None, seed: int, epochs: int, devi
             models[f"{m} (CIFAR-10)"] = (model, xc, yc)
     run_table3(models, out / "table3", p=math.inf)
     print(f"wrote {out / 'table3'}.csv")
-    note = f"{x.shape[0]} test images per model"
+    info: dict = {"models": infos, "note": f"{x.shape[0]} test images per model"}
     if why is not None:
-        note += f"; NIN and DenseNet-40 rows not run: {why}"
+        info["note"] += f"; NIN and DenseNet-40 rows not run: {why}"
+        info["part_skipped"] = _NO_CIFAR + " (NIN, DenseNet-40)"
         print("table3: NIN and DenseNet-40 rows skipped:", why)
-    return {"models": infos, "note": note}
+    return info
 
 
 def _fig4(dataset: str, attacks: list[str], p: float, tag: str, title: str, eps: list[float] | None = None):
@@ -255,6 +260,8 @@ def _fig2b(*, out: Path, n: int, root: str | None, seed: int, epochs: int, devic
     note = f"{x.shape[0]} random test images, 100 pixels at eps {FIG2B_EPS}"
     if dataset == "mnist":
         note += " (MNIST autoencoder: CIFAR-10 files not found; the paper uses the CIFAR-10 autoencoder)"
+        return {"models": {f"fc-ae ({dataset})": info}, "note": note,
+                "part_skipped": _NO_CIFAR + " (its autoencoder; MNIST's ran instead)"}
     return {"models": {f"fc-ae ({dataset})": info}, "note": note}
 
 
@@ -305,7 +312,7 @@ def _fig1(*, out: Path, n: int, root: str | None, seed: int, epochs: int, device
     else:
         note += f"; CIFAR-10 part not run: {why}"
     write_csv(out / "fig1.csv", ["dataset", "index", "label", "pred", "pred_adv", "eps", "norm"], rows)
-    return {"models": models, "note": note}
+    return {"models": models, "note": note} | ({} if why is None else {"part_skipped": _NO_CIFAR + " (NIN)"})
 
 
 #: width of the colorization network trained here (the published one is 64: too slow to train on a CPU)
