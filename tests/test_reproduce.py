@@ -88,7 +88,7 @@ def test_fig2b_and_table3_smallest(cache, tmp_path):
     # the paper's numbers beside ours, row by row; the CIFAR-10 rows marked as not run
     assert f"{TABLE3_PAPER['lenet5'][1]:.3g} / " in rep and "DenseNet-40 (CIFAR-10) | 0.052 / not run" in rep
     assert "NIN and DenseNet-40 rows not run" in rep
-    assert "Figure 2(b)" in rep and "| fig2b | ran (part skipped: the CIFAR-10 part" in rep
+    assert "Figure 2(b)" in rep and "| fig2b | ran (part skipped: the CIFAR-10 autoencoder" in rep
 
 
 def test_missing_data_is_recorded_as_skipped(cache, tmp_path):
@@ -209,7 +209,7 @@ def _fake_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, di
     why = f"CIFAR-10 batch test_batch not found in {cifar}/cifar-10-batches-py"
     rec = {"fig1": {"status": "ran", "command": f"pertattack reproduce all --out {out} --n 10", "time_s": 3.0,
                     "note": f"mnist: ...; CIFAR-10 part not run: {why}; figure in {out}/fig1.png",
-                    "part_skipped": "the CIFAR-10 part, no CIFAR-10 files (NIN)",
+                    "part_skipped": "CIFAR-10 (NIN): no CIFAR-10 files",
                     "models": {"lenet5 (mnist)": {"cache": f"{home}/.cache/pertattack/lenet5.pt"}}},
            "fig3c": {"status": "skipped", "command": f"pertattack reproduce all --out {out} --n 10", "reason": why}}
     (out / "report.json").write_text(json.dumps(rec))
@@ -226,10 +226,10 @@ def test_report_has_no_absolute_path_and_says_a_part_was_skipped(tmp_path, monke
             assert absolute not in text
     assert "`pertattack reproduce all --out . --n 10`" in rep
     assert "not found in $PERTATTACK_CIFAR10/cifar-10-batches-py" in rep and "figure in ./fig1.png" in rep
-    assert "| fig1 | ran (part skipped: the CIFAR-10 part, no CIFAR-10 files (NIN)) | 1/1 | 3 |" in rep
-    assert "| fig1 | ran |" not in rep and "of these, part skipped: fig1 (the CIFAR-10 part" in rep
+    assert "| fig1 | ran (part skipped: CIFAR-10 (NIN): no CIFAR-10 files) | 1/1 | 3 |" in rep
+    assert "| fig1 | ran |" not in rep and "of these, part skipped: fig1 (CIFAR-10 (NIN)" in rep
     section = rep[rep.index("## Figure 1"):rep.index("## Figure 2(a)")]
-    assert "**Status:** ran (part skipped: the CIFAR-10 part" in section
+    assert "**Status:** ran (part skipped: CIFAR-10 (NIN)" in section
     assert "| fig3c | skipped |" in rep
     assert json.loads((out / "report.json").read_text())["fig1"]["models"]["lenet5 (mnist)"]["cache"] \
         == "~/.cache/pertattack/lenet5.pt"

@@ -149,10 +149,6 @@ def _fig3(dataset: str, model_name: str, eps: list[float], title: str, tag: str)
     return run
 
 
-#: what an item that ran without its CIFAR-10 part reports as skipped (the note says why)
-_NO_CIFAR = "the CIFAR-10 part, no CIFAR-10 files"
-
-
 def _cifar_available() -> str | None:
     """None when the CIFAR-10 files load from the default root ($PERTATTACK_CIFAR10), else why not."""
     try:
@@ -181,7 +177,7 @@ def _table3(*, out: Path, n: int, root: str | None, seed: int, epochs: int, devi
     info: dict = {"models": infos, "note": f"{x.shape[0]} test images per model"}
     if why is not None:
         info["note"] += f"; NIN and DenseNet-40 rows not run: {why}"
-        info["part_skipped"] = _NO_CIFAR + " (NIN, DenseNet-40)"
+        info["part_skipped"] = "CIFAR-10 rows (NIN, DenseNet-40): no CIFAR-10 files"
         print("table3: NIN and DenseNet-40 rows skipped:", why)
     return info
 
@@ -261,7 +257,7 @@ def _fig2b(*, out: Path, n: int, root: str | None, seed: int, epochs: int, devic
     if dataset == "mnist":
         note += " (MNIST autoencoder: CIFAR-10 files not found; the paper uses the CIFAR-10 autoencoder)"
         return {"models": {f"fc-ae ({dataset})": info}, "note": note,
-                "part_skipped": _NO_CIFAR + " (its autoencoder; MNIST's ran instead)"}
+                "part_skipped": "the CIFAR-10 autoencoder: no CIFAR-10 files, MNIST's ran instead"}
     return {"models": {f"fc-ae ({dataset})": info}, "note": note}
 
 
@@ -309,10 +305,11 @@ def _fig1(*, out: Path, n: int, root: str | None, seed: int, epochs: int, device
     if why is None:
         r2, m2, n2 = _fig1_one("cifar10", "nin", None, n, seed, epochs, device, out, "fig1-cifar10")
         rows, models, note = rows + r2, models | m2, note + "; " + n2
-    else:
-        note += f"; CIFAR-10 part not run: {why}"
     write_csv(out / "fig1.csv", ["dataset", "index", "label", "pred", "pred_adv", "eps", "norm"], rows)
-    return {"models": models, "note": note} | ({} if why is None else {"part_skipped": _NO_CIFAR + " (NIN)"})
+    if why is None:
+        return {"models": models, "note": note}
+    return {"models": models, "note": note + f"; CIFAR-10 part not run: {why}",
+            "part_skipped": "CIFAR-10 (NIN): no CIFAR-10 files"}
 
 
 #: width of the colorization network trained here (the published one is 64: too slow to train on a CPU)
