@@ -204,7 +204,7 @@ class SingleSubset(Solver):
     Subsets chosen at earlier steps of the same run are excluded (its state), so T calls
     touch T distinct subsets (linear-pixel-T). The budget is per coordinate: the constraint's p is inf.
 
-    ``reuse=True`` is the paper's variant without the exclusion (Section 4.2, Algorithm 1 with line 5
+    ``reuse=True`` is the paper's variant without the exclusion (end of Section 5: Algorithm 1 with line 5
     restricted to one subset): every subset stays a candidate and the step adds to eta, eta_{t+1} =
     eta_t + eta*_t, where eta*_t solves the linearised problem on one subset with each coordinate in
     [-alpha, alpha] (alpha: this step's budget) and eta_t + eta*_t still in [-eps, eps] and the box. A
