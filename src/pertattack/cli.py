@@ -172,9 +172,11 @@ def _probe(model: torch.nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
 
 def _load_data(args: argparse.Namespace, split: str, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``--data`` (with ``--root``, ``--download``): the first n inputs of ``split`` as tensors (x, y)."""
+    from .data.idx import DownloadableError
+
     try:
         return load_data_spec(args.data, args.root, split, n, download=args.download).xy()
-    except FileNotFoundError as err:
+    except DownloadableError as err:  # MNIST, CIFAR-10: --download fetches them (other files it cannot)
         raise FileNotFoundError(f"{err} On the command line: add --download.") from err
 
 
@@ -442,6 +444,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .data.idx import DownloadableError
     from .experiments import paper
     from .experiments.common import cache_dir
 
@@ -460,7 +463,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     try:
         return paper.reproduce(args.experiment, out=out, n=args.n, root=args.root, seed=args.seed,
                                epochs=args.epochs, device=device)
-    except FileNotFoundError as err:
+    except DownloadableError as err:  # MNIST, CIFAR-10; STL-10's message says how to get it
         if args.download:
             raise
         raise FileNotFoundError(f"{err} On the command line: add --download.") from err
@@ -548,9 +551,16 @@ def _add_evaluate(sub: Any) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """report.md and its figures, drawn again from an evaluate folder (finished or not); no attack runs."""
+    """report.md and its figures, drawn again from an evaluate folder (finished or not); REPORT.md from a reproduce
+    folder's report.json and CSV files. No attack runs."""
     from .report import load_run, write_report
 
+    out = Path(args.out)
+    if (out / "report.json").is_file() and not (out / "manifest.json").exists():  # pertattack reproduce's
+        from .experiments.report import write_report as write_reproduction
+
+        print(f"wrote {write_reproduction(out)} (from {out / 'report.json'} and the CSV files beside it)")
+        return 0
     run = load_run(args.out)
     path = write_report(run, figures=not args.no_figures)
     print(f"wrote {path}" + (f" from the {len(run.parts)} of {run.n_batches} batches finished so far (a partial run)"
@@ -560,11 +570,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _add_report(sub: Any) -> None:
     p = sub.add_parser(
-        "report", help="draw report.md and its figures again from an evaluate --out folder (no attack runs)",
+        "report", help="draw report.md and its figures again from an evaluate --out folder, or REPORT.md from a "
+                       "reproduce --out folder (no attack runs)",
         description="Robust accuracy against eps, minimum-norm distances, per-class robust accuracy, the examples "
                     "with the largest confidence change, the reliability flags, the command and the versions, from "
-                    "the batches that OUT holds: a finished run, or the batches finished so far.")
-    p.add_argument("out", help="the --out folder of pertattack evaluate")
+                    "the batches that OUT holds: a finished run, or the batches finished so far. For a folder of "
+                    "pertattack reproduce: REPORT.md again from its report.json and CSV files (the claims checked "
+                    "anew, paths made portable), with the writer of this version.")
+    p.add_argument("out", help="the --out folder of pertattack evaluate or pertattack reproduce")
     p.add_argument("--no-figures", action="store_true", help="tables only (no matplotlib needed)")
     _debug_argument(p, argparse.SUPPRESS)
     p.set_defaults(func=cmd_report)

@@ -72,7 +72,7 @@ KEYWORDS: dict[str, tuple[str, str]] = {
     "tol": ("solver", "quadratic-l2: relative tolerance on the top singular value"),
     "svd_method": ("solver", "quadratic-l2: 'lanczos' or 'power'"),
     "queries": ("solver", "square: the score queries per input (one per step)"),
-    "reuse": ("solver", "single-subset: a subset may be chosen again (its coordinates re-decided within eps)"),
+    "reuse": ("solver", "single-subset: a subset may be chosen again (it adds a further step within eps and the box)"),
     "p_init": ("solver", "square: the initial share of the input changed by one square"),
     # schedule settings
     "steps": ("schedule", "T, the number of steps (linearisations)"),

@@ -927,7 +927,7 @@ class Run:
         alpha = alpha if alpha is not None else x.new_zeros(x.shape[0])
         lin = Linearisation(obs.point, g, obs.value, alpha, self.ball, self.forward, self.noise, st.solver, self.box,
                             s.push if t > 0 else 0.0, self.partition, x, t, s.steps, self.objective, self.ctx,
-                            self.alpha_scalar)
+                            self.alpha_scalar, self.eps)
         out = self.solver(lin)
         step, fooled = out, None
         if isinstance(out, Solution):

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .idx import default_data_root
+from .idx import DownloadableError, default_data_root
 
 __all__ = [
     "CIFAR10_URL",
@@ -404,7 +404,7 @@ def load_cifar10(
             extract_cifar10(root, tarball)
     missing = _missing(folder, names)
     if missing:
-        raise FileNotFoundError(
+        raise DownloadableError(
             f"CIFAR-10 batch {missing[0]} not found in {folder}, and no {CIFAR10_TARBALL} in {root}. Pass "
             f"download=True (fetches {_tarball_url(base_url)}), or download the 'CIFAR-10 python version' "
             f"tarball yourself into that folder (extracted or not) and point root or $PERTATTACK_CIFAR10 at it."

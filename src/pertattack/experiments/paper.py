@@ -174,11 +174,12 @@ def _table3(*, out: Path, n: int, root: str | None, seed: int, epochs: int, devi
             models[f"{m} (CIFAR-10)"] = (model, xc, yc)
     run_table3(models, out / "table3", p=math.inf)
     print(f"wrote {out / 'table3'}.csv")
-    note = f"{x.shape[0]} test images per model"
+    info: dict = {"models": infos, "note": f"{x.shape[0]} test images per model"}
     if why is not None:
-        note += f"; NIN and DenseNet-40 rows not run: {why}"
+        info["note"] += f"; NIN and DenseNet-40 rows not run: {why}"
+        info["part_skipped"] = "CIFAR-10 rows (NIN, DenseNet-40): no CIFAR-10 files"
         print("table3: NIN and DenseNet-40 rows skipped:", why)
-    return {"models": infos, "note": note}
+    return info
 
 
 def _fig4(dataset: str, attacks: list[str], p: float, tag: str, title: str, eps: list[float] | None = None):
@@ -300,6 +301,8 @@ def _fig2b(*, out: Path, n: int, root: str | None, seed: int, epochs: int, devic
             f"measured input PSNR (eps {_span(eps_rnd)})")
     if dataset == "mnist":
         note += " (MNIST autoencoder: CIFAR-10 files not found; the paper uses the CIFAR-10 autoencoder)"
+        return {"models": {f"fc-ae ({dataset})": info}, "note": note,
+                "part_skipped": "the CIFAR-10 autoencoder: no CIFAR-10 files, MNIST's ran instead"}
     return {"models": {f"fc-ae ({dataset})": info}, "note": note}
 
 
@@ -347,24 +350,24 @@ def _fig1(*, out: Path, n: int, root: str | None, seed: int, epochs: int, device
     if why is None:
         r2, m2, n2 = _fig1_one("cifar10", "nin", None, n, seed, epochs, device, out, "fig1-cifar10")
         rows, models, note = rows + r2, models | m2, note + "; " + n2
-    else:
-        note += f"; CIFAR-10 part not run: {why}"
     write_csv(out / "fig1.csv", ["dataset", "index", "label", "pred", "pred_adv", "eps", "norm"], rows)
-    return {"models": models, "note": note}
+    if why is None:
+        return {"models": models, "note": note}
+    return {"models": models, "note": note + f"; CIFAR-10 part not run: {why}",
+            "part_skipped": "CIFAR-10 (NIN): no CIFAR-10 files"}
 
 
 #: width of the colorization network trained here (the published one is 64: too slow to train on a CPU)
 COLOR_WIDTH = 16
 
 
-def _stl_root(root: str | None) -> str | None:
-    """``root`` when it holds the STL-10 binary files (a single STL-10 item run with --root), else None:
-    the default STL-10 root ($PERTATTACK_STL10)."""
-    from pathlib import Path as _P
+def _stl_root(root: str | None) -> str:
+    """The folder the STL-10 items read: ``root`` when it holds the STL-10 test files (a single STL-10 item run
+    with --root), else the default STL-10 root ($PERTATTACK_STL10; under ``all``, --root is the MNIST folder).
+    When neither holds them, the FileNotFoundError names both."""
+    from ..data.stl10 import default_stl10_root, find_stl10_root
 
-    if root and any((_P(root) / sub / "test_X.bin").is_file() for sub in ("", "stl10_binary")):
-        return root
-    return None
+    return str(find_stl10_root("test", *([root] if root else []), default_stl10_root()))
 
 
 def colorization_model(root: str | None, epochs: int, seed: int, device: str = "cpu"):
@@ -384,8 +387,7 @@ def colorization_model(root: str | None, epochs: int, seed: int, device: str = "
 def _stl10_setup(root: str | None, n: int, epochs: int, seed: int, device: str, limit: int):
     from ..data import load_stl10, to_gray
 
-    root = _stl_root(root)
-    load_stl10(root, "test", limit=1)  # FileNotFoundError (what to provide) before any training
+    root = _stl_root(root)  # FileNotFoundError (what to provide, where it was looked for) before any training
     t0 = time.perf_counter()
     model = colorization_model(root, epochs, seed, device)
     took = time.perf_counter() - t0
