@@ -391,7 +391,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.surrogate is not None:
         attack = get_attack(args.attack, seed=args.seed, progress=True, batch_size=args.batch_size,
                             surrogate=load_model_spec(args.surrogate, device, "--surrogate"), **overrides)
-    model = load_model_spec(args.model, device)
+    model = load_model_spec(args.model, device, **_model_options(args))
     x, y = (t.to(device) for t in _load_data(args, args.split, args.n))
     _check_kind(attack, _probe(model, x, f"--data {args.data}"), x, args.model)
     target = None
@@ -501,7 +501,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             p=None if p is None else float(p), limit=args.limit, batch_size=args.batch_size, seed=args.seed,
             device=args.device, preprocess=None if args.preprocess is None else parse_preprocess(args.preprocess),
             model_output=int(output) if output is not None and output.lstrip("-").isdigit() else output,
-            dtype=args.dtype,
+            model_options=_model_options(args), dtype=args.dtype,
             overrides=_overrides(args.set), progress=not args.no_progress, timeout=args.timeout,
         )
         report = run_evaluation(cfg, argv=list(sys.argv))
@@ -527,6 +527,7 @@ def _add_evaluate(sub: Any) -> None:
                     "summary.md. Run it again to resume. Sharded over processes and machines with "
                     "`torchrun --nproc-per-node K -m pertattack evaluate ...`.")
     p.add_argument("--model", required=True, help=MODEL_HELP)
+    _model_arguments(p)
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--root", default=None, help="folder of the mnist / cifar10 files")
     p.add_argument("--split", default="test", choices=["train", "test"])
@@ -586,6 +587,23 @@ def _add_report(sub: Any) -> None:
 # --- end of pertattack evaluate ------------------------------------------------------------------------------------
 
 
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of the ecosystem model specs (pertattack.specs): each goes with its own kind of --model only."""
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="state dict of a timm:NAME model (default: timm's pretrained weights)")
+    p.add_argument("--threat-model", default=None, help="robustbench:NAME: Linf, L2 or corruptions (default Linf)")
+    p.add_argument("--model-dataset", default=None,
+                   help="robustbench:NAME: cifar10, cifar100 or imagenet (default cifar10)")
+    p.add_argument("--model-dir", default=None, help="robustbench:NAME: its checkpoint folder (default ./models)")
+
+
+def _model_options(args: argparse.Namespace) -> dict[str, str]:
+    """The ecosystem options given on the command line, as keywords of load_model_spec."""
+    given = dict(weights=args.weights, threat_model=args.threat_model, dataset=args.model_dataset,
+                 model_dir=args.model_dir)
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def _data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="mnist", help=DATA_HELP)
     p.add_argument("--root", default=None,
@@ -619,6 +637,7 @@ def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="run one attack on a saved model and report the fooling ratio")
     p.add_argument("attack", help="a preset name (see `pertattack list`), e.g. alg1-10")
     p.add_argument("--model", required=True, help=MODEL_HELP)
+    _model_arguments(p)
     _data_arguments(p)
     p.add_argument("--split", default="test", choices=["train", "test"], help="which split to attack")
     p.add_argument("--n", type=int, default=1000, help="attack the first n images")

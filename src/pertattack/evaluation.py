@@ -85,8 +85,10 @@ class EvalConfig:
     """The arguments of one evaluation (those of ``pertattack evaluate``).
 
     Attributes:
-        model: a model spec (:func:`pertattack.specs.load_model_spec`): a ``pertattack train`` checkpoint
-            or ``package.module:callable``.
+        model: a model spec (:func:`pertattack.specs.load_model_spec`): a ``pertattack train`` checkpoint,
+            ``package.module:callable``, ``timm:NAME`` or ``robustbench:NAME``.
+        model_options: keywords of :func:`pertattack.specs.load_model_spec` for an ecosystem spec
+            (``weights``, ``threat_model``, ``dataset``, ``model_dir``).
         data: a data spec (:func:`pertattack.specs.load_data_spec`): ``mnist``, ``cifar10``, ``digits`` or
             ``package.module:callable``.
         attacks: preset names (see ``pertattack list``).
@@ -122,6 +124,7 @@ class EvalConfig:
     device: str | None = None
     preprocess: tuple[Any, Any] | None = None
     model_output: int | str | None = None
+    model_options: dict[str, str] = field(default_factory=dict)
     dtype: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
@@ -626,7 +629,7 @@ def run_evaluation(cfg: EvalConfig, argv: list[str] | None = None) -> EvalReport
         local_error: Exception | None = None
         try:
             attacks = _build_attacks(cfg)
-            model = load_model_spec(cfg.model, device)
+            model = load_model_spec(cfg.model, device, **cfg.model_options)
             if cfg.dtype is not None:
                 model = model.to(getattr(torch, cfg.dtype))
             data = load_data_spec(cfg.data, cfg.root, cfg.split, cfg.limit)
