@@ -305,7 +305,17 @@ def _distributed(requested_device: str | None, timeout: float) -> Iterator[_Dist
     # and NCCL would refuse ranks that share a GPU (more ranks than GPUs, or one --device cuda:i for all)
     initialised = False
     if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=_dt.timedelta(seconds=timeout))
+        try:
+            dist.init_process_group("gloo", timeout=_dt.timedelta(seconds=timeout))
+        except RuntimeError as err:
+            if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0" and os.environ.get(
+                    "TORCHELASTIC_USE_AGENT_STORE") == "True":
+                raise EvaluationError(
+                    f"the process group of torchrun's restart {os.environ['TORCHELASTIC_RESTART_COUNT']} failed "
+                    f"({err}): torchrun's agent keeps its store across restarts, and the ranks read the addresses of "
+                    "the attempt before (torch issue 135712); launch torchrun with "
+                    "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in the environment (on every node)") from err
+            raise
         initialised = True
     try:
         yield _Dist(dist.get_rank(), dist.get_world_size(), local_rank, device, initialised)
