@@ -286,3 +286,19 @@ def test_torchrun_leaves_the_train_options_to_us() -> None:
     assert {"--adversarial", "--eps", "--set", "--mix", "--limit"} <= set(ours)
     for opt in ours:
         assert not any(t.startswith(opt) for t in theirs), f"{opt} is a prefix of a torchrun option"
+
+
+def test_fgsm_rs_is_wongs_recipe() -> None:
+    """``fgsm-rs`` (Wong et al. 2020): from a start uniform in the eps ball, one step of 1.25 eps along the sign of
+    the cross-entropy's gradient, projected on the ball and clipped to the box, written here by hand."""
+    x, y = data()
+    model = MLP()
+    eps = 0.1
+    start = get_attack("fgsm-rs", eps=eps, seed=5, step_scale=1e-30)(model, x, y).x_adv  # the same draw, no step
+    assert 0 < float((start - x).abs().amax()) <= eps and float((start - x).abs().amin()) < eps / 2
+    x0 = start.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(F.cross_entropy(model(x0), y, reduction="sum"), x0)
+    want = torch.min(torch.max(start + 1.25 * eps * g.sign(), x - eps), x + eps).clamp(0, 1)
+    got = get_attack("fgsm-rs", eps=eps, seed=5)(model, x, y).x_adv
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert float((got - x).abs().amax()) == pytest.approx(eps)

@@ -679,7 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the shuffling")
     p.add_argument("--out", required=True, help="checkpoint path (.pt; with --adversarial, saved after every epoch)")
     p.add_argument("--adversarial", default=None, metavar="PRESET",
-                   help="adversarial training: attack every minibatch with this preset (e.g. pgd, fgsm, alg1-10)")
+                   help="adversarial training: attack every minibatch with this preset (e.g. pgd, fgsm-rs, alg1-10)")
     p.add_argument("--eps", default=None, help="the budget of --adversarial (a number or a fraction such as 8/255)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="overrides of the --adversarial attack, e.g. steps=10 random_start=True")

@@ -217,7 +217,7 @@ def adversarial_training(
         model: returns logits (N, K); trained on the device of its parameters.
         x: inputs (N, ...) in the attack's box; y: int64 labels (N,).
         attack: any classification attack with a budget: ``get_attack("pgd", eps=0.1)``,
-            ``get_attack("fgsm", eps=0.1, random_start=True)``, a :class:`pertattack.Cascade`, ...
+            ``get_attack("fgsm-rs", eps=0.1)`` (Wong et al.), a :class:`pertattack.Cascade`, ...
             It is built once and given ``seed``; its random draws for input i in epoch e depend only on
             ``(seed, e * N + i)`` (the attack's ``index=``), so a run is reproducible under any batching
             and every epoch draws new random starts.
