@@ -455,11 +455,18 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     device = _device(args.device)
     _at_least("--n", args.n, 1)
     _at_least("--epochs", args.epochs, 0)
+    _at_least("--limit", args.limit, 1)
+    eps = _eps_list(args.eps)
+    given = [o for o, v in (("--limit", args.limit), ("--eps", eps)) if v is not None]
+    if given and args.experiment not in (*paper.TAKES_LIMIT_AND_EPS, "all"):
+        raise UsageError(f"{', '.join(given)} go(es) with {', '.join(paper.TAKES_LIMIT_AND_EPS)} only")
+    if eps is not None and not all(0 < e < 1 for e in eps):
+        raise UsageError(f"--eps: the training budgets (l-inf, images in [0, 1]) must lie in (0, 1), got {args.eps}")
     if args.download:
         _download_for(args.experiment, args.root)
     try:
         return paper.reproduce(args.experiment, out=out, n=args.n, root=args.root, seed=args.seed,
-                               epochs=args.epochs, device=device)
+                               epochs=args.epochs, device=device, limit=args.limit, eps=eps)
     except FileNotFoundError as err:
         if args.download:
             raise
@@ -694,13 +701,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="reproduce a figure or table of the paper (CSV + PNG + REPORT.md)")
     p.add_argument("experiment",
                    help="fig1, fig2a, fig2b, fig2c, fig3a, fig3b, fig3c, fig3d, table3, fig4a, fig4b, fig4c, fig4d, "
-                        "or all")
+                        "advtrain (the paper's conjecture on adversarial training), or all")
     p.add_argument("--out", default="results", help="folder for the CSV, PNG and REPORT.md files")
     p.add_argument("--n", type=int, default=1000, help="test images to attack")
     p.add_argument("--root", default=None, help="data folder (MNIST, or CIFAR-10 for fig3c/fig3d/fig4c)")
     p.add_argument("--download", action="store_true", help="fetch the data sets the experiment needs into --root")
-    p.add_argument("--epochs", type=int, default=3,
-                   help="training epochs of every model not yet cached (classifiers and autoencoders)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs of every model not yet cached (default: 3; advtrain: 1)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="advtrain: train on the first LIMIT training images (default: 20000; 60000: all)")
+    p.add_argument("--eps", default=None,
+                   help="advtrain: comma-separated training budgets (l-inf; default: 0.04,0.1,0.2; the paper's grid: "
+                        "0.02,0.04,...,0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, the shuffling and the attacks")
     _device_argument(p)
     _debug_argument(p, argparse.SUPPRESS)
