@@ -4,6 +4,8 @@ reproducible; clear errors; and the command on the digits."""
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +16,7 @@ from torch.nn import functional as F
 import pertattack
 from pertattack import adversarial_training, get_attack
 from pertattack.cli import main
-from pertattack.training import load_model
+from pertattack.training import load_model, train_classifier
 
 N = 24
 
@@ -171,12 +173,10 @@ def test_cli_train_adversarial_errors(tmp_path, capsys, argv: list[str], match: 
     assert main(["train", "smallcnn", "--data", "digits", "--out", str(tmp_path / "m.pt"), *argv]) == 2
     err = capsys.readouterr().err
     assert "pertattack train: error:" in err
-    import re
-
     assert re.search(match, err), err
 
 
-def _rank_main(rank: int, world: int, port: int, out: str, mix: float) -> None:
+def _rank_main(rank: int, world: int, port: int, out: str, mix: float, resume: bool) -> None:
     import os
 
     import torch.distributed as dist
@@ -188,7 +188,14 @@ def _rank_main(rank: int, world: int, port: int, out: str, mix: float) -> None:
         dist.init_process_group("gloo", rank=rank, world_size=world)
         x, y = data()
         model = MLP()
-        h = adversarial_training(model, x, y, pgd(), epochs=2, batch_size=8, lr=0.01, seed=0, mix=mix)
+        kw: dict[str, Any] = dict(batch_size=8, lr=0.01, seed=0, mix=mix)
+        if resume:  # 1 epoch, rank 0 saves the state (every rank's RNG), every rank reads it back and goes on to 2
+            adversarial_training(model, x, y, pgd(), epochs=1, checkpoint=lambda s: torch.save(s, f"{out}/s.pt"),
+                                 **kw)
+            dist.barrier()
+            kw["resume"] = torch.load(f"{out}/s.pt", weights_only=True)
+            assert len(kw["resume"]["rng"]) == world
+        h = adversarial_training(model, x, y, pgd(), epochs=2, **kw)
         torch.save({"weights": [p.detach() for p in model.parameters()], "history": h}, f"{out}/rank{rank}.pt")
         dist.destroy_process_group()
         code = 0
@@ -196,11 +203,11 @@ def _rank_main(rank: int, world: int, port: int, out: str, mix: float) -> None:
         os._exit(code)
 
 
-@pytest.mark.parametrize("mix", [0.0, 0.5])
-def test_two_ranks_train_as_one_process(tmp_path, mix: float) -> None:
+@pytest.mark.parametrize("mix, resume", [(0.0, False), (0.5, True)])
+def test_two_ranks_train_as_one_process(tmp_path, mix: float, resume: bool) -> None:
     """DistributedDataParallel over 2 gloo ranks (forked processes, as torchrun would start them): each rank
     attacks half of every batch; the weights are those of one process on the whole batches (float64, up to
-    rounding), the same on both ranks."""
+    rounding), the same on both ranks; also when stopped after an epoch and resumed from the checkpoint."""
     import os
     import socket
 
@@ -209,7 +216,7 @@ def test_two_ranks_train_as_one_process(tmp_path, mix: float) -> None:
         port = s.getsockname()[1]
     ctx = torch.multiprocessing.get_context(os.environ.get("PERTATTACK_TEST_START", "spawn" if torch.cuda.is_available()
                                                            else "fork"))
-    procs = [ctx.Process(target=_rank_main, args=(r, 2, port, str(tmp_path), mix)) for r in range(2)]
+    procs = [ctx.Process(target=_rank_main, args=(r, 2, port, str(tmp_path), mix, resume)) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:
@@ -302,3 +309,87 @@ def test_fgsm_rs_is_wongs_recipe() -> None:
     got = get_attack("fgsm-rs", eps=eps, seed=5)(model, x, y).x_adv
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
     assert float((got - x).abs().amax()) == pytest.approx(eps)
+
+
+def _resumed(build: Any, epochs: int, stop: int, **kw: Any) -> tuple[torch.nn.Module, list[dict[str, float]]]:
+    """Train ``stop`` epochs keeping the checkpoints' states, go through a file as torch.save/load(weights_only) would
+    give them back, then resume a copy of the weights to ``epochs``."""
+    import io
+
+    model = build()
+    states: list[dict[str, Any]] = []
+    adversarial_training(model, *data((2, 6, 6), 3), pgd(), epochs=stop, checkpoint=states.append, **kw)
+    assert [s["epoch"] for s in states] == list(range(1, stop + 1))
+    buf = io.BytesIO()
+    torch.save({"weights": model.state_dict(), "training": states[-1]}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    again = build()  # another model, the saved weights: the interrupted process is gone
+    again.load_state_dict(saved["weights"])
+    h = adversarial_training(again, *data((2, 6, 6), 3), pgd(), epochs=epochs, resume=saved["training"], **kw)
+    return again, h
+
+
+@pytest.mark.parametrize("mix", [0.0, 0.5])
+def test_resume_gives_the_weights_of_an_uninterrupted_run(mix: float) -> None:
+    """float64, a model with dropout (the RNG state), Adam's moments, the shuffling and the attack's random starts
+    (index e * N + i): stopped after 1 or 2 of 3 epochs and resumed, the weights and losses are those of one run."""
+    kw = dict(batch_size=8, lr=0.01, seed=3, mix=mix)
+    one = ConvNet()
+    h = adversarial_training(one, *data((2, 6, 6), 3), pgd(), epochs=3, **kw)
+    for stop in (1, 2):
+        again, h2 = _resumed(ConvNet, 3, stop, **kw)
+        assert h2 == h
+        for a, b in zip(one.parameters(), again.parameters(), strict=True):
+            assert torch.equal(a, b)
+
+
+def test_resume_refuses_another_run() -> None:
+    states: list[dict[str, Any]] = []
+    x, y = data()
+    model = MLP()
+    adversarial_training(model, x, y, pgd(), epochs=2, batch_size=8, checkpoint=states.append)
+    for kw, match in [(dict(batch_size=4), "batch_size 8 \\(now 4\\)"), (dict(epochs=1), "done 2 epochs"),
+                      (dict(mix=0.5), "mix 0.0 \\(now 0.5\\)"),
+                      (dict(attack=get_attack("pgd", eps=0.1, steps=4)), "recipe")]:
+        args = dict(dict(epochs=3, batch_size=8), **kw)
+        attack = args.pop("attack", pgd())
+        with pytest.raises(ValueError, match=match):
+            adversarial_training(MLP(), x, y, attack, resume=states[-1], **args)
+    with pytest.raises(ValueError, match="not a training state"):
+        adversarial_training(MLP(), x, y, pgd(), epochs=3, batch_size=8, resume={"epoch": 1})
+    with pytest.raises(ValueError, match="other settings: n 24 \\(now 12\\)"):
+        adversarial_training(MLP(), x[:12], y[:12], pgd(), epochs=3, batch_size=8, resume=states[-1])
+    with pytest.raises(ValueError, match="recipe \"Attack\\('pgd'.*\\(now ''\\)"):  # plain training: another recipe
+        train_classifier(MLP(), x, y, epochs=3, batch_size=8, resume=states[-1])
+
+
+def test_cli_resume_continues_to_the_uninterrupted_weights(tmp_path, capsys) -> None:
+    """``pertattack train ... --out b.pt`` for 1 epoch, then ``--resume b.pt`` to 2: the weights of a 2-epoch run,
+    bit for bit (one process, the same thread count); plain training too. A checkpoint without a training state,
+    another model's and other options are refused."""
+    from pertattack.training import load_training_state, save_model
+
+    def train(out: Path, epochs: int, *extra: str) -> list[torch.Tensor]:
+        argv = ["train", "smallcnn", "--data", "digits", "--n", "64", "--batch-size", "16", "--epochs", str(epochs),
+                "--out", str(out), *extra]
+        assert main(argv) == 0, capsys.readouterr().err
+        return [p.detach() for p in load_model(out).parameters()]
+
+    adv = ["--adversarial", "pgd", "--eps", "0.1", "--set", "steps=2"]
+    for extra in (adv, []):
+        whole = train(tmp_path / "a.pt", 2, *extra)
+        train(tmp_path / "b.pt", 1, *extra)
+        assert load_training_state(tmp_path / "b.pt")["epoch"] == 1
+        resumed = train(tmp_path / "c.pt", 2, "--resume", str(tmp_path / "b.pt"), *extra)
+        assert all(torch.equal(a, b) for a, b in zip(whole, resumed, strict=True))
+        assert load_training_state(tmp_path / "c.pt")["epoch"] == 2
+    save_model(tmp_path / "w.pt", load_model(tmp_path / "a.pt"), "smallcnn")
+    base = ["train", "smallcnn", "--data", "digits", "--n", "64", "--batch-size", "16", "--out", str(tmp_path / "d.pt")]
+    for argv, match in [(["--resume", str(tmp_path / "w.pt")], "weights only, no training state"),
+                        (["--resume", str(tmp_path / "nothing.pt")], "no such checkpoint"),
+                        (["--resume", str(tmp_path / "b.pt"), "--batch-size", "32"], "batch_size 16 \\(now 32\\)")]:
+        assert main(base + argv) == 2
+        assert re.search(match, capsys.readouterr().err)
+    argv = ["train", "fcnn", "--data", "digits", "--out", str(tmp_path / "e.pt"), "--resume", str(tmp_path / "b.pt")]
+    assert main(argv) == 2 and "holds a SmallCNN, not a fcnn" in capsys.readouterr().err

@@ -268,8 +268,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train(args, rank, local_rank)
 
 
+def _initial_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+    """``build_model(MODEL, seed=--seed)``, or with ``--resume CKPT`` the checkpoint's weights and training state."""
+    from .models import MODELS, build_model
+    from .training import load_model, load_training_state
+
+    if args.resume is None:
+        return build_model(args.model, seed=args.seed), None
+    try:
+        model, state = load_model(args.resume), load_training_state(args.resume)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(f"--resume: {_one_line(err)}") from err
+    want = MODELS.get(args.model.strip().lower().replace("_", "-"))
+    if type(model) is not want:
+        raise UsageError(f"--resume {args.resume} holds a {type(model).__name__}, not a {args.model}")
+    if state is None:
+        raise UsageError(f"--resume {args.resume} holds weights only, no training state (a checkpoint of an older "
+                         "pertattack train?): nothing to resume")
+    return model.train(), state
+
+
 def _train(args: argparse.Namespace, rank: int, local_rank: int) -> int:
-    from .models import build_model
     from .training import (
         accuracy,
         adversarial_training,
@@ -288,7 +307,7 @@ def _train(args: argparse.Namespace, rank: int, local_rank: int) -> int:
     _at_least("--batch-size", args.batch_size, 1)
     _at_least("--lr", args.lr, 0, strict=True)
     attack = _training_attack(args)
-    model = build_model(args.model, seed=args.seed)
+    model, state = _initial_model(args)
     x, y = _load_data(args, "train", args.n)
     x_te, y_te = _load_data(args, "test", None)
     autoencoder = args.model.endswith("-ae")
@@ -298,12 +317,18 @@ def _train(args: argparse.Namespace, rank: int, local_rank: int) -> int:
                          f"{int(y.max()) + 1} classes of --data {args.data}")
     model = model.to(device)  # batches follow the model's device
     t0 = time.perf_counter()
-    kw = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=rank == 0)
+    last = {"state": state}
+
+    def checkpoint(new: dict[str, Any]) -> None:  # after every epoch: the weights and the training state
+        last["state"] = new
+        save_model(out, model, args.model, training=new)
+
+    kw = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=rank == 0,
+              checkpoint=checkpoint, resume=state)
     if autoencoder:
         train_autoencoder(model, x, **kw)
     elif attack is not None:
-        adversarial_training(model, x, y, attack, mix=0.0 if args.mix is None else args.mix,
-                             on_epoch=lambda epoch, losses: save_model(out, model, args.model), **kw)
+        adversarial_training(model, x, y, attack, mix=0.0 if args.mix is None else args.mix, **kw)
     else:
         train_classifier(model, x, y, **kw)
     if rank > 0:  # the ranks hold the same weights: rank 0 reports and saves
@@ -313,7 +338,7 @@ def _train(args: argparse.Namespace, rank: int, local_rank: int) -> int:
     else:
         clean = " (clean; the robust accuracy: pertattack evaluate)" if attack is not None else ""
         print(f"test error {1 - accuracy(model, x_te, y_te):.4f}{clean}")
-    save_model(out, model, args.model)
+    save_model(out, model, args.model, training=last["state"])
     print(f"trained in {time.perf_counter() - t0:.1f} s; saved {out}")
     return 0
 
@@ -684,7 +709,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", "--limit", dest="n", type=int, default=None,
                    help="use the first n training images (default: all; under torchrun write --limit)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the shuffling")
-    p.add_argument("--out", required=True, help="checkpoint path (.pt; with --adversarial, saved after every epoch)")
+    p.add_argument("--out", required=True, help="checkpoint path (.pt; saved after every epoch, with the training "
+                                                 "state for --resume)")
+    p.add_argument("--resume", default=None, metavar="CKPT",
+                   help="continue the training saved in CKPT (a checkpoint of pertattack train) to --epochs, with "
+                        "the same options: the weights of an uninterrupted run")
     p.add_argument("--adversarial", default=None, metavar="PRESET",
                    help="adversarial training: attack every minibatch with this preset (e.g. pgd, fgsm-rs, alg1-10)")
     p.add_argument("--eps", default=None, help="the budget of --adversarial (a number or a fraction such as 8/255)")
