@@ -4,6 +4,7 @@ reproducible; clear errors; and the command on the digits."""
 from __future__ import annotations
 
 import copy
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -393,3 +394,57 @@ def test_cli_resume_continues_to_the_uninterrupted_weights(tmp_path, capsys) -> 
         assert re.search(match, capsys.readouterr().err)
     argv = ["train", "fcnn", "--data", "digits", "--out", str(tmp_path / "e.pt"), "--resume", str(tmp_path / "b.pt")]
     assert main(argv) == 2 and "holds a SmallCNN, not a fcnn" in capsys.readouterr().err
+
+
+def test_kl_objective_is_minus_trades_kl() -> None:
+    """The ``kl`` objective: -KL(p(x) || p(x+eta)) on the softmax, 0 with a zero gradient at x; the ``trades``
+    preset (random start, 10 steps of eps/4, projected) drives the KL far above that of its random start."""
+    from pertattack.objectives import KL, Context
+
+    x, y = data()
+    model = MLP()
+    obj = KL()
+    ctx = Context(label=y)
+    obj.prepare(model(x), ctx)
+    v0, g0, _ = obj.value_and_grad(model, x, ctx)
+    assert torch.equal(v0, torch.zeros_like(v0)) or float(v0.abs().max()) < 1e-15
+    assert float(g0.abs().max()) < 1e-12
+    x2 = rand_x(N, MLP_SHAPE, seed=9)
+    p, q = model(x).softmax(1), model(x2).softmax(1)
+    torch.testing.assert_close(obj.value_and_grad(model, x2, ctx)[0], -(p * (p / q).log()).sum(1))
+
+    def kl(xa: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return F.kl_div(model(xa).log_softmax(1), model(x).log_softmax(1), reduction="none",
+                            log_target=True).sum(1)
+
+    trades = get_attack("trades", eps=0.1, seed=0)(model, x, y)
+    start = get_attack("trades", eps=0.1, seed=0, step_scale=1e-30)(model, x, y)  # the same random start
+    assert (kl(trades.x_adv) > 2 * kl(start.x_adv)).all()
+    assert float((trades.x_adv - x).abs().amax()) <= 0.1 + 1e-12
+
+
+def test_trades_step_is_adam_on_ce_plus_beta_kl() -> None:
+    """``beta``: one step is Adam on CE(x) + beta * KL(p(x) || p(x_adv)) (batch mean), through both outputs, at the
+    attack's x_adv; the history reports the KL term as ``adversarial``."""
+    x, y = data()
+    model = MLP()
+    by_hand = copy.deepcopy(model)
+    spy = Spy(get_attack("trades", eps=0.1, steps=3))
+    (h,) = adversarial_training(model, x, y, spy, epochs=1, batch_size=N, lr=0.01, seed=2, beta=6.0)
+    (call,) = spy.calls
+    opt = torch.optim.Adam(by_hand.parameters(), lr=0.01)
+    p = by_hand(call["x"]).softmax(1)
+    q = by_hand(call["x_adv"]).softmax(1)
+    ce = F.cross_entropy(by_hand(call["x"]), call["y"])
+    kl = (p * (p / q).log()).sum(1).mean()
+    (ce + 6.0 * kl).backward()
+    opt.step()
+    ce, kl = ce.detach(), kl.detach()
+    for a, b in zip(model.parameters(), by_hand.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert h["clean"] == pytest.approx(float(ce)) and h["adversarial"] == pytest.approx(float(kl))
+    assert h["loss"] == pytest.approx(float(ce + 6.0 * kl))
+    for bad in (dict(beta=-1.0), dict(beta=6.0, mix=0.5), dict(beta=math.nan), dict(beta=True)):
+        with pytest.raises(ValueError, match="beta"):
+            adversarial_training(MLP(), x, y, pgd(), **bad)

@@ -112,6 +112,26 @@ def _resume(state: Mapping[str, Any], settings: dict[str, Any], epochs: int, opt
     return done, [dict(h) for h in history], rngs[rank]
 
 
+def _adversarial_loss(net: nn.Module, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], xb: Tensor,
+                      tb: Tensor, x_adv: Tensor, mix: float, beta: float | None) -> tuple[Tensor, Tensor, Tensor]:
+    """The training loss of a batch and its clean and adversarial parts: ``mix * loss(x) + (1 - mix) * loss(x_adv)``
+    (with ``mix = 0``, Madry's, the clean loss is computed for the report only, in eval mode without gradient), or
+    with ``beta`` TRADES's ``loss(x) + beta * KL(p(x) || p(x_adv))`` (p: the softmax; the adversarial part: the KL
+    term, a per-example mean, through both outputs as in Zhang et al.'s code)."""
+    if beta is not None:
+        out = net(xb)
+        clean = loss_fn(out, tb)
+        kl = F.kl_div(net(x_adv).log_softmax(dim=1), out.log_softmax(dim=1), reduction="batchmean", log_target=True)
+        return clean + beta * kl, clean, kl
+    adv = loss_fn(net(x_adv), tb)
+    if mix > 0:
+        clean = loss_fn(net(xb), tb)
+        return mix * clean + (1 - mix) * adv, clean, adv
+    with eval_mode(model), torch.no_grad():
+        clean = loss_fn(model(xb), tb)
+    return adv, clean, adv
+
+
 def _fit(
     model: nn.Module,
     inputs: Tensor,
@@ -128,16 +148,18 @@ def _fit(
     checkpoint: Callable[[dict[str, Any]], None] | None = None,
     resume: Mapping[str, Any] | None = None,
     recipe: str = "",
+    beta: float | None = None,
 ) -> list[dict[str, float]]:
     """The one training loop: Adam on minibatches of a seeded permutation; per-epoch mean losses.
 
     With ``perturb``, each batch is replaced by ``perturb(x, t, index)`` (``index``: the inputs'
     positions in the data, offset by ``epoch * n`` so that every epoch draws afresh) and the loss is
-    ``mix * loss(x) + (1 - mix) * loss(x_adv)``; the history then holds ``clean`` and ``adversarial``
-    besides ``loss``. ``on_epoch(epoch, history[-1])`` runs after each epoch, on rank 0, and so does
-    ``checkpoint(state)`` with the training state (:func:`_snapshot`); ``resume``, such a state, continues from
-    its epoch if the run's settings (data size, batch size, lr, seed, loss, ``mix``, ``recipe``: the attack, world
-    size) are those it was saved with. The history returned includes the epochs of ``resume``.
+    ``mix * loss(x) + (1 - mix) * loss(x_adv)`` (or TRADES's with ``beta``: :func:`_adversarial_loss`); the history
+    then holds ``clean`` and ``adversarial`` besides ``loss``. ``on_epoch(epoch, history[-1])`` runs after each
+    epoch, on rank 0, and so does ``checkpoint(state)`` with the training state (:func:`_snapshot`); ``resume``,
+    such a state, continues from its epoch if the run's settings (data size, batch size, lr, seed, loss, ``mix``,
+    ``beta``, ``recipe``: the attack, world size) are those it was saved with. The history returned includes the
+    epochs of ``resume``.
 
     In a torch.distributed process group (torchrun) of W processes, every rank draws the same permutation and
     takes every W-th input of each batch; the model is wrapped in ``DistributedDataParallel`` for the training
@@ -161,7 +183,7 @@ def _fit(
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     settings = dict(n=n, batch_size=batch_size, lr=lr, seed=seed, loss=getattr(loss_fn, "__name__", repr(loss_fn)),
-                    mix=mix, recipe=recipe, world=world)
+                    mix=mix, beta=beta, recipe=recipe, world=world)
     start, history, rng = 0, [], []
     if resume is not None:
         start, history, rng = _resume(resume, settings, epochs, optimizer, generator, rank)
@@ -193,14 +215,7 @@ def _fit(
                     else:
                         # the attack runs the model in eval mode and restores train mode
                         x_adv = perturb(xb, tb, idx + epoch * n).detach()
-                        adv = loss_fn(net(x_adv), tb)
-                        if mix > 0:
-                            clean = loss_fn(net(xb), tb)
-                            loss = mix * clean + (1 - mix) * adv
-                        else:  # Madry: adversarial only; the clean loss is only reported
-                            with eval_mode(model), torch.no_grad():
-                                clean = loss_fn(model(xb), tb)
-                            loss = adv
+                        loss, clean, adv = _adversarial_loss(net, model, loss_fn, xb, tb, x_adv, mix, beta)
                         parts = torch.stack([loss.detach(), clean.detach(), adv.detach()])
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -276,6 +291,7 @@ def adversarial_training(
     lr: float = 1e-3,
     seed: int = 0,
     mix: float = 0.0,
+    beta: float | None = None,
     progress: bool = False,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     checkpoint: Callable[[dict[str, Any]], None] | None = None,
@@ -300,6 +316,10 @@ def adversarial_training(
         mix: the weight of the clean loss in [0, 1]: 0 trains on the adversarial examples only (Madry's
             recipe), 0.5 half and half (Goodfellow et al.'s). With ``mix = 0`` the clean loss is still
             computed (in eval mode, without gradient) for the report.
+        beta: TRADES (Zhang et al. 2019): the loss is ``CE(x_b) + beta * KL(p(x_b) || p(x_adv))`` (p: the
+            softmax; ``beta`` 6 in their paper; ``mix`` must stay 0), with ``get_attack("trades", eps=...)``
+            (the KL objective, :class:`pertattack.objectives.KL`) as the attack; ``adversarial`` then reports
+            the KL term. None: the loss of ``mix``.
         on_epoch: called as ``on_epoch(epoch, losses)`` after each epoch (rank 0).
         checkpoint: called as ``checkpoint(state)`` after each epoch (rank 0; under torch.distributed give it on
             every rank: the ranks' RNG states are gathered) with the training state, a dict of tensors and
@@ -331,6 +351,10 @@ def adversarial_training(
         raise ValueError(f"the attack {attack!r} has several budgets ({attack.eps}); adversarial training takes one")
     if isinstance(mix, bool) or not isinstance(mix, (int, float)) or not 0 <= mix <= 1:
         raise ValueError(f"mix (the weight of the clean loss) must be a number in [0, 1], got {mix!r}")
+    if beta is not None and (isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta)
+                             or beta < 0 or mix != 0):
+        raise ValueError(f"beta (TRADES's weight of the KL term) must be a finite number >= 0 with mix = 0, got "
+                         f"beta {beta!r} and mix {mix!r}")
     if y.dtype != torch.int64 or y.dim() != 1:
         raise ValueError(f"y must be int64 labels of shape (N,), got {y.dtype} of shape {tuple(y.shape)}")
     seeded = attack.replace(seed=seed)
@@ -339,7 +363,7 @@ def adversarial_training(
         return seeded(model, xb, yb, index=index.to(xb.device)).x_adv
 
     return _fit(model, x, y, F.cross_entropy, epochs, batch_size, lr, seed, progress, perturb, float(mix), on_epoch,
-                checkpoint, resume, recipe=repr(seeded))
+                checkpoint, resume, recipe=repr(seeded), beta=None if beta is None else float(beta))
 
 
 def train_autoencoder(
