@@ -169,6 +169,8 @@ def test_cli_train_adversarial_on_digits(tmp_path, capsys) -> None:
     (["--adversarial", "pgd"], "one budget"),
     (["--adversarial", "pgd", "--eps", "0.1", "--mix", "2"], "in \\[0, 1\\]"),
     (["--adversarial", "targeted", "--eps", "0.1"], "untargeted"),
+    (["--beta", "6"], "--beta go"),
+    (["--adversarial", "trades", "--eps", "0.1", "--beta", "6", "--mix", "0.5"], "without --mix"),
 ])
 def test_cli_train_adversarial_errors(tmp_path, capsys, argv: list[str], match: str) -> None:
     assert main(["train", "smallcnn", "--data", "digits", "--out", str(tmp_path / "m.pt"), *argv]) == 2
@@ -291,7 +293,7 @@ def test_torchrun_leaves_the_train_options_to_us() -> None:
     theirs = [s for a in run.get_args_parser()._actions for s in a.option_strings]
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     ours = [s for a in sub.choices["train"]._actions for s in a.option_strings if s not in ("-h", "--help", "--n")]
-    assert {"--adversarial", "--eps", "--set", "--mix", "--limit"} <= set(ours)
+    assert {"--adversarial", "--eps", "--set", "--mix", "--limit", "--beta", "--resume"} <= set(ours)
     for opt in ours:
         assert not any(t.startswith(opt) for t in theirs), f"{opt} is a prefix of a torchrun option"
 
@@ -378,7 +380,8 @@ def test_cli_resume_continues_to_the_uninterrupted_weights(tmp_path, capsys) -> 
         return [p.detach() for p in load_model(out).parameters()]
 
     adv = ["--adversarial", "pgd", "--eps", "0.1", "--set", "steps=2"]
-    for extra in (adv, []):
+    trades = ["--adversarial", "trades", "--eps", "0.1", "--set", "steps=2", "--beta", "6"]
+    for extra in (adv, [], trades):
         whole = train(tmp_path / "a.pt", 2, *extra)
         train(tmp_path / "b.pt", 1, *extra)
         assert load_training_state(tmp_path / "b.pt")["epoch"] == 1

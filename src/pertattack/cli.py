@@ -223,7 +223,8 @@ def _training_attack(args: argparse.Namespace) -> Any:
     from .presets import get_attack
 
     if args.adversarial is None:
-        given = [o for o, v in (("--eps", args.eps), ("--set", args.set or None), ("--mix", args.mix)) if v is not None]
+        given = [o for o, v in (("--eps", args.eps), ("--set", args.set or None), ("--mix", args.mix),
+                                ("--beta", args.beta)) if v is not None]
         if given:
             raise UsageError(f"{', '.join(given)} go(es) with --adversarial PRESET and only there")
         return None
@@ -235,6 +236,9 @@ def _training_attack(args: argparse.Namespace) -> Any:
     mix = 0.0 if args.mix is None else args.mix
     if not 0 <= mix <= 1:
         raise UsageError(f"--mix is the weight of the clean loss, in [0, 1]; got {mix:g}")
+    if args.beta is not None and (not math.isfinite(args.beta) or args.beta < 0 or mix != 0):
+        raise UsageError(f"--beta (TRADES's weight of the KL term) must be a finite number >= 0, without --mix; got "
+                         f"{args.beta:g}")
     attack = get_attack(args.adversarial, eps=eps[0], seed=args.seed, **_overrides(args.set))
     obj = attack.objective
     if not obj.classification or obj.needs_target:
@@ -328,7 +332,7 @@ def _train(args: argparse.Namespace, rank: int, local_rank: int) -> int:
     if autoencoder:
         train_autoencoder(model, x, **kw)
     elif attack is not None:
-        adversarial_training(model, x, y, attack, mix=0.0 if args.mix is None else args.mix, **kw)
+        adversarial_training(model, x, y, attack, mix=0.0 if args.mix is None else args.mix, beta=args.beta, **kw)
     else:
         train_classifier(model, x, y, **kw)
     if rank > 0:  # the ranks hold the same weights: rank 0 reports and saves
@@ -721,6 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="overrides of the --adversarial attack, e.g. steps=10 random_start=True")
     p.add_argument("--mix", type=float, default=None,
                    help="weight of the clean loss with --adversarial (default 0: adversarial only; 0.5: half and half)")
+    p.add_argument("--beta", type=float, default=None,
+                   help="TRADES with --adversarial trades: the loss CE(x) + BETA * KL(p(x) || p(x_adv)) (their 6)")
     _device_argument(p)
     _debug_argument(p, argparse.SUPPRESS)
     p.set_defaults(func=cmd_train)
