@@ -251,3 +251,16 @@ def test_advtrain_verdicts_read_the_csv(tmp_path):
     rep = write_report(tmp_path).read_text()
     assert "(robust accuracy under auto, every eps): **holds**" in rep
     assert "(highest fooling ratio of its attacks, every eps): **holds**" in rep
+
+
+@pytest.mark.parametrize("argv, match", [(["fig3a", "--limit", "10"], "--limit go\\(es\\) with advtrain only"),
+                                         (["table3", "--eps", "0.1"], "--eps go\\(es\\) with advtrain only"),
+                                         (["advtrain", "--eps", "0.1,1.5"], "must lie in \\(0, 1\\)"),
+                                         (["advtrain", "--limit", "0"], "--limit must be >= 1")])
+def test_reproduce_limit_and_eps_go_with_advtrain(tmp_path, capsys, argv, match):
+    import re
+
+    from pertattack.cli import main
+
+    assert main(["reproduce", *argv, "--out", str(tmp_path / "o")]) == 2
+    assert re.search(match, capsys.readouterr().err)
