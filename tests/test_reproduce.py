@@ -211,6 +211,10 @@ def test_advtrain_smallest(cache, tmp_path):
     assert rows[0] == COLUMNS
     assert [(r[0], r[1], r[2]) for r in rows[1:]] == [(m, t, "0.1") for m in ("lenet5", "fcnn") for t in TRAINING]
     assert all(r[3] == "64" and r[4] == "1" and r[5] == "6" for r in rows[1:])  # the item's default: 1 epoch
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert all((out / f"advtrain-{m}.png").stat().st_size > 0 for m in ("lenet5", "fcnn"))
     rec = json.loads((out / "report.json").read_text())["advtrain"]
     assert "--limit 64 --eps 0.1" in rec["command"] and "--epochs" not in rec["command"] and rec["cpu_s"] > 0
     rep = (out / "REPORT.md").read_text()

@@ -20,6 +20,7 @@ name) beside a JSON file with their training time, so an interrupted run resumes
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import time
@@ -37,7 +38,8 @@ from ..training import accuracy, adversarial_training, train_classifier
 from .classification import FIG3_ATTACKS, fooling_table
 from .common import cache_dir, cached_model, data_digest, plot_lines, write_csv
 
-__all__ = ["TRAINING", "EVAL_ATTACKS", "DEFAULT_EPS", "DEFAULT_LIMIT", "MODELS", "COLUMNS", "run_advtrain"]
+__all__ = ["TRAINING", "EVAL_ATTACKS", "DEFAULT_EPS", "DEFAULT_LIMIT", "MODELS", "COLUMNS", "run_advtrain",
+           "plot_advtrain"]
 
 #: the training attacks: label -> preset (None: plain training on clean images)
 TRAINING: dict[str, str | None] = {"plain": None, "fgsm-rs": "fgsm-rs", "alg1-10": "alg1-10", "pgd": "pgd"}
@@ -89,6 +91,21 @@ def _measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, see
     return {"robust_auto": robust, **{f"fool {k}": v[0] for k, v in fool.items()}}
 
 
+def plot_advtrain(out: Path) -> None:
+    """``out/advtrain-<model>.png`` from ``out/advtrain.csv``: robust accuracy under auto vs eps, one curve per
+    training attack (nothing without matplotlib)."""
+    with open(out / "advtrain.csv", newline="") as fh:
+        rows = [dict(zip(COLUMNS, r, strict=True)) for r in list(csv.reader(fh))[1:]]
+    for name in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == name]
+        grid = sorted({float(r["eps"]) for r in mine})
+        curves = {m: [100 * float(r["robust_auto"]) for e in grid for r in mine if r["method"] == m
+                      and float(r["eps"]) == e] for m in TRAINING}
+        plot_lines(out / f"advtrain-{name}.png", grid, {m: c for m, c in curves.items() if c},
+                   xlabel="training and test eps (l-inf)", ylabel="robust accuracy under auto (%)",
+                   title=f"MNIST {name}, {mine[0]['train_images']} images x {mine[0]['epochs']} epoch(s)")
+
+
 def run_advtrain(*, out: Path, n: int, root: str | None, seed: int, epochs: int, device: str,
                  limit: int | None = None, eps: Sequence[float] | None = None,
                  models: Sequence[str] = MODELS) -> dict[str, Any]:
@@ -117,12 +134,7 @@ def run_advtrain(*, out: Path, n: int, root: str | None, seed: int, epochs: int,
                            test_images=x_te.shape[0], clean_error=clean_error, **times, **m)
                 rows.append([row[c] for c in COLUMNS])
     write_csv(out / "advtrain.csv", COLUMNS, rows)
-    for name in models:
-        curves = {method: [100 * r[COLUMNS.index("robust_auto")] for r in rows if r[0] == name and r[1] == method]
-                  for method in TRAINING}
-        plot_lines(out / f"advtrain-{name}.png", grid, curves, xlabel="training and test eps (l-inf)",
-                   ylabel="robust accuracy under auto (%)", title=f"MNIST {name}: adversarial training, "
-                   f"{x.shape[0]} images x {epochs} epoch(s)")
+    plot_advtrain(out)
     note = (f"{x.shape[0]} training images, {epochs} epoch(s), eps {', '.join(f'{e:g}' for e in grid)}, "
             f"{x_te.shape[0]} test images (clean error: all {x_all.shape[0]}); training CPU time at "
             f"{torch.get_num_threads()} torch thread(s)")
