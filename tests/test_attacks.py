@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import warnings
 
 import numpy as np
@@ -261,6 +262,29 @@ def test_list_attacks_and_the_readme_give_each_preset_its_norm():
                 assert rows[n] == float(p), (n, p)
                 seen.add(n)
     assert seen == set(rows)
+
+
+def test_the_readme_preset_tables_give_each_preset_its_dithering():
+    """issue 18: the README says which presets linearise at a dithered point, as the presets do."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    seen = set()
+    col = None
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else []
+        if cells and cells[0] == "preset":
+            col = cells.index("dither") if "dither" in cells else None
+            continue
+        if not cells or col is None or not cells[0].startswith("`"):
+            col = None if not cells else col
+            continue
+        for name in re.findall(r"`([^`]+)`", cells[0]):
+            radii = get_attack(name.replace("-T", "-10")).schedule.dither.radii
+            said = cells[col].split(":")[0].split(" (")[0]
+            assert said == radii or (said == "-" and radii == "none" and name.startswith("rand")), (name, said, radii)
+            seen.add(name)
+    assert {"pgd-paper", "alg1", "targeted", "linear-l2-T", "linear-pixel-T", "quadratic-l2"} <= seen
 
 
 def test_replace_returns_a_new_attack():

@@ -372,11 +372,12 @@ def test_torchrun_leaves_every_option_to_us():
         run.get_args_parser().parse_args(["-m", "pertattack", "evaluate", "--n", "1"])
 
 
-def _torchrun(argv: list[str], tmp: Path, env: dict[str, str] | None = None, nproc: int = 2
-              ) -> subprocess.Popen[str]:
+def _torchrun(argv: list[str], tmp: Path, env: dict[str, str] | None = None, nproc: int = 2,
+              launcher: tuple[str, ...] = ("--standalone",)) -> subprocess.Popen[str]:
+    """``torchrun <launcher> --nproc-per-node <nproc> -m pertattack <argv>`` in ``tmp``, one thread per process."""
     full = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     full["PYTHONPATH"] = os.pathsep.join([str(SRC), str(TESTS), full.get("PYTHONPATH", "")])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, "--nproc-per-node", str(nproc),
            "-m", "pertattack", *argv]
     return subprocess.Popen(cmd, cwd=tmp, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -390,7 +391,10 @@ def test_torchrun_with_every_option(reference, tmp_path):
         "--root", str(tmp_path), "--split", "test", "--p", "inf", "--limit", "96", "--seed", "0", "--device", "cpu",
         "--preprocess", "0/1", "--model-output", "0", "--dtype", "float64", "--timeout", "600"))
     argv[argv.index("--model") + 1] = "eval_callables:tupled"
-    assert set(_evaluate_options()) - {"--no-progress"} <= set(argv)
+    # the ecosystem options go with timm:NAME / robustbench:NAME models only (tests/test_ecosystem.py runs them
+    # through evaluate; torchrun's parser leaves them to us, test_torchrun_leaves_every_option_to_us)
+    ecosystem = {"--weights", "--threat-model", "--model-dataset", "--model-dir"}
+    assert set(_evaluate_options()) - {"--no-progress"} - ecosystem <= set(argv)
     proc = _torchrun([a for a in argv if a != "--no-progress"] + ["--no-progress"], tmp_path)
     text, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, text
@@ -419,6 +423,64 @@ def test_torchrun_tears_down_when_a_worker_is_killed(reference, tmp_path):
     assert proc.returncode == 0, text
     assert f"({done} reused, {8 - done} computed" in text
     assert (out / "results.csv").read_bytes() == (reference / "results.csv").read_bytes()
+
+
+def test_two_nodes_give_the_rows_of_one_process(reference, tmp_path):
+    """Across machines, on one host: two torchrun launchers join as two nodes of one process each (c10d
+    rendezvous on 127.0.0.1), share --out and write the rows of the one-process run (15 to 19 s at load average
+    4, nearly all of it the start-up of four Python processes)."""
+    out = tmp_path / "out"
+    launcher = ("--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}",
+                "--rdzv-id", "two-nodes")
+    procs = [_torchrun(_args(out), tmp_path, nproc=1, launcher=launcher) for _ in range(2)]
+    texts = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], texts
+    assert sum("96 inputs in 8 batches (0 reused, 8 computed, 2 process(es))" in t for t in texts) == 1, texts
+    assert (out / "results.csv").read_bytes() == (reference / "results.csv").read_bytes()
+    assert json.loads((out / "manifest.json").read_text())["runs"][-1]["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_elastic_restart_resumes_from_the_finished_batches(reference, tmp_path):
+    """torchrun --max-restarts 1: rank 1 is SIGKILLed in its third batch, torchrun restarts both workers, and
+    the new attempt reuses the batches finished before the kill and writes the reference rows (slow: 18 to 22 s
+    at load average 4; the default run covers resumption after a kill by fork, above, and the two-node launch).
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: see the next test."""
+    out = tmp_path / "out"
+    env = dict(EVAL_TEST_KILL_RANK="1", EVAL_TEST_KILL_CALL="40", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
+    proc = _torchrun(_args(out, model="eval_callables:killed"), tmp_path, env=env,
+                     launcher=("--standalone", "--max-restarts", "1"))
+    text, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, text
+    runs = json.loads((out / "manifest.json").read_text())["runs"]
+    reused = runs[-1]["batches_reused"]
+    assert 1 <= reused < 8 and runs[-1]["batches_computed"] == 8 - reused, (runs, text)
+    assert f"({reused} reused, {8 - reused} computed, 2 process(es))" in text
+    assert (out / "results.csv").read_bytes() == (reference / "results.csv").read_bytes()
+
+
+def test_a_restart_on_a_shared_store_says_how_to_launch(monkeypatch):
+    """torch 2.13's elastic agent keeps one store across restarts and the env:// rendezvous adds no per-attempt
+    prefix: a restarted gloo group reads the dead attempt's addresses (seen in the test above without the
+    variable). The failure names the cure."""
+    import torch.distributed as dist
+
+    from pertattack.evaluation import EvaluationError, _distributed
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("Gloo connectFullMesh failed: Connection refused")
+
+    monkeypatch.setattr(dist, "init_process_group", refused)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    with pytest.raises(EvaluationError, match="restart 1 failed .*TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"):
+        with _distributed("cpu", 5.0):
+            pass
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")  # a first attempt's failure is torch's own error
+    with pytest.raises(RuntimeError, match="^Gloo connectFullMesh failed"):
+        with _distributed("cpu", 5.0):
+            pass
 
 
 def test_progress_bar_and_busy_out(tmp_path, capsys):

@@ -88,6 +88,22 @@ def test_subset_attacks_touch_exactly_t_pixels_away_from_the_box():
         assert torch.allclose(r.eta.abs()[r.eta != 0], torch.tensor(0.2, dtype=DTYPE)), name
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_linear_pixel_with_reuse_touches_up_to_t_pixels_within_budget_and_box(seed):
+    """reuse=True (the paper's multiple subsets without exclusion): a re-chosen pixel adds to its step, so a pixel
+    at its budget is not chosen again for nothing and T steps spread over up to T pixels (a re-decided pixel kept
+    linear-pixel-5 on 1 or 2 pixels)."""
+    model = ConvAE(3).eval()
+    inside = 0.25 + 0.5 * rand_x(3, (3, 4, 4), seed=2)
+    r = get_attack("linear-pixel-5", eps=0.2, seed=seed, reuse=True)(model, inside)
+    assert subsets_touched(r.eta).tolist() == [5, 5, 5]
+    assert torch.allclose(r.eta.abs()[r.eta != 0], torch.tensor(0.2, dtype=DTYPE))
+    x = rand_x(3, (3, 4, 4), seed=5)  # anywhere in [0, 1]: the box cuts steps
+    r = get_attack("linear-pixel-10", eps=0.3, seed=seed, reuse=True)(model, x)
+    assert (subsets_touched(r.eta) <= 10).all() and (subsets_touched(r.eta) >= 5).all()
+    assert (r.eta.abs() <= 0.3).all() and (r.x_adv >= 0).all() and (r.x_adv <= 1).all()
+
+
 def test_linear_attacks_need_dithering_when_y_is_f_x():
     """With y = f(x) the gradient of norm_2(y - f(x + eta))^2 at eta = 0 is exactly zero (Section 3.2)."""
     model = ConvAE(1).eval()

@@ -88,7 +88,7 @@ def test_fig2b_and_table3_smallest(cache, tmp_path):
     # the paper's numbers beside ours, row by row; the CIFAR-10 rows marked as not run
     assert f"{TABLE3_PAPER['lenet5'][1]:.3g} / " in rep and "DenseNet-40 (CIFAR-10) | 0.052 / not run" in rep
     assert "NIN and DenseNet-40 rows not run" in rep
-    assert "Figure 2(b)" in rep and "| fig2b | ran |" in rep
+    assert "Figure 2(b)" in rep and "| fig2b | ran (part skipped: the CIFAR-10 autoencoder" in rep
 
 
 def test_missing_data_is_recorded_as_skipped(cache, tmp_path):
@@ -268,3 +268,109 @@ def test_reproduce_limit_and_eps_go_with_advtrain(tmp_path, capsys, argv, match)
 
     assert main(["reproduce", *argv, "--out", str(tmp_path / "o")]) == 2
     assert re.search(match, capsys.readouterr().err)
+
+
+def _fake_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict[str, str]]:
+    """A report.json as a run on another machine left it: absolute --out, a cache under the home folder, a data
+    folder named by $PERTATTACK_CIFAR10; fig1 ran without its CIFAR-10 part, fig3c skipped."""
+    out = tmp_path / "res"
+    out.mkdir()
+    cifar = tmp_path / "data" / "cifar10"
+    monkeypatch.setenv("PERTATTACK_CIFAR10", str(cifar))
+    home = str(Path.home())
+    _write(out / "fig1.csv", [["dataset", "index", "label", "pred", "pred_adv", "eps", "norm"],
+                              ["mnist", 0, 7, 7, 3, 0.2, 0.2]])
+    why = f"CIFAR-10 batch test_batch not found in {cifar}/cifar-10-batches-py"
+    rec = {"fig1": {"status": "ran", "command": f"pertattack reproduce all --out {out} --n 10", "time_s": 3.0,
+                    "note": f"mnist: ...; CIFAR-10 part not run: {why}; figure in {out}/fig1.png",
+                    "part_skipped": "CIFAR-10 (NIN): no CIFAR-10 files",
+                    "models": {"lenet5 (mnist)": {"cache": f"{home}/.cache/pertattack/lenet5.pt"}}},
+           "fig3c": {"status": "skipped", "command": f"pertattack reproduce all --out {out} --n 10", "reason": why}}
+    (out / "report.json").write_text(json.dumps(rec))
+    return out, {"out": str(out), "cifar": str(cifar), "home": home}
+
+
+def test_report_has_no_absolute_path_and_says_a_part_was_skipped(tmp_path, monkeypatch):
+    """REPORT.md and report.json: the --out folder as ".", $PERTATTACK_* folders by their variable, the home folder
+    as ~; an item that ran without a part says so in the summary, the Ran line and its section (issue 18)."""
+    out, paths = _fake_run(tmp_path, monkeypatch)
+    rep = write_report(out).read_text()
+    for text in (rep, (out / "report.json").read_text()):
+        for absolute in paths.values():
+            assert absolute not in text
+    assert "`pertattack reproduce all --out . --n 10`" in rep
+    assert "not found in $PERTATTACK_CIFAR10/cifar-10-batches-py" in rep and "figure in ./fig1.png" in rep
+    assert "| fig1 | ran (part skipped: CIFAR-10 (NIN): no CIFAR-10 files) | 1/1 | 3 |" in rep
+    assert "| fig1 | ran |" not in rep and "of these, part skipped: fig1 (CIFAR-10 (NIN)" in rep
+    section = rep[rep.index("## Figure 1"):rep.index("## Figure 2(a)")]
+    assert "**Status:** ran (part skipped: CIFAR-10 (NIN)" in section
+    assert "| fig3c | skipped |" in rep
+    assert json.loads((out / "report.json").read_text())["fig1"]["models"]["lenet5 (mnist)"]["cache"] \
+        == "~/.cache/pertattack/lenet5.pt"
+    before = rep
+    assert write_report(out).read_text() == before  # rewriting is idempotent
+
+
+def test_record_writes_portable_paths(tmp_path, monkeypatch):
+    from pertattack.experiments.report import record
+
+    out = tmp_path / "res"
+    monkeypatch.setenv("PERTATTACK_STL10", str(tmp_path / "stl"))
+    record(out, "fig4d", {"status": "skipped", "command": f"pertattack reproduce fig4d --out {out}",
+                          "reason": f"not found in {tmp_path / 'stl'} or {tmp_path / 'stl' / 'stl10_binary'}"})
+    rec = json.loads((out / "report.json").read_text())["fig4d"]
+    assert rec["command"] == "pertattack reproduce fig4d --out ."
+    assert rec["reason"] == "not found in $PERTATTACK_STL10 or $PERTATTACK_STL10/stl10_binary"
+    assert str(tmp_path) not in (out / "report.json").read_text()
+
+
+def test_report_says_the_dithering_choice(tmp_path):
+    from pertattack.experiments.report import _dither_md
+
+    (tmp_path / "report.json").write_text("{}")
+    rep = write_report(tmp_path).read_text()
+    assert "## Dithering of the linearisation point" in rep and "dither.csv" not in rep
+    rows = {line.split(" | ")[1]: line for line in _dither_md(tmp_path) if line.startswith("| ")}
+    first = next(line for line in rows.values() if "eps~_1 = eps" in line)
+    none = next(line for line in rows.values() if "not dithered" in line)
+    for name in ("pgd-paper", "linear-l2-20", "linear-linf-1", "linear-pixel-100"):
+        assert name in first and name not in none
+    for name in ("alg1-10", "alg1", "fgsm", "quadratic-l2"):
+        assert f" {name}," in none or f" {name} |" in none
+    _write(tmp_path / "dither.csv", [["attack", "dither", "eps=0", "eps=0.2", "mean", "time_s"],
+                                     ["alg1", "none", 0, 0.707, 0.2734, 1], ["alg1", "first", 0, 0.7854, 0.2993, 1]])
+    rep = write_report(tmp_path).read_text()
+    assert "| alg1 | first | 0.299 | 0.785 |" in rep and "[dither.csv](dither.csv)" in rep
+
+
+def test_reproducing_one_item_keeps_the_other_sections(tmp_path, monkeypatch):
+    """`reproduce ITEM --out DIR` on a DIR with a report: that item's record and section are new, every other
+    section is as it was (issue 18)."""
+    out, _ = _fake_run(tmp_path, monkeypatch)
+    old = write_report(out).read_text()
+
+    def fake_fig4a(*, out: Path, **_: object) -> dict:
+        _write(out / "fig4a.csv", [["attack", "eps", "input_psnr", "output_psnr"],
+                                   *[[a, 0.1, 20.0, v] for a, v in (("rand-l2", 30.0), ("linear-l2-1", 20.0),
+                                                                    ("linear-l2-20", 15.0), ("quadratic-l2", 16.0))]])
+        return {"note": "fake"}
+
+    monkeypatch.setitem(paper.EXPERIMENTS, "fig4a", ("fake", fake_fig4a))
+    paper.reproduce("fig4a", out=out, n=2, epochs=1)
+    new = (out / "REPORT.md").read_text()
+    recs = json.loads((out / "report.json").read_text())
+    assert set(recs) == {"fig1", "fig3c", "fig4a"} and recs["fig4a"]["note"] == "fake"
+    for item in ("## Figure 1", "## Figure 3(c)"):
+        cut = lambda text, at=item: text[text.index(at):text.index("## ", text.index(at) + 3)]  # noqa: E731
+        assert cut(new) == cut(old)
+    assert "| fig4a | ran | 3/3 |" in new and "| fig4a | not run |" in old
+
+
+def test_pertattack_report_redraws_a_reproduce_folder(tmp_path, monkeypatch, capsys):
+    from pertattack.cli import main
+
+    out, paths = _fake_run(tmp_path, monkeypatch)
+    assert main(["report", str(out)]) == 0
+    rep = (out / "REPORT.md").read_text()
+    assert "| fig1 | ran (part skipped:" in rep and paths["out"] not in rep
+    assert "wrote" in capsys.readouterr().out

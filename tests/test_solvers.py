@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linprog, minimize
 
-from pertattack.constraints import LpBall, Partition, dual_exponent, lp_norm
+from pertattack.constraints import Box, LpBall, Partition, dual_exponent, lp_norm
 from pertattack.noise import Noise
 from pertattack.solvers import (
     GNM,
@@ -257,25 +258,74 @@ def test_random_subset_uses_distinct_subsets():
     assert (torch.stack(touched).sum(dim=0) == 1).all()  # 4 calls: every one of the 4 pixels once
 
 
-def test_single_subset_with_reuse_chooses_again_within_its_budget():
-    # pixel 2 has by far the largest gradient: without reuse the next steps move to other pixels,
-    # with reuse pixel 2 is chosen again and no coordinate ever exceeds eps
+def _reuse_gradient() -> torch.Tensor:
+    """Pixel 2 by far the largest (sum 15), then pixel 1 (2), pixel 3 (1), pixel 0 (0.5)."""
     g = torch.zeros(1, 3, 2, 2, dtype=DTYPE)
     g[0, :, 1, 0] = torch.tensor([5.0, -5.0, 5.0])
-    g[0, 0, 0, 1] = -1.0
+    g[0, 0, 0, 1] = -2.0
+    g[0, 2, 1, 1] = 1.0
+    g[0, 1, 0, 0] = 0.5
+    return g
+
+
+def test_single_subset_with_reuse_touches_t_subsets_when_each_step_fills_its_budget():
+    # alpha = eps: a subset chosen once is at its budget and can gain nothing more, so every step goes to a new
+    # pixel (the variant that re-decided a chosen subset chose pixel 2 four times: one pixel)
+    g = _reuse_gradient()
     step = make_step(g, 0.1, INF, partition=Partition("pixel"))
+    step.budget = torch.full((1,), 0.1, dtype=DTYPE)
     solver = SingleSubset(reuse=True)
     total = torch.zeros_like(g)
-    for _ in range(3):
-        total = total + solve(solver, step)
-    want = torch.zeros_like(g)
-    want[0, :, 1, 0] = -0.1 * torch.tensor([1.0, -1.0, 1.0], dtype=DTYPE)
-    torch.testing.assert_close(total, want, rtol=0, atol=1e-15)  # chosen three times, still -eps sign(g)
-    # the gradient flips on pixel 2: choosing it again flips its signs, still within [-eps, eps]
+    touched = []
+    for _ in range(4):
+        s = solve(solver, step)
+        assert (s != 0).any(dim=1).sum() == 1  # one subset per step
+        total = total + s
+        touched.append((s != 0).any(dim=1).flatten().nonzero().item())
+        assert total.abs().max() <= 0.1 + 1e-15  # the budget per coordinate holds
+    assert touched == [2, 1, 3, 0]
+    torch.testing.assert_close(total, -0.1 * g.sign(), rtol=0, atol=1e-15)
+
+
+def test_single_subset_with_reuse_adds_to_a_subset_chosen_again():
+    # alpha = eps / 2: pixel 2 is chosen twice and its two steps add up to eps (the old variant reset it to
+    # -alpha sign(g)); then, at its budget, the next step goes to pixel 1
+    g = _reuse_gradient()
+    step = make_step(g, 0.05, INF, partition=Partition("pixel"))
+    step.budget = torch.full((1,), 0.1, dtype=DTYPE)
+    solver = SingleSubset(reuse=True)
+    total = solve(solver, step)
+    torch.testing.assert_close(total[0, :, 1, 0], -0.05 * g[0, :, 1, 0].sign(), rtol=0, atol=1e-15)
+    total = total + solve(solver, step)
+    torch.testing.assert_close(total[0, :, 1, 0], -0.1 * g[0, :, 1, 0].sign(), rtol=0, atol=1e-15)
+    assert (total != 0).any(dim=1).sum() == 1
+    total = total + solve(solver, step)
+    assert float(total[0, 0, 0, 1]) == pytest.approx(0.05) and (total != 0).any(dim=1).sum() == 2
+    # the gradient flips on pixel 2: chosen again, its step adds alpha back towards 0, within [-eps, eps]
     step.g = -g
     total = total + solve(solver, step)
-    torch.testing.assert_close(total, -want, rtol=0, atol=1e-15)
+    torch.testing.assert_close(total[0, :, 1, 0], -0.05 * g[0, :, 1, 0].sign(), rtol=0, atol=1e-15)
+    assert float(total[0, 0, 0, 1]) == pytest.approx(0.05)  # pixel 1 kept its change
     no_reuse = SingleSubset()
     step2 = make_step(g, 0.1, INF, partition=Partition("pixel"))
     t2 = solve(no_reuse, step2) + solve(no_reuse, step2)
     assert (t2 != 0).any(dim=1).sum() == 2  # two distinct pixels
+
+
+def test_single_subset_with_reuse_keeps_the_box():
+    # pixel 2 sits 0.03 below the box's top where its gradient pushes up: it can gain only 0.03 per channel
+    # that moves up, so it is filled to the face and the next steps go to the other pixels
+    g = _reuse_gradient()
+    x0 = torch.full_like(g, 0.5)
+    x0[0, 1, 1, 0] = 0.97  # channel 1 of pixel 2 moves up (its g is negative)
+    x0[0, 0, 1, 0] = 0.02  # channel 0 moves down (its g is positive)
+    step = replace(make_step(g, 0.1, INF, partition=Partition("pixel")), x0=x0, box=Box(0.0, 1.0),
+                   budget=torch.full((1,), 0.1, dtype=DTYPE))
+    solver = SingleSubset(reuse=True)
+    total = torch.zeros_like(g)
+    for _ in range(4):
+        total = total + solve(solver, step)
+        assert ((x0 + total >= 0) & (x0 + total <= 1 + 1e-15)).all() and total.abs().max() <= 0.1 + 1e-15
+    torch.testing.assert_close(total[0, :, 1, 0], torch.tensor([-0.02, 0.03, -0.1], dtype=DTYPE), rtol=0,
+                               atol=1e-15)
+    assert (total != 0).any(dim=1).sum() == 4

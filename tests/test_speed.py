@@ -136,20 +136,21 @@ def test_early_stop_results_do_not_depend_on_the_sync_interval(name, kw, every, 
     assert torch.equal(other.steps, ref.steps)
 
 
-@pytest.mark.parametrize("name, steps", [("fgsm", 1), ("bim", 10), ("alg1-5", 5), ("pgd", 40)])
-def test_forwards_with_labels_given(name, steps):
-    """With labels: one forward with autograd per step, and one no-grad forward, the success check (a
-    random start's first forward validates the labels and the scores: no clean forward either)."""
+@pytest.mark.parametrize("name, steps, nograd", [("fgsm", 1, 1), ("bim", 10, 1), ("alg1-5", 5, 1), ("pgd", 40, 2)])
+def test_forwards_with_labels_given(name, steps, nograd):
+    """With labels: one forward with autograd per step, and one no-grad forward, the success check; an
+    attack whose first forward is not at x (pgd's random start) adds one no-grad forward at x, which
+    validates the scores there (a model NaN only at x is an error, issue 18), in the same single sync."""
     model, x, y = _data()
     counting = Counting(model)
     pertattack.get_attack(name, eps=0.1, seed=0)(counting, x, y)
     assert counting.grad == steps
-    assert counting.nograd == 1
+    assert counting.nograd == nograd
 
 
 def test_random_start_tells_nan_at_x_from_nan_elsewhere():
-    """Without the clean forward, a model NaN at x is still an error, and one NaN at the random start only
-    (finite at x) is not: f(x) is computed when the first output is not finite, and decides."""
+    """A model NaN at x is an error, and one NaN at the random start only (finite at x) is not: f(x) is
+    computed (no graph) when the first forward is elsewhere, and decides."""
     model, x, y = _data()
 
     class NaNOffX(torch.nn.Module):
@@ -177,6 +178,29 @@ def test_random_start_tells_nan_at_x_from_nan_elsewhere():
         res = pgd(NaNOffX(model, x), x, y)
     assert not bool(res.success.any())
     assert torch.equal(res.x_adv, x)  # returned unperturbed, marked failed
+
+
+class _NaNOnlyAtX(torch.nn.Module):
+    """Finite everywhere but at the clean inputs themselves: a random start's first forward is finite."""
+
+    def __init__(self, base, x0):
+        super().__init__()
+        self.base, self.x0 = base, x0
+
+    def forward(self, z):
+        out = self.base(z)
+        at_x = (z == self.x0).reshape(z.shape[0], -1).all(dim=1, keepdim=True)
+        return torch.where(at_x, torch.full_like(out, float("nan")), out)
+
+
+@pytest.mark.parametrize("name", ["pgd", "apgd-ce", "auto", "fgsm"])
+def test_a_model_nan_only_at_x_is_an_error_under_a_random_start(name):
+    """Issue 18: the README's promise (NaN at x is an error) held only where the first forward was at x."""
+    model, x, y = _data()
+    attack = pertattack.get_attack(name, eps=0.1, steps=2, seed=0) if name != "auto" else \
+        pertattack.get_attack(name, eps=0.1, seed=0)
+    with pytest.raises(ValueError, match="clean inputs contains NaN"):
+        attack(_NaNOnlyAtX(model, x), x, y)
 
 
 def test_fgsm_without_labels_takes_two_extra_forwards():

@@ -176,8 +176,10 @@ def check_input(x: Tensor, box: Box) -> Tensor:
 class FirstOutputCheck:
     """The model, checking its first output as the clean forward would have: the scores
     (:func:`check_scores`) and the labels ``y`` (shape, integer dtype, range of classes). ``x``: the clean
-    inputs when that first forward is elsewhere (their outputs are computed, and checked, only if the
-    first output is not finite). ``label`` is y as int64 for the loop (shape and dtype checked here)."""
+    inputs when that first forward is elsewhere (a random start, a dithered point): their outputs are then
+    computed (one no-grad forward, in the same single sync) and checked instead, so that a model NaN at x is
+    an error even when it is finite at the start. ``label`` is y as int64 for the loop (shape and dtype
+    checked here)."""
 
     def __init__(self, fwd: Any, y: Any, device: torch.device, x: Tensor | None = None) -> None:
         self.fwd = fwd
@@ -194,7 +196,7 @@ class FirstOutputCheck:
         if not self.checked:
             self.checked = True
             first = out.detach()
-            if self.x is not None and first.dim() == 2 and not bool(torch.isfinite(first).all()):
+            if self.x is not None:
                 with torch.no_grad():
                     first = self.fwd(self.x)  # the clean outputs decide, as the clean forward would have
             check_scores(first)

@@ -103,7 +103,7 @@ class Attack:
 
     @property
     def minimum_norm(self) -> bool:
-        """True for minimum-norm attacks (DeepFool's unbounded steps, FMN's adaptive ball): they need no
+        """Whether this is a minimum-norm attack (DeepFool's unbounded steps, FMN's adaptive ball), which needs no
         eps, and one run serves every eps (projected on each ball and re-evaluated)."""
         return not self.solver.bounded or self.schedule.project.minimum_norm
 
@@ -237,8 +237,8 @@ class Attack:
         # With labels given, the clean forward f(x) only validates the labels and the scores. When nothing
         # else needs f(x), the loop's first forward does the same checks instead: one forward fewer (FGSM:
         # the floor + the success check). Where that forward is not at x itself (a random start, a dithered
-        # point), f(x) is computed only if its output is not finite, to tell a model NaN at x (an error)
-        # from one NaN elsewhere (those inputs fail, with a warning).
+        # point), f(x) is computed without a graph and checked instead, to tell a model NaN at x (an error)
+        # from one NaN elsewhere (those inputs fail, with a warning): one forward more, no sync more.
         if (y is not None and target is None and obj.classification and self.restarts == 1
                 and type(obj).prepare is Objective.prepare and self.solver.needs_grad):
             at_x = sched.start.at_zero and sched.dither_radii()[0] == 0

@@ -1,5 +1,5 @@
 """Cascades: several attacks in order, each only on the inputs still robust (the shape of AutoAttack); and
-restarts, the same run again on the inputs still robust (:func:`restarted`).
+restarts, the same run again on the inputs still robust (``restarted``).
 
     pertattack.cascade(["apgd-ce", "square"], eps=8 / 255)
 

@@ -172,9 +172,11 @@ def _probe(model: torch.nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
 
 def _load_data(args: argparse.Namespace, split: str, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``--data`` (with ``--root``, ``--download``): the first n inputs of ``split`` as tensors (x, y)."""
+    from .data.idx import DownloadableError
+
     try:
         return load_data_spec(args.data, args.root, split, n, download=args.download).xy()
-    except FileNotFoundError as err:
+    except DownloadableError as err:  # MNIST, CIFAR-10: --download fetches them (other files it cannot)
         raise FileNotFoundError(f"{err} On the command line: add --download.") from err
 
 
@@ -418,7 +420,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.surrogate is not None:
         attack = get_attack(args.attack, seed=args.seed, progress=True, batch_size=args.batch_size,
                             surrogate=load_model_spec(args.surrogate, device, "--surrogate"), **overrides)
-    model = load_model_spec(args.model, device)
+    model = load_model_spec(args.model, device, **_model_options(args))
     x, y = (t.to(device) for t in _load_data(args, args.split, args.n))
     _check_kind(attack, _probe(model, x, f"--data {args.data}"), x, args.model)
     target = None
@@ -471,6 +473,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .data.idx import DownloadableError
     from .experiments import paper
     from .experiments.common import cache_dir
 
@@ -496,7 +499,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     try:
         return paper.reproduce(args.experiment, out=out, n=args.n, root=args.root, seed=args.seed,
                                epochs=args.epochs, device=device, limit=args.limit, eps=eps)
-    except FileNotFoundError as err:
+    except DownloadableError as err:  # MNIST, CIFAR-10; STL-10's message says how to get it
         if args.download:
             raise
         raise FileNotFoundError(f"{err} On the command line: add --download.") from err
@@ -534,7 +537,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             p=None if p is None else float(p), limit=args.limit, batch_size=args.batch_size, seed=args.seed,
             device=args.device, preprocess=None if args.preprocess is None else parse_preprocess(args.preprocess),
             model_output=int(output) if output is not None and output.lstrip("-").isdigit() else output,
-            dtype=args.dtype,
+            model_options=_model_options(args), dtype=args.dtype,
             overrides=_overrides(args.set), progress=not args.no_progress, timeout=args.timeout,
         )
         report = run_evaluation(cfg, argv=list(sys.argv))
@@ -560,6 +563,7 @@ def _add_evaluate(sub: Any) -> None:
                     "summary.md. Run it again to resume. Sharded over processes and machines with "
                     "`torchrun --nproc-per-node K -m pertattack evaluate ...`.")
     p.add_argument("--model", required=True, help=MODEL_HELP)
+    _model_arguments(p)
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--root", default=None, help="folder of the mnist / cifar10 files")
     p.add_argument("--split", default="test", choices=["train", "test"])
@@ -584,9 +588,16 @@ def _add_evaluate(sub: Any) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """report.md and its figures, drawn again from an evaluate folder (finished or not); no attack runs."""
+    """report.md and its figures, drawn again from an evaluate folder (finished or not); REPORT.md from a reproduce
+    folder's report.json and CSV files. No attack runs."""
     from .report import load_run, write_report
 
+    out = Path(args.out)
+    if (out / "report.json").is_file() and not (out / "manifest.json").exists():  # pertattack reproduce's
+        from .experiments.report import write_report as write_reproduction
+
+        print(f"wrote {write_reproduction(out)} (from {out / 'report.json'} and the CSV files beside it)")
+        return 0
     run = load_run(args.out)
     path = write_report(run, figures=not args.no_figures)
     print(f"wrote {path}" + (f" from the {len(run.parts)} of {run.n_batches} batches finished so far (a partial run)"
@@ -596,17 +607,37 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _add_report(sub: Any) -> None:
     p = sub.add_parser(
-        "report", help="draw report.md and its figures again from an evaluate --out folder (no attack runs)",
+        "report", help="draw report.md and its figures again from an evaluate --out folder, or REPORT.md from a "
+                       "reproduce --out folder (no attack runs)",
         description="Robust accuracy against eps, minimum-norm distances, per-class robust accuracy, the examples "
                     "with the largest confidence change, the reliability flags, the command and the versions, from "
-                    "the batches that OUT holds: a finished run, or the batches finished so far.")
-    p.add_argument("out", help="the --out folder of pertattack evaluate")
+                    "the batches that OUT holds: a finished run, or the batches finished so far. For a folder of "
+                    "pertattack reproduce: REPORT.md again from its report.json and CSV files (the claims checked "
+                    "anew, paths made portable), with the writer of this version.")
+    p.add_argument("out", help="the --out folder of pertattack evaluate or pertattack reproduce")
     p.add_argument("--no-figures", action="store_true", help="tables only (no matplotlib needed)")
     _debug_argument(p, argparse.SUPPRESS)
     p.set_defaults(func=cmd_report)
 
 
 # --- end of pertattack evaluate ------------------------------------------------------------------------------------
+
+
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of the ecosystem model specs (pertattack.specs): each goes with its own kind of --model only."""
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="state dict of a timm:NAME model (default: timm's pretrained weights)")
+    p.add_argument("--threat-model", default=None, help="robustbench:NAME: Linf, L2 or corruptions (default Linf)")
+    p.add_argument("--model-dataset", default=None,
+                   help="robustbench:NAME: cifar10, cifar100 or imagenet (default cifar10)")
+    p.add_argument("--model-dir", default=None, help="robustbench:NAME: its checkpoint folder (default ./models)")
+
+
+def _model_options(args: argparse.Namespace) -> dict[str, str]:
+    """The ecosystem options given on the command line, as keywords of load_model_spec."""
+    given = dict(weights=args.weights, threat_model=args.threat_model, dataset=args.model_dataset,
+                 model_dir=args.model_dir)
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _data_arguments(p: argparse.ArgumentParser) -> None:
@@ -642,6 +673,7 @@ def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="run one attack on a saved model and report the fooling ratio")
     p.add_argument("attack", help="a preset name (see `pertattack list`), e.g. alg1-10")
     p.add_argument("--model", required=True, help=MODEL_HELP)
+    _model_arguments(p)
     _data_arguments(p)
     p.add_argument("--split", default="test", choices=["train", "test"], help="which split to attack")
     p.add_argument("--n", type=int, default=1000, help="attack the first n images")

@@ -85,8 +85,10 @@ class EvalConfig:
     """The arguments of one evaluation (those of ``pertattack evaluate``).
 
     Attributes:
-        model: a model spec (:func:`pertattack.specs.load_model_spec`): a ``pertattack train`` checkpoint
-            or ``package.module:callable``.
+        model: a model spec (:func:`pertattack.specs.load_model_spec`): a ``pertattack train`` checkpoint,
+            ``package.module:callable``, ``timm:NAME`` or ``robustbench:NAME``.
+        model_options: keywords of :func:`pertattack.specs.load_model_spec` for an ecosystem spec
+            (``weights``, ``threat_model``, ``dataset``, ``model_dir``).
         data: a data spec (:func:`pertattack.specs.load_data_spec`): ``mnist``, ``cifar10``, ``digits`` or
             ``package.module:callable``.
         attacks: preset names (see ``pertattack list``).
@@ -122,6 +124,7 @@ class EvalConfig:
     device: str | None = None
     preprocess: tuple[Any, Any] | None = None
     model_output: int | str | None = None
+    model_options: dict[str, str] = field(default_factory=dict)
     dtype: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
@@ -302,7 +305,17 @@ def _distributed(requested_device: str | None, timeout: float) -> Iterator[_Dist
     # and NCCL would refuse ranks that share a GPU (more ranks than GPUs, or one --device cuda:i for all)
     initialised = False
     if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=_dt.timedelta(seconds=timeout))
+        try:
+            dist.init_process_group("gloo", timeout=_dt.timedelta(seconds=timeout))
+        except RuntimeError as err:
+            if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0" and os.environ.get(
+                    "TORCHELASTIC_USE_AGENT_STORE") == "True":
+                raise EvaluationError(
+                    f"the process group of torchrun's restart {os.environ['TORCHELASTIC_RESTART_COUNT']} failed "
+                    f"({err}): torchrun's agent keeps its store across restarts, and the ranks read the addresses of "
+                    "the attempt before (torch issue 135712); launch torchrun with "
+                    "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in the environment (on every node)") from err
+            raise
         initialised = True
     try:
         yield _Dist(dist.get_rank(), dist.get_world_size(), local_rank, device, initialised)
@@ -626,7 +639,7 @@ def run_evaluation(cfg: EvalConfig, argv: list[str] | None = None) -> EvalReport
         local_error: Exception | None = None
         try:
             attacks = _build_attacks(cfg)
-            model = load_model_spec(cfg.model, device)
+            model = load_model_spec(cfg.model, device, **cfg.model_options)
             if cfg.dtype is not None:
                 model = model.to(getattr(torch, cfg.dtype))
             data = load_data_spec(cfg.data, cfg.root, cfg.split, cfg.limit)

@@ -16,6 +16,7 @@ from .solvers import GNM, MinNorm, Quadratic, RandomGaussian, RandomSign, Random
 
 __all__ = ["KEYWORDS", "SOLVERS", "route", "solver_by_name"]
 
+#: The solvers by the name a recipe or ``solver=`` gives them.
 SOLVERS: dict[str, Any] = {
     "gnm": GNM,
     "min-norm": MinNorm,
@@ -36,8 +37,8 @@ def solver_by_name(name: str) -> Solver:
     return from_table(SOLVERS, name, "solver", " (or pass a Solver instance)")
 
 
-# Every keyword get_attack takes, with its meaning: one table, shown by help(get_attack) and checked by a
-# test against what the parts accept (a keyword without a line here is a test failure).
+#: Every keyword get_attack takes, with its meaning, in one table; help(get_attack) shows it and a test
+#: checks it against what the parts accept (a keyword without a line here is a test failure).
 KEYWORDS: dict[str, tuple[str, str]] = {
     # the attack itself
     "eps": ("attack", "budget: a float, a per-input tensor/array (N,), or a list of floats (one result each); "
@@ -71,7 +72,7 @@ KEYWORDS: dict[str, tuple[str, str]] = {
     "tol": ("solver", "quadratic-l2: relative tolerance on the top singular value"),
     "svd_method": ("solver", "quadratic-l2: 'lanczos' or 'power'"),
     "queries": ("solver", "square: the score queries per input (one per step)"),
-    "reuse": ("solver", "single-subset: a subset may be chosen again (its coordinates re-decided within eps)"),
+    "reuse": ("solver", "single-subset: a subset may be chosen again (it adds a further step within eps and the box)"),
     "p_init": ("solver", "square: the initial share of the input changed by one square"),
     # schedule settings
     "steps": ("schedule", "T, the number of steps (linearisations)"),

@@ -9,6 +9,7 @@ scores.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -52,10 +53,12 @@ def _channel_tensor(v: float | Sequence[float] | Tensor, like: Tensor, name: str
 def _describe(out: Any) -> str:
     if isinstance(out, (tuple, list)):
         return f"a {type(out).__name__} of {len(out)} (indices 0 to {len(out) - 1})"
-    if isinstance(out, dict):
-        return f"a dict with keys {list(out)}"
+    if isinstance(out, dict):  # a Hugging Face ModelOutput too: its fields that are not None are its keys
+        return f"a {type(out).__name__} with keys {list(out)}"
     if isinstance(out, Tensor):
         return f"a tensor of shape {tuple(out.shape)}"
+    if dataclasses.is_dataclass(out):
+        return f"a {type(out).__name__} with fields {[f.name for f in dataclasses.fields(out)]}"
     return f"a {type(out).__name__}"
 
 
@@ -72,7 +75,10 @@ class Model(nn.Module):
         preprocess: ``(mean, std)``, scalars or per channel; the module sees (x - mean) / std, so eps and
             the box stay in raw input units.
         output: which part of the module's output holds the scores: an int index (tuple/list output),
-            a key (dict output, or an attribute such as ``"logits"``), or a callable.
+            a key (dict output, or an attribute such as ``"logits"``), or a callable. A Hugging Face image
+            classifier (``AutoModelForImageClassification``: forward(pixel_values) returns a ``ModelOutput``,
+            a dict whose fields are keys and attributes) takes ``output="logits"``; so does any object with a
+            ``.logits`` attribute (a dataclass, a named tuple).
 
     The module always receives a tensor of its own (a model that writes into its input cannot change
     the caller's x), in the dtype the attack was called with.

@@ -2,18 +2,18 @@
 
 Every objective here is a loss to MINIMISE over eta, per input, shape (N,):
 
-=============  ==========================================================  =======================
-name           L(x, eta)                                                   fooled when
-=============  ==========================================================  =======================
-margin         f_k(x+eta) - max_{l != k} f_l(x+eta)   (AGP, eq. 2)         argmax != k  (L < 0)
-cross-entropy  -CE(f(x+eta), k)                        (FGSM, BIM, PGD)    argmax != k
-score          f_k(x+eta)                              (Algorithm 2)       argmax != k
-targeted       max_{l != t} f_l(x+eta) - f_t(x+eta)                         argmax == t  (L < 0)
-deepfool       f_k - f_l^, l^ = argmin_{l!=k} |f_k - f_l| / norm_q(grad(f_k - f_l))   argmax != k
-transfer       any of the above, evaluated on a surrogate model            on the attacked model
-regression     -norm_2(y - f(x+eta))^2  (maximises the squared error, Sec. 3)  (no label)
-kl             -KL(softmax f(x) || softmax f(x+eta))   (TRADES's inner loss)  argmax != k
-=============  ==========================================================  =======================
+=============  =======================================================================  =====================
+name           L(x, eta)                                                                fooled when
+=============  =======================================================================  =====================
+margin         f_k(x+eta) - max_{l != k} f_l(x+eta)   (AGP, eq. 2)                      argmax != k  (L < 0)
+cross-entropy  -CE(f(x+eta), k)   (FGSM, BIM, PGD)                                      argmax != k
+score          f_k(x+eta)   (Algorithm 2)                                               argmax != k
+targeted       max_{l != t} f_l(x+eta) - f_t(x+eta)                                     argmax == t  (L < 0)
+deepfool       f_k - f_l^, l^ = argmin_{l!=k} abs(f_k - f_l) / norm_q(grad(f_k - f_l))  argmax != k
+transfer       any of the above, evaluated on a surrogate model                         on the attacked model
+regression     -norm_2(y - f(x+eta))^2  (maximises the squared error, Sec. 3)           (no label)
+kl             -KL(softmax f(x), softmax f(x+eta))   (TRADES's inner loss)             argmax != k
+=============  =======================================================================  =====================
 
 k is the true label when given, else the model's own prediction on x. ``targeted`` equals the
 paper's f_k - f_t whenever k is the top class; written with max_{l != t} it also says exactly when
@@ -105,6 +105,7 @@ class Objective:
     steered: bool = False
 
     def loss(self, out: Tensor, ctx: Context) -> Tensor:  # pragma: no cover - abstract
+        """The loss per input (shape (N,)), to minimise: its gradient is the solvers' g."""
         raise NotImplementedError
 
     def prepare(self, out: Tensor, ctx: Context) -> None:
@@ -440,7 +441,8 @@ class DLRTargeted(Objective):
 
 @dataclass(repr=False)
 class KL(Objective):
-    """-KL(p(x) || p(x+eta)), p = softmax of the logits: the inner loss of TRADES (Zhang et al. 2019), to minimise.
+    """-KL(p(x), p(x+eta)) = -sum_l p_l(x) log(p_l(x) / p_l(x+eta)), p the softmax of the logits: the inner loss
+    of TRADES (Zhang et al. 2019), to minimise.
 
     Driving it down moves the output distribution away from the clean one p(x) (kept by :meth:`prepare`), label
     or not; fooled, as for every untargeted objective, when the class k is left. It is 0 with a zero gradient

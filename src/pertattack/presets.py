@@ -42,13 +42,14 @@ _REG = dict(objective="regression", solver="gnm")
 _APGD = dict(solver="gnm", steps=100, start=RandomStart(), step_size=Halving(), update=Momentum(),
              keep=KeepBest("loss"), stop=WhenFooled(), project=BallProjection(), mask_blocked=False)
 
+#: The presets, name -> (description, the keyword settings of the four parts).
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "fgsm": ("FGSM (Goodfellow et al.): one GNM step on cross-entropy, p = inf",
              dict(objective="cross-entropy", solver="gnm")),
     "fgsm-rs": ("FGSM with random start (Wong et al. 2020, 'fast adversarial training'): start uniform in the eps "
                 "ball, one step of 1.25 eps on cross-entropy, projected on the ball",
                 dict(objective="cross-entropy", solver="gnm", random_start=True, step_scale=1.25, project=True)),
-    "trades": ("TRADES's inner attack (Zhang et al. 2019): random start, 10 steps of eps/4 on KL(p(x) || p(x+eta)), "
+    "trades": ("TRADES's inner attack (Zhang et al. 2019): random start, 10 steps of eps/4 on KL(p(x), p(x+eta)), "
                "projected; train with adversarial_training(..., beta=6)",
                dict(objective="kl", solver="gnm", steps=10, random_start=True, project=True, step_scale=2.5)),
     "bim": ("BIM (Kurakin et al.): 10 steps of eps/10 on cross-entropy, projected",
@@ -219,7 +220,7 @@ def auto(p: float = math.inf, targets: int = 3, order: str = "distance", restart
     return a.replace(p=p, **kw)
 
 
-# Attacks made of several attacks (cascades)
+#: Attacks made of several attacks (cascades), name -> (description, how to build it).
 COMPOSITES: dict[str, tuple[str, Any]] = {
     "apgd-t": ("APGD-T: apgd-dlrt-R for R = 2..10 (targets=), each on the inputs still robust; order='distance' "
                "takes the targets closest by eq. 9 first", apgd_t),

@@ -406,7 +406,7 @@ def write_report(run: EvalRun, flags: list[tuple[str, str, str]] | None = None, 
     :data:`FIGURES` into ``run.out``; returns the path of report.md.
 
     Args:
-        flags: the run's reliability flags; None: computed from the parts (:func:`pertattack.evaluation._flags`).
+        flags: the run's reliability flags; None: computed from the parts, as evaluate does.
     """
     if flags is None:
         flags = _flags(run.parts, run.names, run.attacks, run.eps, run.label, run.clean, run.pred)

@@ -1,4 +1,4 @@
-"""Schedules: the one iteration loop of the project and the policies it is made of (Algorithm 1).
+"""Schedules: the one iteration loop of the project and the policies it is made of (Algorithm 1)::
 
     run = Run(schedule, x, eps, ...)                           # every policy's init(run): its state
     eta = start(x, eps)                                        # zero, or random in the ball
@@ -536,7 +536,7 @@ class AdaptiveBall(Projection):
     """FMN's adaptive norm constraint (Pintor et al. 2021): the radius r shrinks to (1 - gamma_t) times
     min(r, best fooling norm) while the iterate fools the model, grows by (1 + gamma_t) while it does not
     (before any success: (1 + gamma_t) times the current norm plus the first-order distance to the boundary,
-    |L| / norm_q(g), so that the iterates cross it),
+    abs(L) / norm_q(g), so that the iterates cross it),
     gamma_t annealed from ``gamma`` to ``gamma_final`` by a half cosine. Capped at eps when one is given."""
 
     gamma: float = 0.05
@@ -927,7 +927,7 @@ class Run:
         alpha = alpha if alpha is not None else x.new_zeros(x.shape[0])
         lin = Linearisation(obs.point, g, obs.value, alpha, self.ball, self.forward, self.noise, st.solver, self.box,
                             s.push if t > 0 else 0.0, self.partition, x, t, s.steps, self.objective, self.ctx,
-                            self.alpha_scalar)
+                            self.alpha_scalar, self.eps)
         out = self.solver(lin)
         step, fooled = out, None
         if isinstance(out, Solution):

@@ -8,7 +8,9 @@ as maximising eta^T grad(-L) as the paper writes it:
 * :class:`MinNorm` (Prop. 1, eq. 8-9): argmin norm_p(eta) s.t. L + eta^T g <= 0
   = -(L / norm_q(g)) u(g), of norm L / norm_q(g) (Theorem 1). DeepFool's step.
 * :class:`SingleSubset` (eq. 22-23): -eps sign(g) on the subset with the largest sum of abs(g);
-  called again by the schedule it adds one new subset per step (multiple subsets, no reuse).
+  called again by the schedule it adds one new subset per step (multiple subsets, no reuse); with
+  ``reuse=True`` a subset may be chosen again and its coordinates add a further step (Algorithm 1's
+  eta_{t+1} = eta_t + eta*_t) within the budget and the box.
 * :class:`RandomSign`, :class:`RandomGaussian`, :class:`RandomSubset`: the random baselines.
 
 Quadratic solvers for regression (eq. 13-21) live in :mod:`pertattack.quadratic`.
@@ -54,6 +56,7 @@ class Linearisation:
         x0: the clean inputs x (N, ...).
         t, steps: this step's number (from 0) and the schedule's T.
         objective, ctx: the attack's objective and its context (score-based solvers evaluate it).
+        budget: the attack's eps per input (N,), the ball the final eta lies in (None: a min-norm run).
     """
 
     x: Tensor
@@ -74,6 +77,7 @@ class Linearisation:
     ctx: Context | None = None
     #: ``eps`` as one number when every input has the same step budget (else None)
     eps_scalar: float | None = None
+    budget: Tensor | None = None
 
 
 @dataclass
@@ -200,9 +204,13 @@ class SingleSubset(Solver):
     Subsets chosen at earlier steps of the same run are excluded (its state), so T calls
     touch T distinct subsets (linear-pixel-T). The budget is per coordinate: the constraint's p is inf.
 
-    ``reuse=True`` is the paper's variant where a subset may be chosen again: every subset stays a
-    candidate, and a subset chosen again only re-decides its own coordinates within [-eps, eps] (its
-    signs may flip; it never exceeds its budget), so T steps touch at most T distinct subsets.
+    ``reuse=True`` is the paper's variant without the exclusion (end of Section 5: Algorithm 1 with line 5
+    restricted to one subset): every subset stays a candidate and the step adds to eta, eta_{t+1} =
+    eta_t + eta*_t, where eta*_t solves the linearised problem on one subset with each coordinate in
+    [-alpha, alpha] (alpha: this step's budget) and eta_t + eta*_t still in [-eps, eps] and the box. A
+    subset is scored by the decrease of eta^T g it can still make, so one at its budget scores nothing and
+    the next step goes elsewhere: T steps touch up to T distinct subsets, and a subset chosen again keeps
+    its earlier change and adds to it (back towards 0 where its gradient's sign flipped).
     """
 
     reuse: bool = False
@@ -217,20 +225,33 @@ class SingleSubset(Solver):
     def __call__(self, lin: Linearisation) -> Solution:  # type: ignore[override]
         assert lin.g is not None
         partition = lin.partition
-        sums = partition.subset_sums(lin.g.abs())  # (N, S)
         st: _Subsets | None = lin.state
-        used = st.used if st is not None else torch.zeros_like(sums, dtype=torch.bool)
-        best = (sums if self.reuse else sums.masked_fill(used, -1.0)).argmax(dim=1, keepdim=True)
-        chosen = torch.zeros_like(used).scatter_(1, best, True)
-        mask = partition.mask(chosen, lin.g)
         e = expand_like(lin.eps, lin.g)
         if not self.reuse:
-            return Solution(-e * lin.g.sign() * mask, _Subsets(used | chosen))
-        done = st.eta if st is not None and st.eta is not None else torch.zeros_like(lin.g)  # earlier steps' eta
-        # the linearised problem on the chosen subset's box [-eps, eps]: -eps sign(g) there, whatever it held
-        target = torch.where(lin.g != 0, -e * lin.g.sign(), done)
-        s = (target - done) * mask
-        return Solution(s, _Subsets(used | chosen, done + s))
+            sums = partition.subset_sums(lin.g.abs())  # (N, S)
+            used = st.used if st is not None else torch.zeros_like(sums, dtype=torch.bool)
+            chosen = torch.zeros_like(used).scatter_(1, sums.masked_fill(used, -1.0).argmax(dim=1, keepdim=True),
+                                                     True)
+            return Solution(-e * lin.g.sign() * partition.mask(chosen, lin.g), _Subsets(used | chosen))
+        done = st.eta if st is not None and st.eta is not None else torch.zeros_like(lin.g)  # eta_t
+        lo, hi = self._room(lin, done)
+        step = torch.minimum(torch.maximum(done - e * lin.g.sign(), lo), hi) - done  # per coordinate
+        gain = partition.subset_sums(-(step * lin.g))  # (N, S), >= 0: what each subset can still gain
+        chosen = torch.zeros_like(gain, dtype=torch.bool).scatter_(1, gain.argmax(dim=1, keepdim=True), True)
+        used = chosen if st is None else st.used | chosen
+        step = step * partition.mask(chosen, lin.g)
+        return Solution(step, _Subsets(used, done + step))
+
+    @staticmethod
+    def _room(lin: Linearisation, like: Tensor) -> tuple[Tensor, Tensor]:
+        """The bounds of eta per coordinate: [-eps, eps] (eps: the attack's budget, else this step's) and the
+        box, x + eta in [lo, hi]."""
+        eps = expand_like(lin.budget if lin.budget is not None else lin.eps, like).to(like.dtype)
+        lo, hi = -eps, eps
+        if lin.box is not None and lin.x0 is not None:
+            blo, bhi = lin.box.bounds(like)
+            lo, hi = torch.maximum(lo, blo - lin.x0), torch.minimum(hi, bhi - lin.x0)
+        return lo, hi
 
 
 class RandomSign(Solver):
@@ -292,8 +313,9 @@ class Quadratic(Solver):
     norm(J)_{2->2}, goes to ``AttackResult.info['sigma']``), ``"l1"`` (eq. 15, largest column), ``"linf"`` (the
     greedy of eq. 20) or ``"subset"`` (eq. 19-21, the greedy inside the best subset). The sign of
     +-eta is the one that distorts the output more. With a ground truth y != f(x) (``y=`` of the call),
-    quadratic-l2 solves eq. 12, max norm_2(f(x) - y + J eta)^2 (:func:`pertattack.quadratic.quadratic_l2_truth`);
-    the other norms refuse it. Needs no gradient of the objective. ``method``:
+    quadratic-l2 solves eq. 12, max norm_2(f(x) - y + J eta)^2 (:func:`pertattack.quadratic.quadratic_l2_truth`,
+    inside the box: no budget lost to clipping where the box leaves room); the other norms refuse it. Needs no
+    gradient of the objective. ``method``:
     ``"lanczos"`` (default; reaches tol in 40-70 iterations at M = 3,072-27,648 where 100 power
     iterations stay ~0.5% off sigma, benchmarks/bench_quadratic.py) or ``"power"``.
     """
@@ -341,7 +363,8 @@ class Quadratic(Solver):
                 raise ValueError(f"a ground truth y is solved for (eq. 12) by quadratic-l2 only; {self.name} solves "
                                  "eq. 13 (y = f(x)): call it without y, or use quadratic-l2 / the linear presets")
             gen = None if lin.noise is None else lin.noise.generator(x.device)
-            return qd.quadratic_l2_truth(f, x, truth, eps, iters=self.power_iters, tol=self.tol, generator=gen)
+            return qd.quadratic_l2_truth(f, x, truth, eps, iters=self.power_iters, tol=self.tol, generator=gen,
+                                         box=box)
         if self.norm == "l2":
             gen = None if lin.noise is None else lin.noise.generator(x.device)
             eta, sigma = qd.quadratic_l2(f, x, eps, iters=self.power_iters, tol=self.tol, generator=gen,

@@ -49,7 +49,7 @@ _TINY = 1e-12
 
 def p_schedule(p_init: float, i: int, budget: int) -> float:
     """The share of the input covered by the window of proposal i (from 0) under a budget of queries:
-    p_init halved once for every point of :data:`HALVINGS` that i / budget * 10,000 has passed."""
+    p_init halved once for every point of ``HALVINGS`` that i / budget * 10,000 has passed."""
     it = int(i / budget * 10000)
     return p_init / 2 ** sum(it > h for h in HALVINGS)
 

@@ -69,7 +69,7 @@ _STATE_KEYS = ("epoch", "history", "optimizer", "shuffle", "rng", "settings")
 def _snapshot(epoch: int, history: list[dict[str, float]], optimizer: torch.optim.Optimizer,
               generator: torch.Generator, device: torch.device, settings: dict[str, Any], world: int
               ) -> dict[str, Any]:
-    """The training state after ``epoch`` epochs: what :func:`_resume` needs to continue to the weights of an
+    """The training state after ``epoch`` epochs: what ``_resume`` needs to continue to the weights of an
     uninterrupted run (the optimizer's moments, the shuffling generator, every rank's RNG for dropout), a copy."""
     mine = [torch.get_rng_state()] + ([torch.cuda.get_rng_state(device)] if device.type == "cuda" else [])
     rngs: list[Any] = [mine]
@@ -154,9 +154,9 @@ def _fit(
 
     With ``perturb``, each batch is replaced by ``perturb(x, t, index)`` (``index``: the inputs'
     positions in the data, offset by ``epoch * n`` so that every epoch draws afresh) and the loss is
-    ``mix * loss(x) + (1 - mix) * loss(x_adv)`` (or TRADES's with ``beta``: :func:`_adversarial_loss`); the history
+    ``mix * loss(x) + (1 - mix) * loss(x_adv)`` (or TRADES's with ``beta``: ``_adversarial_loss``); the history
     then holds ``clean`` and ``adversarial`` besides ``loss``. ``on_epoch(epoch, history[-1])`` runs after each
-    epoch, on rank 0, and so does ``checkpoint(state)`` with the training state (:func:`_snapshot`); ``resume``,
+    epoch, on rank 0, and so does ``checkpoint(state)`` with the training state (``_snapshot``); ``resume``,
     such a state, continues from its epoch if the run's settings (data size, batch size, lr, seed, loss, ``mix``,
     ``beta``, ``recipe``: the attack, world size) are those it was saved with. The history returned includes the
     epochs of ``resume``.

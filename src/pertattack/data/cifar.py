@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .idx import default_data_root
+from .idx import DownloadableError, default_data_root
 
 __all__ = [
     "CIFAR10_URL",
@@ -50,7 +50,7 @@ __all__ = [
 
 #: The official tarball (163 MB; md5 c58f30108f718f92721af3b95e74349a).
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-#: The md5 published on https://www.cs.toronto.edu/~kriz/cifar.html for :data:`CIFAR10_URL`.
+#: The md5 of :data:`CIFAR10_URL` as the CIFAR page (www.cs.toronto.edu/~kriz/cifar.html) publishes it.
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_TARBALL = "cifar-10-python.tar.gz"
 CIFAR10_FOLDER = "cifar-10-batches-py"
@@ -404,7 +404,7 @@ def load_cifar10(
             extract_cifar10(root, tarball)
     missing = _missing(folder, names)
     if missing:
-        raise FileNotFoundError(
+        raise DownloadableError(
             f"CIFAR-10 batch {missing[0]} not found in {folder}, and no {CIFAR10_TARBALL} in {root}. Pass "
             f"download=True (fetches {_tarball_url(base_url)}), or download the 'CIFAR-10 python version' "
             f"tarball yourself into that folder (extracted or not) and point root or $PERTATTACK_CIFAR10 at it."

@@ -177,6 +177,11 @@ def default_data_root(name: str, env_var: str) -> Path:
     return Path.home() / ".cache" / "pertattack" / name
 
 
+class DownloadableError(FileNotFoundError):
+    """Data files that are missing and that ``download=True`` (``--download`` on the command line) would fetch:
+    MNIST and CIFAR-10. Other missing files (STL-10, a user's) are plain FileNotFoundErrors."""
+
+
 def _find(root: Path, gz_name: str) -> Path | None:
     """The file under ``root`` by its gzip name or its un-gzipped name, else None."""
     for name in (gz_name, gz_name.removesuffix(".gz")):
@@ -287,7 +292,7 @@ def load_mnist(
     for name in names:
         found = _find(root, name)
         if found is None:
-            raise FileNotFoundError(
+            raise DownloadableError(
                 f"MNIST file {name} (or {name.removesuffix('.gz')}) not found in {root}. Pass download=True "
                 f"(fetches from {base_url}), or download the four files yourself and point root or "
                 "$PERTATTACK_MNIST at their folder."

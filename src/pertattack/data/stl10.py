@@ -28,7 +28,8 @@ from torch import Tensor
 
 from .idx import default_data_root
 
-__all__ = ["STL10_CLASSES", "STL10_URL", "default_stl10_root", "load_stl10", "write_stl10", "to_gray"]
+__all__ = ["STL10_CLASSES", "STL10_URL", "default_stl10_root", "find_stl10_root", "load_stl10", "write_stl10",
+           "to_gray"]
 
 STL10_URL = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"
 STL10_CLASSES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")
@@ -49,6 +50,34 @@ def _folder(root: Path, name: str) -> Path | None:
         if (folder / name).is_file():
             return folder
     return None
+
+
+def _has_split(root: Path, split: str) -> Path | None:
+    """The folder under ``root`` holding ``split``'s files (images and, if labelled, labels), else None."""
+    xname, yname = _FILES[split]
+    folder = _folder(root, xname)
+    return folder if folder is not None and (yname is None or (folder / yname).is_file()) else None
+
+
+def _missing(split: str, *roots: str | os.PathLike[str]) -> FileNotFoundError:
+    """The error for ``split``'s files found in none of ``roots``: names every folder searched and the one
+    way to get them (pertattack downloads no STL-10, with ``--download`` or without)."""
+    xname, yname = _FILES[split]
+    where = [str(f) for r in roots for f in (Path(r), Path(r) / "stl10_binary")]
+    return FileNotFoundError(
+        f"STL-10 binary files for split {split!r} ({xname}" + (f", {yname}" if yname else "") + ") not found in "
+        + (", ".join(where[:-1]) + " or " + where[-1]) + f". pertattack does not download STL-10 (--download "
+        f"fetches MNIST and CIFAR-10 only): download {STL10_URL} yourself, extract it, and point root= (--root) "
+        "or $PERTATTACK_STL10 at the stl10_binary folder.")
+
+
+def find_stl10_root(split: str, *roots: str | os.PathLike[str]) -> Path:
+    """The first of ``roots`` that holds ``split``'s files (itself or its ``stl10_binary/``); FileNotFoundError
+    naming every folder searched when none does."""
+    for root in roots:
+        if _has_split(Path(root).expanduser(), split) is not None:
+            return Path(root).expanduser()
+    raise _missing(split, *(Path(r).expanduser() for r in roots))
 
 
 def load_stl10(
@@ -78,12 +107,9 @@ def load_stl10(
         raise ValueError(f"limit must be >= 0, got {limit}")
     root = default_stl10_root() if root is None else Path(root).expanduser()
     xname, yname = _FILES[split]
-    folder = _folder(root, xname)
-    if folder is None or (yname is not None and not (folder / yname).is_file()):
-        raise FileNotFoundError(
-            f"STL-10 binary files for split {split!r} ({xname}" + (f", {yname}" if yname else "") + f") not found "
-            f"in {root} or {root / 'stl10_binary'}. Provide them: download {STL10_URL} yourself, extract it, and "
-            f"point root (--root) or $PERTATTACK_STL10 at the stl10_binary folder (nothing is downloaded here).")
+    folder = _has_split(root, split)
+    if folder is None:
+        raise _missing(split, root)
     size = (folder / xname).stat().st_size
     if size % _BYTES:
         raise ValueError(f"{folder / xname}: {size} bytes is not a whole number of 3x96x96 images")

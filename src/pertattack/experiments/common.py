@@ -83,9 +83,10 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[A
             w.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
 
 
-def plot_lines(path: str | Path, x: Sequence[float], curves: dict[str, Sequence[float]], *, xlabel: str,
-               ylabel: str, title: str) -> bool:
-    """Line plot of several curves to a PNG; returns False (and writes nothing) without matplotlib."""
+def plot_lines(path: str | Path, x: Sequence[float] | dict[str, Sequence[float]], curves: dict[str, Sequence[float]],
+               *, xlabel: str, ylabel: str, title: str) -> bool:
+    """Line plot of several curves to a PNG (``x`` shared, or one per curve by name); returns False (and writes
+    nothing) without matplotlib."""
     try:
         import matplotlib
 
@@ -95,7 +96,7 @@ def plot_lines(path: str | Path, x: Sequence[float], curves: dict[str, Sequence[
         return False
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for name, ys in curves.items():
-        ax.plot(list(x), list(ys), marker="o", ms=3, label=name)
+        ax.plot(list(x[name] if isinstance(x, dict) else x), list(ys), marker="o", ms=3, label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -24,7 +24,7 @@ from .classification import run_fig3, run_table3
 from .common import cached_model, data_digest
 from .regression import FIG4A_ATTACKS, FIG4B_ATTACKS, FIG4C_ATTACKS, FIG4D_ATTACKS, PIXEL_EPS, run_fig4
 
-__all__ = ["reproduce", "EXPERIMENTS", "classifier", "autoencoder", "mnist_autoencoder", "cache_tag"]
+__all__ = ["reproduce", "EXPERIMENTS", "classifier", "autoencoder", "mnist_autoencoder", "cache_tag", "same_size_noise"]
 
 #: Figure 3's eps grids, p = inf, as the paper's x axes: MNIST to 0.2, NIN to 0.03, DenseNet to 0.01.
 FIG3_EPS = [float(e) for e in np.round(np.linspace(0.0, 0.2, 11), 3)]
@@ -192,11 +192,12 @@ def _table3(*, out: Path, n: int, root: str | None, seed: int, epochs: int, devi
             models[f"{m} (CIFAR-10)"] = (model, xc, yc)
     run_table3(models, out / "table3", p=math.inf)
     print(f"wrote {out / 'table3'}.csv")
-    note = f"{x.shape[0]} test images per model"
+    info: dict = {"models": infos, "note": f"{x.shape[0]} test images per model"}
     if why is not None:
-        note += f"; NIN and DenseNet-40 rows not run: {why}"
+        info["note"] += f"; NIN and DenseNet-40 rows not run: {why}"
+        info["part_skipped"] = "CIFAR-10 rows (NIN, DenseNet-40): no CIFAR-10 files"
         print("table3: NIN and DenseNet-40 rows skipped:", why)
-    return {"models": infos, "note": note}
+    return info
 
 
 def _fig4(dataset: str, attacks: list[str], p: float, tag: str, title: str, eps: list[float] | None = None):
@@ -211,9 +212,44 @@ def _fig4(dataset: str, attacks: list[str], p: float, tag: str, title: str, eps:
     return run
 
 
+def same_size_noise(model: torch.nn.Module, x: torch.Tensor, adv: torch.Tensor, preset: str, *, seed: int,
+                    iters: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random noise of the same measured size as the attack: the random ``preset`` (rand-linf, rand-pixel-T) with
+    each image's budget chosen so that PSNR(noise, x), measured after clipping to the box, equals PSNR(adv, x).
+
+    Clipping shrinks random noise more than a box-aware attack (half of the random signs on MNIST's black
+    background are clipped away), so noise at the attack's eps is smaller than the attack. The noise (the
+    preset's draws for ``seed``) is fixed and its clipped size grows with eps: bisection on eps in (0, width of
+    the box], ``iters`` halvings per image. Where even the whole width is smaller than the attack, that noise
+    is returned (the figure's CSV shows both input PSNRs). Returns (noisy x, eps per image).
+    """
+    import warnings
+
+    from ..metrics import psnr
+    from ..presets import get_attack
+
+    attack = get_attack(preset, seed=seed)
+    peak = attack.box.peak
+    target = psnr(adv, x, peak).double()
+    lo = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    hi = torch.full_like(lo, peak)
+
+    def noise(eps: torch.Tensor) -> torch.Tensor:
+        with warnings.catch_warnings():  # budgets above half the box are meant here
+            warnings.filterwarnings("ignore", message=".*more than half of it")
+            return attack(model, x, eps=eps.to(x.dtype)).x_adv
+
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        bigger = psnr(noise(mid), x, peak).double() < target  # noise larger than the attack
+        hi, lo = torch.where(bigger, mid, hi), torch.where(bigger, lo, mid)
+    return noise(hi), hi
+
+
 def _pair_figure(out: Path, tag: str, model: torch.nn.Module, x: torch.Tensor, adv: torch.Tensor,
-                 rnd: torch.Tensor, adv_name: str, rnd_name: str, title: str) -> None:
-    """Rows original / output / adversarial / output / random / output to ``tag``.png, PSNRs to ``tag``.csv."""
+                 rnd: torch.Tensor, adv_name: str, rnd_name: str, title: str, eps_rnd: torch.Tensor) -> None:
+    """Rows original / output / adversarial / output / random / output to ``tag``.png, PSNRs (and the random
+    noise's budget per image) to ``tag``.csv."""
     from ..metrics import psnr
     from .common import plot_images, write_csv
 
@@ -221,20 +257,22 @@ def _pair_figure(out: Path, tag: str, model: torch.nn.Module, x: torch.Tensor, a
         clean, out_adv, out_rnd = model(x), model(adv), model(rnd)
     tgt = x.reshape(clean.shape)
     cols = {"in_psnr_adv": psnr(adv, x), "in_psnr_random": psnr(rnd, x), "out_psnr_adv": psnr(out_adv, tgt),
-            "out_psnr_random": psnr(out_rnd, tgt), "out_psnr_clean": psnr(clean, tgt)}
+            "out_psnr_random": psnr(out_rnd, tgt), "out_psnr_clean": psnr(clean, tgt), "eps_random": eps_rnd}
     write_csv(out / f"{tag}.csv", ["image", *cols], [[i, *[float(c[i]) for c in cols.values()]]
                                                      for i in range(x.shape[0])])
     caps = [f"{float(a):.1f} / {float(b):.1f} dB" for a, b in zip(cols["out_psnr_adv"], cols["out_psnr_random"],
                                                                    strict=True)]
     rows = {"original": x, "output": clean, adv_name: adv, "its output": out_adv, rnd_name: rnd,
             "its output ": out_rnd}
-    plot_images(out / f"{tag}.png", rows, captions=caps, title=title + ": output PSNR adversarial / random")
+    plot_images(out / f"{tag}.png", rows, captions=caps,
+                title=title + ", random noise of the same measured input PSNR: output PSNR adversarial / random")
     print("output PSNR (adversarial / random):", ", ".join(caps))
     print(f"wrote {out / tag}.csv and {out / tag}.png")
 
 
 def _fig2a(*, out: Path, n: int, root: str | None, seed: int, epochs: int, device: str) -> dict:
-    """Figure 2(a): the autoencoder denoises random noise but not quadratic-linf noise of the same size."""
+    """Figure 2(a): the autoencoder denoises random noise but not quadratic-linf noise of the same size (the same
+    measured input PSNR, :func:`same_size_noise`)."""
     from ..metrics import eps_for_psnr
     from ..presets import get_attack
 
@@ -244,10 +282,17 @@ def _fig2a(*, out: Path, n: int, root: str | None, seed: int, epochs: int, devic
     x = x_all[idx]
     eps = eps_for_psnr(20.0, math.inf, x[0].numel())
     adv = get_attack("quadratic-linf", eps=eps)(model, x).x_adv
-    rnd = get_attack("rand-linf", eps=eps, seed=seed)(model, x).x_adv
+    rnd, eps_rnd = same_size_noise(model, x, adv, "rand-linf", seed=seed)
     _pair_figure(out, "fig2a", model, x, adv, rnd, "quadratic-linf", "random",
-                 f"MNIST autoencoder, l-inf eps = {eps:.3f} (input PSNR 20 dB)")
-    return {"models": {"fc-ae (mnist)": info}, "note": f"{x.shape[0]} random test images, l-inf eps {eps:.3f}"}
+                 f"MNIST autoencoder, l-inf eps = {eps:.3f} (input PSNR 20 dB before clipping)", eps_rnd)
+    return {"models": {"fc-ae (mnist)": info},
+            "note": f"{x.shape[0]} random test images, quadratic-linf at l-inf eps {eps:.3f}; random l-inf noise of "
+                    f"the same measured input PSNR (eps {_span(eps_rnd)})"}
+
+
+def _span(v: torch.Tensor) -> str:
+    lo, hi = float(v.min()), float(v.max())
+    return f"{lo:.3f}" if round(lo, 3) == round(hi, 3) else f"{lo:.3f} to {hi:.3f}"
 
 
 #: Figure 2(b)'s per-pixel budget (the paper does not state it; the middle of Figure 4(c)'s axis)
@@ -255,9 +300,9 @@ FIG2B_EPS = 0.5
 
 
 def _fig2b(*, out: Path, n: int, root: str | None, seed: int, epochs: int, device: str) -> dict:
-    """Figure 2(b): linear-pixel-100 against random 100-pixel noise (rand-pixel-100) of the same per-pixel
-    budget, on the CIFAR-10 autoencoder as in the paper when the CIFAR-10 files are found, else on the MNIST
-    autoencoder (100 of its 784 pixels)."""
+    """Figure 2(b): linear-pixel-100 against random 100-pixel noise (rand-pixel-100) of the same measured input
+    PSNR (:func:`same_size_noise`), on the CIFAR-10 autoencoder as in the paper when the CIFAR-10 files are
+    found, else on the MNIST autoencoder (100 of its 784 pixels)."""
     from ..presets import get_attack
 
     dataset = "cifar10" if _cifar_available() is None else "mnist"
@@ -267,12 +312,15 @@ def _fig2b(*, out: Path, n: int, root: str | None, seed: int, epochs: int, devic
     idx = torch.randperm(x_all.shape[0], generator=torch.Generator().manual_seed(seed))[: min(n, 6)]
     x = x_all[idx]
     adv = get_attack("linear-pixel-100", eps=FIG2B_EPS, seed=seed)(model, x).x_adv
-    rnd = get_attack("rand-pixel-100", eps=FIG2B_EPS, seed=seed)(model, x).x_adv
+    rnd, eps_rnd = same_size_noise(model, x, adv, "rand-pixel-100", seed=seed)
     _pair_figure(out, "fig2b", model, x, adv, rnd, "linear-pixel-100", "rand-pixel-100",
-                 f"{dataset} autoencoder, 100 pixels, eps = {FIG2B_EPS}")
-    note = f"{x.shape[0]} random test images, 100 pixels at eps {FIG2B_EPS}"
+                 f"{dataset} autoencoder, 100 pixels, eps = {FIG2B_EPS}", eps_rnd)
+    note = (f"{x.shape[0]} random test images, linear-pixel-100 at eps {FIG2B_EPS}; rand-pixel-100 of the same "
+            f"measured input PSNR (eps {_span(eps_rnd)})")
     if dataset == "mnist":
         note += " (MNIST autoencoder: CIFAR-10 files not found; the paper uses the CIFAR-10 autoencoder)"
+        return {"models": {f"fc-ae ({dataset})": info}, "note": note,
+                "part_skipped": "the CIFAR-10 autoencoder: no CIFAR-10 files, MNIST's ran instead"}
     return {"models": {f"fc-ae ({dataset})": info}, "note": note}
 
 
@@ -320,24 +368,24 @@ def _fig1(*, out: Path, n: int, root: str | None, seed: int, epochs: int, device
     if why is None:
         r2, m2, n2 = _fig1_one("cifar10", "nin", None, n, seed, epochs, device, out, "fig1-cifar10")
         rows, models, note = rows + r2, models | m2, note + "; " + n2
-    else:
-        note += f"; CIFAR-10 part not run: {why}"
     write_csv(out / "fig1.csv", ["dataset", "index", "label", "pred", "pred_adv", "eps", "norm"], rows)
-    return {"models": models, "note": note}
+    if why is None:
+        return {"models": models, "note": note}
+    return {"models": models, "note": note + f"; CIFAR-10 part not run: {why}",
+            "part_skipped": "CIFAR-10 (NIN): no CIFAR-10 files"}
 
 
 #: width of the colorization network trained here (the published one is 64: too slow to train on a CPU)
 COLOR_WIDTH = 16
 
 
-def _stl_root(root: str | None) -> str | None:
-    """``root`` when it holds the STL-10 binary files (a single STL-10 item run with --root), else None:
-    the default STL-10 root ($PERTATTACK_STL10)."""
-    from pathlib import Path as _P
+def _stl_root(root: str | None) -> str:
+    """The folder the STL-10 items read: ``root`` when it holds the STL-10 test files (a single STL-10 item run
+    with --root), else the default STL-10 root ($PERTATTACK_STL10; under ``all``, --root is the MNIST folder).
+    When neither holds them, the FileNotFoundError names both."""
+    from ..data.stl10 import default_stl10_root, find_stl10_root
 
-    if root and any((_P(root) / sub / "test_X.bin").is_file() for sub in ("", "stl10_binary")):
-        return root
-    return None
+    return str(find_stl10_root("test", *([root] if root else []), default_stl10_root()))
 
 
 def colorization_model(root: str | None, epochs: int, seed: int, device: str = "cpu"):
@@ -357,8 +405,7 @@ def colorization_model(root: str | None, epochs: int, seed: int, device: str = "
 def _stl10_setup(root: str | None, n: int, epochs: int, seed: int, device: str, limit: int):
     from ..data import load_stl10, to_gray
 
-    root = _stl_root(root)
-    load_stl10(root, "test", limit=1)  # FileNotFoundError (what to provide) before any training
+    root = _stl_root(root)  # FileNotFoundError (what to provide, where it was looked for) before any training
     t0 = time.perf_counter()
     model = colorization_model(root, epochs, seed, device)
     took = time.perf_counter() - t0
@@ -388,7 +435,8 @@ FIG2C_PSNR = 30.0
 
 
 def _fig2c(*, out: Path, n: int, root: str | None, seed: int, epochs: int, device: str) -> dict:
-    """Figure 2(c): linear-linf-20 against random l-inf noise of the same size on the colorization network."""
+    """Figure 2(c): linear-linf-20 against random l-inf noise of the same size (the same measured input PSNR,
+    :func:`same_size_noise`) on the colorization network."""
     from ..metrics import eps_for_psnr, psnr
     from ..presets import get_attack
     from .common import plot_images, write_csv
@@ -396,11 +444,11 @@ def _fig2c(*, out: Path, n: int, root: str | None, seed: int, epochs: int, devic
     model, gray, rgb, info = _stl10_setup(root, n, epochs, seed, device, 6)
     eps = eps_for_psnr(FIG2C_PSNR, math.inf, gray[0].numel())
     adv = get_attack("linear-linf-20", eps=eps, seed=seed)(model, gray).x_adv
-    rnd = get_attack("rand-linf", eps=eps, seed=seed)(model, gray).x_adv
+    rnd, eps_rnd = same_size_noise(model, gray, adv, "rand-linf", seed=seed)
     with torch.no_grad():
         clean, out_adv, out_rnd = model(gray), model(adv), model(rnd)
     cols = {"in_psnr_adv": psnr(adv, gray), "in_psnr_random": psnr(rnd, gray), "out_psnr_adv": psnr(out_adv, rgb),
-            "out_psnr_random": psnr(out_rnd, rgb), "out_psnr_clean": psnr(clean, rgb)}
+            "out_psnr_random": psnr(out_rnd, rgb), "out_psnr_clean": psnr(clean, rgb), "eps_random": eps_rnd}
     write_csv(out / "fig2c.csv", ["image", *cols], [[i, *[float(c[i]) for c in cols.values()]]
                                                     for i in range(gray.shape[0])])
     g3 = lambda t: t.expand(-1, 3, -1, -1)  # noqa: E731
@@ -411,7 +459,9 @@ def _fig2c(*, out: Path, n: int, root: str | None, seed: int, epochs: int, devic
                                                                                cols["out_psnr_random"], strict=True)],
                 title=f"STL-10 colorization, l-inf eps = {eps:.4f} (input PSNR {FIG2C_PSNR:g} dB): "
                       "output PSNR adversarial / random")
-    return {"models": {"colorization (stl10)": info}, "note": f"{gray.shape[0]} random test images, eps {eps:.4f}"}
+    return {"models": {"colorization (stl10)": info},
+            "note": f"{gray.shape[0]} random test images, eps {eps:.4f}; random l-inf noise of the same measured "
+                    f"input PSNR (eps {_span(eps_rnd)})"}
 
 
 EXPERIMENTS = {

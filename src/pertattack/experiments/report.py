@@ -13,12 +13,15 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import re
+import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PAPER", "TABLE3_PAPER", "record", "write_report", "load_records"]
+__all__ = ["PAPER", "TABLE3_PAPER", "record", "write_report", "load_records", "portable"]
 
 #: Table 3 of the paper: test error, rho1 (DeepFool), rho2 (ours), smallest eps with DeepFool > 99% (p = inf).
 TABLE3_PAPER: dict[str, tuple[float, float, float, float]] = {
@@ -45,7 +48,8 @@ def _curves(path: Path) -> dict[str, list[float]]:
 
 
 def _psnr_rows(path: Path) -> dict[str, list[float]]:
-    """fig4-style CSV -> attack -> output PSNR per budget (mean over images)."""
+    """fig4-style CSV -> attack -> output PSNR per budget (mean over images): Figure 4(c), compared at equal eps
+    (its x axis); the others are compared at equal measured input PSNR (:func:`_at_input_psnr`)."""
     out: dict[str, list[float]] = {}
     for r in _read(path)[1:]:
         out.setdefault(r[0], []).append(float(r[3]))
@@ -92,23 +96,51 @@ def _fig3_checks(tag: str) -> list[Check]:
             ("adversarial far above random noise", random)]
 
 
+def _at_input_psnr(path: Path) -> dict[str, list[float]]:
+    """fig4-style CSV -> attack -> output PSNR at each input PSNR of the paper's axis (measured input PSNR,
+    interpolated; NaN outside an attack's measured range): attacks compared at equal input size."""
+    from .regression import at_input_psnr
+
+    pts: dict[str, tuple[list[float], list[float]]] = {}
+    for r in _read(path)[1:]:
+        pts.setdefault(r[0], ([], []))
+        pts[r[0]][0].append(float(r[2]))
+        pts[r[0]][1].append(float(r[3]))
+    return {k: at_input_psnr(a, b) for k, (a, b) in pts.items()}
+
+
+def _common(c: dict[str, list[float]], names: list[str]) -> tuple[dict[str, list[float]], str]:
+    """The curves ``names`` restricted to the input PSNRs where every one of them was measured, and those
+    PSNRs in words; KeyError for a missing attack, ValueError where they share no input PSNR."""
+    from .regression import INPUT_PSNR
+
+    keep = [i for i in range(len(INPUT_PSNR)) if all(math.isfinite(c[n][i]) for n in names)]
+    if not keep:
+        raise ValueError(f"{', '.join(names)} share no measured input PSNR on the axis {INPUT_PSNR}")
+    where = f"at equal measured input PSNR {', '.join(f'{INPUT_PSNR[i]:g}' for i in keep)} dB"
+    return {n: [c[n][i] for i in keep] for n in names}, where
+
+
 def _psnr_checks(tag: str, p: str) -> list[Check]:
+    lin1, lin20, quad, rand = f"linear-{p}-1", f"linear-{p}-20", f"quadratic-{p}", f"rand-{p}"
+
     def successive(d: Path) -> tuple[bool | None, str]:
-        c = _psnr_rows(d / f"{tag}.csv")
-        a1, a20 = _mean(c[f"linear-{p}-1"]), _mean(c[f"linear-{p}-20"])
-        return a20 <= a1, f"mean output PSNR linear-{p}-1 {a1:.2f} dB, linear-{p}-20 {a20:.2f} dB (lower is stronger)"
+        c, where = _common(_at_input_psnr(d / f"{tag}.csv"), [lin1, lin20])
+        a1, a20 = _mean(c[lin1]), _mean(c[lin20])
+        return a20 <= a1, f"mean output PSNR {where}: {lin1} {a1:.2f} dB, {lin20} {a20:.2f} dB (lower is stronger)"
 
     def quadratic(d: Path) -> tuple[bool | None, str]:
-        c = _psnr_rows(d / f"{tag}.csv")
-        q, a1, a20 = _mean(c[f"quadratic-{p}"]), _mean(c[f"linear-{p}-1"]), _mean(c[f"linear-{p}-20"])
-        return q <= a1 + 0.5, (f"mean output PSNR quadratic-{p} {q:.2f} dB vs linear-{p}-1 {a1:.2f} and "
-                               f"linear-{p}-20 {a20:.2f} (competitive: within 0.5 dB of linear-1 or below)")
+        c, where = _common(_at_input_psnr(d / f"{tag}.csv"), [quad, lin1, lin20])
+        q, a1, a20 = _mean(c[quad]), _mean(c[lin1]), _mean(c[lin20])
+        return q <= a1 + 0.5, (f"mean output PSNR {where}: {quad} {q:.2f} dB vs {lin1} {a1:.2f} and "
+                               f"{lin20} {a20:.2f} (competitive: within 0.5 dB of linear-1 or below)")
 
     def random(d: Path) -> tuple[bool | None, str]:
-        c = _psnr_rows(d / f"{tag}.csv")
-        r = _mean(c[f"rand-{p}"])
-        worst = max(_mean(v) for k, v in c.items() if not k.startswith("rand"))
-        return worst < r, f"mean output PSNR random {r:.2f} dB, weakest attack {worst:.2f} dB"
+        full = _at_input_psnr(d / f"{tag}.csv")
+        c, where = _common(full, [rand, *(k for k in full if not k.startswith("rand"))])
+        r = _mean(c[rand])
+        worst = max(_mean(v) for k, v in c.items() if k != rand)
+        return worst < r, f"mean output PSNR {where}: random {r:.2f} dB, weakest attack {worst:.2f} dB"
 
     return [("successive linearizations improve (linear-20 below linear-1)", successive),
             ("the non-iterative quadratic attack is competitive", quadratic),
@@ -135,26 +167,42 @@ def _fig4c_checks() -> list[Check]:
 
 def _fig4d_checks() -> list[Check]:
     def iterative(d: Path) -> tuple[bool | None, str]:
-        c = _psnr_rows(d / "fig4d.csv")
+        c, where = _common(_at_input_psnr(d / "fig4d.csv"), ["linear-linf-1", "linear-linf-20"])
         gap = max(a - b for a, b in zip(c["linear-linf-1"], c["linear-linf-20"], strict=True))
-        return gap > 10.0, f"largest output PSNR drop from linear-linf-1 to linear-linf-20: {gap:.2f} dB"
+        return gap > 10.0, f"largest output PSNR drop from linear-linf-1 to linear-linf-20 {where}: {gap:.2f} dB"
 
     def random(d: Path) -> tuple[bool | None, str]:
-        c = _psnr_rows(d / "fig4d.csv")
+        c, where = _common(_at_input_psnr(d / "fig4d.csv"), ["rand-linf", "linear-linf-20"])
         r, a = _mean(c["rand-linf"]), _mean(c["linear-linf-20"])
-        return a < r, f"mean output PSNR rand-linf {r:.2f} dB vs linear-linf-20 {a:.2f} dB"
+        return a < r, f"mean output PSNR {where}: rand-linf {r:.2f} dB vs linear-linf-20 {a:.2f} dB"
 
     return [("iterative linearizations: more than 10 dB output PSNR reduction", iterative),
             ("the colorization network is unstable (attack far below random)", random)]
 
 
+#: how far (dB) the random noise's measured input PSNR may lie from the attack's for "the same size"
+SAME_SIZE_DB = 0.1
+
+
 def _pair_check(tag: str, adv: str, rnd: str) -> list[Check]:
+    """The attack's output PSNR below the random noise's, both of the same measured input PSNR (per image, within
+    :data:`SAME_SIZE_DB`; not checked where the noise is of another size)."""
+
     def check(d: Path) -> tuple[bool | None, str]:
         rows = _read(d / f"{tag}.csv")
         h = rows[0]
-        a = _mean([float(r[h.index(adv)]) for r in rows[1:]])
-        r = _mean([float(r[h.index(rnd)]) for r in rows[1:]])
-        return a < r, f"mean output PSNR (vs x) {adv} {a:.2f} dB, {rnd} {r:.2f} dB"
+
+        def col(name: str) -> list[float]:
+            return [float(r[h.index(name)]) for r in rows[1:]]
+
+        a, r = _mean(col(adv)), _mean(col(rnd))
+        ia, ir = col("in_psnr_adv"), col("in_psnr_random")
+        gap = max(abs(u - v) for u, v in zip(ia, ir, strict=True))
+        size = (f"input PSNR adversarial {_mean(ia):.2f} dB, random {_mean(ir):.2f} dB, per image at most "
+                f"{gap:.2f} apart")
+        if not gap <= SAME_SIZE_DB:
+            return None, f"the random noise is not of the same measured size ({size})"
+        return a < r, f"mean output PSNR (vs x) {adv} {a:.2f} dB, {rnd} {r:.2f} dB; {size}"
 
     return [("the network undoes random noise but not the adversarial perturbation of the same size", check)]
 
@@ -303,12 +351,75 @@ def load_records(out: Path) -> dict[str, dict[str, Any]]:
 
 
 def record(out: Path, name: str, entry: dict[str, Any]) -> None:
-    """Merge one item's record (status, command, time_s, models, files, note/reason) into ``out/report.json``."""
+    """Merge one item's record (status, command, time_s, models, files, note/reason, part_skipped) into
+    ``out/report.json``, its paths made :func:`portable`. The other items' records are kept as they are."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     recs = load_records(out)
-    recs[name] = dict(entry, when=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
-    (out / "report.json").write_text(json.dumps(recs, indent=1, sort_keys=True))
+    recs[name] = _portable_record(dict(entry, when=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())), out)
+    _save_records(out, recs)
+
+
+def _save_records(out: Path, recs: dict[str, dict[str, Any]]) -> None:
+    (Path(out) / "report.json").write_text(json.dumps(recs, indent=1, sort_keys=True))
+
+
+def _out_of(command: str) -> str | None:
+    """The --out folder named in a ``pertattack reproduce`` command, else None."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    for i, w in enumerate(words):
+        if w == "--out" and i + 1 < len(words):
+            return words[i + 1]
+        if w.startswith("--out="):
+            return w[len("--out="):]
+    return None
+
+
+def _places(out: Path, command: str | None) -> list[tuple[str, str]]:
+    """(absolute folder, what to write instead), longest first: see :func:`portable`."""
+    from ..data.idx import default_data_root
+    from .common import cache_dir
+
+    places: dict[str, str] = {}
+    for folder in (_out_of(command or ""), str(out)):
+        if folder and Path(folder).is_absolute():
+            places[str(Path(folder))] = "."
+    places.setdefault(str(Path(out).resolve()), ".")
+    named = {k: v for k, v in os.environ.items() if k.startswith("PERTATTACK_") and v and Path(v).is_absolute()}
+    for name, var in (("mnist", "PERTATTACK_MNIST"), ("cifar10", "PERTATTACK_CIFAR10"), ("stl10", "PERTATTACK_STL10")):
+        named.setdefault(var, str(default_data_root(name, var)))  # a folder the loaders read by default
+    named.setdefault("PERTATTACK_CACHE", str(cache_dir()))
+    home = str(Path.home())
+    for var, folder in named.items():
+        if Path(folder).is_absolute() and not folder.startswith(home + os.sep):
+            places.setdefault(str(Path(folder)), f"${var}")
+    if home != os.sep:
+        places.setdefault(home, "~")
+    return sorted(places.items(), key=lambda kv: -len(kv[0]))
+
+
+def portable(text: str, out: Path, command: str | None = None) -> str:
+    """``text`` without absolute paths of the machine that wrote it: the report's folder (``out``, and the
+    --out of ``command``) as ``.``, the folders of $PERTATTACK_* (set, or the loaders' defaults outside the home
+    folder) as ``$PERTATTACK_*``, the home folder as ``~``. Other paths are left as they are."""
+    for folder, instead in _places(out, command):
+        text = re.sub(re.escape(folder) + r"(?![\w.-])", lambda _m, r=instead: r, text)
+    return text
+
+
+def _portable_record(rec: dict[str, Any], out: Path) -> dict[str, Any]:
+    """A record with every string in it (models' entries too) :func:`portable`."""
+    command = rec.get("command")
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, str):
+            return portable(v, out, command)
+        return {k: walk(w) for k, w in v.items()} if isinstance(v, dict) else v
+
+    return walk(rec)
 
 
 def _fmt(v: float) -> str:
@@ -348,13 +459,16 @@ def _table3_md(out: Path) -> tuple[list[str], bool | None]:
 def write_report(out: Path) -> Path:
     """Rewrite ``out/REPORT.md`` from ``out/report.json`` and the CSV files in ``out``; returns its path."""
     out = Path(out)
-    recs = load_records(out)
+    recs = {name: _portable_record(rec, out) for name, rec in load_records(out).items()}
+    if recs:
+        _save_records(out, recs)  # records written before paths were made portable: rewritten
     lines = ["# Reproduction report: Balda, Behboodi, Mathar (2018)", "",
              "Written by `pertattack reproduce`; each section shows what the paper reports next to what this run "
              "measured. Claims are checked on our CSV numbers with the rule given in each line; "
              "'does not hold' means what it says. Times are wall-clock on the machine that ran it "
              "(model training included where the model was not cached).", ""]
     ran = [n for n in PAPER if recs.get(n, {}).get("status") == "ran"]
+    partly = [f"{n} ({recs[n]['part_skipped']})" for n in ran if recs[n].get("part_skipped")]
     skipped = [n for n in PAPER if recs.get(n, {}).get("status") == "skipped"]
     summary = ["| item | status | claims holding | time (s) |", "|---|---|---|---|"]
     body: list[str] = []
@@ -370,6 +484,9 @@ def write_report(out: Path) -> Path:
             body += [f"**Skipped:** {rec.get('reason', '')}", ""]
             summary.append(f"| {name} | skipped | | |")
             continue
+        ran_as = _ran_as(rec)
+        if ran_as != "ran":
+            body += [f"**Status:** {ran_as}; the rest ran, as follows.", ""]
         cpu = f", {rec['cpu_s']:.1f} s CPU of the process" if "cpu_s" in rec else ""
         body += [f"*Command:* `{rec.get('command', '')}`  ", f"*Time:* {rec.get('time_s', math.nan):.1f} s{cpu}"
                  f" ({rec.get('when', '')})" + (f"  \n*Machine:* {rec['machine']}" if rec.get("machine") else ""), ""]
@@ -402,9 +519,10 @@ def write_report(out: Path) -> Path:
             if (out / png).exists():
                 body += ["", f"![{name}]({png})"]
         body.append("")
-        summary.append(f"| {name} | ran | {n_ok}/{n_all} | {rec.get('time_s', math.nan):.0f} |")
+        summary.append(f"| {name} | {ran_as} | {n_ok}/{n_all} | {rec.get('time_s', math.nan):.0f} |")
     lines += ["## Summary", "", *summary, "",
-              f"Ran: {', '.join(ran) or 'none'}. Skipped: {', '.join(skipped) or 'none'}.", ""]
+              f"Ran: {', '.join(ran) or 'none'}" + (f"; of these, part skipped: {'; '.join(partly)}" if partly else "")
+              + f". Skipped: {', '.join(skipped) or 'none'}.", "", *_dither_md(out), ""]
     extra = [n for n in recs if n not in PAPER]
     for n in extra:
         lines += [f"- {n}: {recs[n].get('status')} {recs[n].get('note', '')}"]
@@ -412,3 +530,47 @@ def write_report(out: Path) -> Path:
     path = out / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _ran_as(rec: dict[str, Any]) -> str:
+    """An item's status for the summary: ``ran``, or ``ran (part skipped: ...)`` when the item left a part out."""
+    return f"ran (part skipped: {rec['part_skipped']})" if rec.get("part_skipped") else "ran"
+
+
+def _dither_md(out: Path) -> list[str]:
+    """Which attacks of the report start a linearisation at a dithered point (Algorithm 1's eta_t +
+    random(eps~_t)) and with which eps~_t, read from the presets; the measured effect from ``out/dither.csv``
+    (benchmarks/bench_dither.py) when it is there."""
+    from ..presets import get_attack
+    from .classification import FIG3_ATTACKS
+    from .regression import FIG4A_ATTACKS, FIG4B_ATTACKS, FIG4C_ATTACKS, FIG4D_ATTACKS
+
+    names = [preset for preset, _ in FIG3_ATTACKS.values()] + ["quadratic-linf", "linear-pixel-100",
+                                                                "rand-pixel-100", "linear-linf-20"]
+    names += FIG4A_ATTACKS + FIG4B_ATTACKS + FIG4C_ATTACKS + FIG4D_ATTACKS
+    words = {"none": "not dithered", "first": "first point dithered: eps~_1 = eps (uniform in the eps-ball), "
+                                              "eps~_t = 0 after", "all": "every point dithered: eps~_t = eps / T"}
+    groups: dict[str, list[str]] = {}
+    for name in dict.fromkeys(names):
+        radii = get_attack(name).schedule.dither.radii
+        groups.setdefault(words.get(radii, str(radii)) if isinstance(radii, str) else str(radii), []).append(name)
+    lines = ["## Dithering of the linearisation point", "",
+             "Algorithm 1 may linearise at eta_t + random(eps~_t); the paper's Table 2 marks its own attacks as "
+             "dithered without giving eps~_t. The choice made here (preset defaults; `dither=` changes it):", "",
+             "| attacks in this report | dithering |", "|---|---|"]
+    lines += [f"| {', '.join(v)} | {k} |" for k, v in groups.items()]
+    lines += ["", "The regression attacks need it: with y = f(x) the gradient at eta = 0 is exactly zero. alg1, "
+              "alg1-T and targeted are not dithered by default, where Table 2 dithers them (`dither=\"first\"` "
+              "gives the paper's reading)."]
+    path = out / "dither.csv"
+    if path.exists():
+        rows = _read(path)
+        h = rows[0]
+        last = [c for c in h if c.startswith("eps=")][-1]
+        lines += ["", f"Measured ([dither.csv](dither.csv), `benchmarks/bench_dither.py`): fooling ratio, mean over "
+                      f"the eps grid and at {last}:", "", f"| attack | dither | mean | at {last} |",
+                      "|---|---|---|---|"]
+        lines += [f"| {r[0]} | {r[1]} | {float(r[h.index('mean')]):.3f} | {float(r[h.index(last)]):.3f} |"
+                  for r in rows[1:]]
+    return lines
+

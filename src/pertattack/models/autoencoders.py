@@ -24,7 +24,7 @@ class FCAutoencoder(nn.Module):
         hidden: width of the one hidden layer on each side.
 
     Shape:
-        (N, *in_shape) -> (N, *in_shape), values in (0, 1).
+        ``(N, *in_shape) -> (N, *in_shape)``, values in (0, 1).
     """
 
     def __init__(self, in_shape: Sequence[int] = (1, 28, 28), code: int = 32, hidden: int = 256) -> None:
@@ -41,11 +41,11 @@ class FCAutoencoder(nn.Module):
         )
 
     def encode(self, x: Tensor) -> Tensor:
-        """(N, *in_shape) -> (N, code)."""
+        """``(N, *in_shape) -> (N, code)``."""
         return self.encoder(x)
 
     def decode(self, z: Tensor) -> Tensor:
-        """(N, code) -> (N, *in_shape)."""
+        """``(N, code) -> (N, *in_shape)``."""
         return self.decoder(z)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ class FCNN(nn.Module):
         classes: number of outputs.
 
     Shape:
-        (N, *in_shape) -> (N, classes) logits.
+        ``(N, *in_shape) -> (N, classes)`` logits.
     """
 
     def __init__(
