@@ -12,7 +12,7 @@ targeted       max_{l != t} f_l(x+eta) - f_t(x+eta)                             
 deepfool       f_k - f_l^, l^ = argmin_{l!=k} abs(f_k - f_l) / norm_q(grad(f_k - f_l))  argmax != k
 transfer       any of the above, evaluated on a surrogate model                         on the attacked model
 regression     -norm_2(y - f(x+eta))^2  (maximises the squared error, Sec. 3)           (no label)
-kl             -KL(softmax f(x), softmax f(x+eta))   (TRADES's inner loss)             argmax != k
+kl             -KL(softmax f(x), softmax f(x+eta))   (TRADES's inner loss)              argmax != k
 =============  =======================================================================  =====================
 
 k is the true label when given, else the model's own prediction on x. ``targeted`` equals the
