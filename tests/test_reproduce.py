@@ -196,6 +196,80 @@ def test_cifar10_parts_on_a_synthetic_folder(cache, tmp_path, monkeypatch):
     assert "CIFAR-10 part not run" not in json.loads((out / "report.json").read_text())["fig1"]["note"]
 
 
+@needs_mnist
+def test_advtrain_smallest(cache, tmp_path):
+    """``reproduce advtrain`` in its smallest form: every model x training attack at one eps, the CSV, the figure
+    data, and its REPORT.md section with the table and the conjecture's verdicts; the models are cached with their
+    training times."""
+    from pertattack.data import load_mnist
+    from pertattack.experiments import advtrain
+    from pertattack.experiments.advtrain import COLUMNS, TRAINING
+
+    out = tmp_path / "res"
+    paper.reproduce("advtrain", out=out, n=6, root=str(MNIST), limit=64, eps=[0.1])
+    rows = _rows(out / "advtrain.csv")
+    assert rows[0] == COLUMNS
+    assert [(r[0], r[1], r[2]) for r in rows[1:]] == [(m, t, "0.1") for m in ("lenet5", "fcnn") for t in TRAINING]
+    assert all(r[3] == "64" and r[4] == "1" and r[5] == "6" for r in rows[1:])  # the item's default: 1 epoch
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert all((out / f"advtrain-{m}.png").stat().st_size > 0 for m in ("lenet5", "fcnn"))
+    rec = json.loads((out / "report.json").read_text())["advtrain"]
+    assert "--limit 64 --eps 0.1" in rec["command"] and "--epochs" not in rec["command"] and rec["cpu_s"] > 0
+    rep = (out / "REPORT.md").read_text()
+    sec = rep[rep.index("## Adversarial training: PGD vs Algorithm 1-10"):]
+    assert "| model | eps | trained with | clean error | robust acc. (auto) |" in sec
+    assert sec.count("| lenet5 | 0.1 | ") == 4 and sec.count("| fcnn | 0.1 | ") == 4
+    assert sec.count("- claim: ") == 4 and "**not checked**" not in sec and "| advtrain | ran |" in rep
+    # a second run loads the cached models (an interrupted run resumes) and their recorded training times
+    x, y = load_mnist(MNIST, "train", limit=64)
+    model, times = advtrain._train("lenet5", "pgd", 0.1, x, y, 1, 0, "cpu")
+    assert times["train_cpu_s"] == pytest.approx(float(rows[4][6]), rel=1e-5) and times["train_cpu_s"] > 0
+    assert len(list(cache.glob("mnist-*-n64-*.pt"))) == len(list(cache.glob("mnist-*-n64-*.json"))) == 8
+
+
+def test_advtrain_verdicts_read_the_csv(tmp_path):
+    """The conjecture's checks: PGD-trained above Alg1-10-trained at every eps holds; below at one eps does not;
+    a model without both rows is not checked."""
+    from pertattack.experiments.advtrain import COLUMNS
+
+    def row(method: str, eps: float, robust: float, fool: float) -> list:
+        r = dict(model="lenet5", method=method, eps=eps, train_images=10, epochs=1, test_images=1000,
+                 train_cpu_s=1.0, train_wall_s=1.0, clean_error=0.05, robust_auto=robust)
+        return [r.get(c, fool) for c in COLUMNS]
+
+    _write(tmp_path / "advtrain.csv", [COLUMNS, row("pgd", 0.1, 0.8, 0.1), row("alg1-10", 0.1, 0.7, 0.2),
+                                       row("pgd", 0.2, 0.5, 0.5), row("alg1-10", 0.2, 0.51, 0.4)])
+    (tmp_path / "report.json").write_text(json.dumps({"advtrain": {"status": "ran", "command": "x", "time_s": 1}}))
+    rep = write_report(tmp_path).read_text()
+    assert "lenet5: PGD is a better training attack than Alg1-10 (robust accuracy under auto, every eps): " \
+           "**does not hold**" in rep
+    assert "eps 0.1: 0.800 vs 0.700 (+10.0 points); eps 0.2: 0.500 vs 0.510 (-1.0 points, within 2 standard " \
+           "errors); pgd better at 1 of 2 eps" in rep
+    assert "eps 0.1: 0.100 (DeepFool) vs 0.200 (DeepFool); eps 0.2: 0.500 (DeepFool) vs 0.400 (DeepFool)" in rep
+    assert "fcnn: PGD is a better training attack than Alg1-10 (robust accuracy under auto, every eps): " \
+           "**not checked** (fcnn was not trained with both pgd and alg1-10)" in rep
+    assert "| lenet5 | 0.1 | pgd | 0.05 | **0.800** |" in rep
+    _write(tmp_path / "advtrain.csv", [COLUMNS, row("pgd", 0.1, 0.8, 0.1), row("alg1-10", 0.1, 0.7, 0.2)])
+    rep = write_report(tmp_path).read_text()
+    assert "(robust accuracy under auto, every eps): **holds**" in rep
+    assert "(highest fooling ratio of its attacks, every eps): **holds**" in rep
+
+
+@pytest.mark.parametrize("argv, match", [(["fig3a", "--limit", "10"], "--limit go\\(es\\) with advtrain only"),
+                                         (["table3", "--eps", "0.1"], "--eps go\\(es\\) with advtrain only"),
+                                         (["advtrain", "--eps", "0.1,1.5"], "must lie in \\(0, 1\\)"),
+                                         (["advtrain", "--limit", "0"], "--limit must be >= 1")])
+def test_reproduce_limit_and_eps_go_with_advtrain(tmp_path, capsys, argv, match):
+    import re
+
+    from pertattack.cli import main
+
+    assert main(["reproduce", *argv, "--out", str(tmp_path / "o")]) == 2
+    assert re.search(match, capsys.readouterr().err)
+
+
 def _fake_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict[str, str]]:
     """A report.json as a run on another machine left it: absolute --out, a cache under the home folder, a data
     folder named by $PERTATTACK_CIFAR10; fig1 ran without its CIFAR-10 part, fig3c skipped."""

@@ -225,7 +225,8 @@ def _training_attack(args: argparse.Namespace) -> Any:
     from .presets import get_attack
 
     if args.adversarial is None:
-        given = [o for o, v in (("--eps", args.eps), ("--set", args.set or None), ("--mix", args.mix)) if v is not None]
+        given = [o for o, v in (("--eps", args.eps), ("--set", args.set or None), ("--mix", args.mix),
+                                ("--beta", args.beta)) if v is not None]
         if given:
             raise UsageError(f"{', '.join(given)} go(es) with --adversarial PRESET and only there")
         return None
@@ -237,6 +238,9 @@ def _training_attack(args: argparse.Namespace) -> Any:
     mix = 0.0 if args.mix is None else args.mix
     if not 0 <= mix <= 1:
         raise UsageError(f"--mix is the weight of the clean loss, in [0, 1]; got {mix:g}")
+    if args.beta is not None and (not math.isfinite(args.beta) or args.beta < 0 or mix != 0):
+        raise UsageError(f"--beta (TRADES's weight of the KL term) must be a finite number >= 0, without --mix; got "
+                         f"{args.beta:g}")
     attack = get_attack(args.adversarial, eps=eps[0], seed=args.seed, **_overrides(args.set))
     obj = attack.objective
     if not obj.classification or obj.needs_target:
@@ -270,8 +274,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train(args, rank, local_rank)
 
 
+def _initial_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+    """``build_model(MODEL, seed=--seed)``, or with ``--resume CKPT`` the checkpoint's weights and training state."""
+    from .models import MODELS, build_model
+    from .training import load_model, load_training_state
+
+    if args.resume is None:
+        return build_model(args.model, seed=args.seed), None
+    try:
+        model, state = load_model(args.resume), load_training_state(args.resume)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(f"--resume: {_one_line(err)}") from err
+    want = MODELS.get(args.model.strip().lower().replace("_", "-"))
+    if type(model) is not want:
+        raise UsageError(f"--resume {args.resume} holds a {type(model).__name__}, not a {args.model}")
+    if state is None:
+        raise UsageError(f"--resume {args.resume} holds weights only, no training state (a checkpoint of an older "
+                         "pertattack train?): nothing to resume")
+    return model.train(), state
+
+
 def _train(args: argparse.Namespace, rank: int, local_rank: int) -> int:
-    from .models import build_model
     from .training import (
         accuracy,
         adversarial_training,
@@ -290,7 +313,7 @@ def _train(args: argparse.Namespace, rank: int, local_rank: int) -> int:
     _at_least("--batch-size", args.batch_size, 1)
     _at_least("--lr", args.lr, 0, strict=True)
     attack = _training_attack(args)
-    model = build_model(args.model, seed=args.seed)
+    model, state = _initial_model(args)
     x, y = _load_data(args, "train", args.n)
     x_te, y_te = _load_data(args, "test", None)
     autoencoder = args.model.endswith("-ae")
@@ -300,12 +323,18 @@ def _train(args: argparse.Namespace, rank: int, local_rank: int) -> int:
                          f"{int(y.max()) + 1} classes of --data {args.data}")
     model = model.to(device)  # batches follow the model's device
     t0 = time.perf_counter()
-    kw = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=rank == 0)
+    last = {"state": state}
+
+    def checkpoint(new: dict[str, Any]) -> None:  # after every epoch: the weights and the training state
+        last["state"] = new
+        save_model(out, model, args.model, training=new)
+
+    kw = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=rank == 0,
+              checkpoint=checkpoint, resume=state)
     if autoencoder:
         train_autoencoder(model, x, **kw)
     elif attack is not None:
-        adversarial_training(model, x, y, attack, mix=0.0 if args.mix is None else args.mix,
-                             on_epoch=lambda epoch, losses: save_model(out, model, args.model), **kw)
+        adversarial_training(model, x, y, attack, mix=0.0 if args.mix is None else args.mix, beta=args.beta, **kw)
     else:
         train_classifier(model, x, y, **kw)
     if rank > 0:  # the ranks hold the same weights: rank 0 reports and saves
@@ -315,7 +344,7 @@ def _train(args: argparse.Namespace, rank: int, local_rank: int) -> int:
     else:
         clean = " (clean; the robust accuracy: pertattack evaluate)" if attack is not None else ""
         print(f"test error {1 - accuracy(model, x_te, y_te):.4f}{clean}")
-    save_model(out, model, args.model)
+    save_model(out, model, args.model, training=last["state"])
     print(f"trained in {time.perf_counter() - t0:.1f} s; saved {out}")
     return 0
 
@@ -458,11 +487,18 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     device = _device(args.device)
     _at_least("--n", args.n, 1)
     _at_least("--epochs", args.epochs, 0)
+    _at_least("--limit", args.limit, 1)
+    eps = _eps_list(args.eps)
+    given = [o for o, v in (("--limit", args.limit), ("--eps", eps)) if v is not None]
+    if given and args.experiment not in (*paper.TAKES_LIMIT_AND_EPS, "all"):
+        raise UsageError(f"{', '.join(given)} go(es) with {', '.join(paper.TAKES_LIMIT_AND_EPS)} only")
+    if eps is not None and not all(0 < e < 1 for e in eps):
+        raise UsageError(f"--eps: the training budgets (l-inf, images in [0, 1]) must lie in (0, 1), got {args.eps}")
     if args.download:
         _download_for(args.experiment, args.root)
     try:
         return paper.reproduce(args.experiment, out=out, n=args.n, root=args.root, seed=args.seed,
-                               epochs=args.epochs, device=device)
+                               epochs=args.epochs, device=device, limit=args.limit, eps=eps)
     except DownloadableError as err:  # MNIST, CIFAR-10; STL-10's message says how to get it
         if args.download:
             raise
@@ -709,14 +745,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", "--limit", dest="n", type=int, default=None,
                    help="use the first n training images (default: all; under torchrun write --limit)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the shuffling")
-    p.add_argument("--out", required=True, help="checkpoint path (.pt; with --adversarial, saved after every epoch)")
+    p.add_argument("--out", required=True, help="checkpoint path (.pt; saved after every epoch, with the training "
+                                                 "state for --resume)")
+    p.add_argument("--resume", default=None, metavar="CKPT",
+                   help="continue the training saved in CKPT (a checkpoint of pertattack train) to --epochs, with "
+                        "the same options: the weights of an uninterrupted run")
     p.add_argument("--adversarial", default=None, metavar="PRESET",
-                   help="adversarial training: attack every minibatch with this preset (e.g. pgd, fgsm, alg1-10)")
+                   help="adversarial training: attack every minibatch with this preset (e.g. pgd, fgsm-rs, alg1-10)")
     p.add_argument("--eps", default=None, help="the budget of --adversarial (a number or a fraction such as 8/255)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="overrides of the --adversarial attack, e.g. steps=10 random_start=True")
     p.add_argument("--mix", type=float, default=None,
                    help="weight of the clean loss with --adversarial (default 0: adversarial only; 0.5: half and half)")
+    p.add_argument("--beta", type=float, default=None,
+                   help="TRADES with --adversarial trades: the loss CE(x) + BETA * KL(p(x) || p(x_adv)) (their 6)")
     _device_argument(p)
     _debug_argument(p, argparse.SUPPRESS)
     p.set_defaults(func=cmd_train)
@@ -726,13 +768,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="reproduce a figure or table of the paper (CSV + PNG + REPORT.md)")
     p.add_argument("experiment",
                    help="fig1, fig2a, fig2b, fig2c, fig3a, fig3b, fig3c, fig3d, table3, fig4a, fig4b, fig4c, fig4d, "
-                        "or all")
+                        "advtrain (the paper's conjecture on adversarial training), or all")
     p.add_argument("--out", default="results", help="folder for the CSV, PNG and REPORT.md files")
     p.add_argument("--n", type=int, default=1000, help="test images to attack")
     p.add_argument("--root", default=None, help="data folder (MNIST, or CIFAR-10 for fig3c/fig3d/fig4c)")
     p.add_argument("--download", action="store_true", help="fetch the data sets the experiment needs into --root")
-    p.add_argument("--epochs", type=int, default=3,
-                   help="training epochs of every model not yet cached (classifiers and autoencoders)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs of every model not yet cached (default: 3; advtrain: 1)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="advtrain: train on the first LIMIT training images (default: 20000; 60000: all)")
+    p.add_argument("--eps", default=None,
+                   help="advtrain: comma-separated training budgets (l-inf; default: 0.04,0.1,0.2; the paper's grid: "
+                        "0.02,0.04,...,0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, the shuffling and the attacks")
     _device_argument(p)
     _debug_argument(p, argparse.SUPPRESS)

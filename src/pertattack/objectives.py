@@ -12,6 +12,7 @@ targeted       max_{l != t} f_l(x+eta) - f_t(x+eta)                             
 deepfool       f_k - f_l^, l^ = argmin_{l!=k} abs(f_k - f_l) / norm_q(grad(f_k - f_l))  argmax != k
 transfer       any of the above, evaluated on a surrogate model                         on the attacked model
 regression     -norm_2(y - f(x+eta))^2  (maximises the squared error, Sec. 3)           (no label)
+kl             -KL(softmax f(x), softmax f(x+eta))   (TRADES's inner loss)              argmax != k
 =============  =======================================================================  =====================
 
 k is the true label when given, else the model's own prediction on x. ``targeted`` equals the
@@ -46,6 +47,7 @@ __all__ = [
     "Regression",
     "DLR",
     "DLRTargeted",
+    "KL",
     "OBJECTIVES",
     "objective_by_name",
 ]
@@ -437,6 +439,28 @@ class DLRTargeted(Objective):
         return (zk - zt) / (z[:, 0] - (z[:, 2] + z[:, 3]) / 2 + 1e-12)
 
 
+@dataclass(repr=False)
+class KL(Objective):
+    """-KL(p(x), p(x+eta)) = -sum_l p_l(x) log(p_l(x) / p_l(x+eta)), p the softmax of the logits: the inner loss
+    of TRADES (Zhang et al. 2019), to minimise.
+
+    Driving it down moves the output distribution away from the clean one p(x) (kept by :meth:`prepare`), label
+    or not; fooled, as for every untargeted objective, when the class k is left. It is 0 with a zero gradient
+    at eta = 0: start at random (the ``trades`` preset).
+    """
+
+    name = "kl"
+
+    def prepare(self, out: Tensor, ctx: Context) -> None:
+        ctx.extra["clean_log_probs"] = out.detach().log_softmax(dim=1)
+
+    def loss(self, out: Tensor, ctx: Context) -> Tensor:
+        ref = ctx.extra.get("clean_log_probs")
+        if ref is None:
+            raise ValueError("the KL objective: prepare() was not called with the clean outputs")
+        return -(ref.exp() * (ref - out.log_softmax(dim=1))).sum(dim=1)
+
+
 OBJECTIVES: dict[str, Callable[[], Objective]] = {
     "margin": Margin,
     # PMA's probability margin (Xie et al. 2024): eq. 2 on the softmax, the paper's f as class probabilities
@@ -449,6 +473,7 @@ OBJECTIVES: dict[str, Callable[[], Objective]] = {
     "regression": Regression,
     "dlr": DLR,
     "dlr-targeted": DLRTargeted,
+    "kl": KL,
 }
 
 

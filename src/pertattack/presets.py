@@ -46,6 +46,12 @@ _APGD = dict(solver="gnm", steps=100, start=RandomStart(), step_size=Halving(), 
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "fgsm": ("FGSM (Goodfellow et al.): one GNM step on cross-entropy, p = inf",
              dict(objective="cross-entropy", solver="gnm")),
+    "fgsm-rs": ("FGSM with random start (Wong et al. 2020, 'fast adversarial training'): start uniform in the eps "
+                "ball, one step of 1.25 eps on cross-entropy, projected on the ball",
+                dict(objective="cross-entropy", solver="gnm", random_start=True, step_scale=1.25, project=True)),
+    "trades": ("TRADES's inner attack (Zhang et al. 2019): random start, 10 steps of eps/4 on KL(p(x), p(x+eta)), "
+               "projected; train with adversarial_training(..., beta=6)",
+               dict(objective="kl", solver="gnm", steps=10, random_start=True, project=True, step_scale=2.5)),
     "bim": ("BIM (Kurakin et al.): 10 steps of eps/10 on cross-entropy, projected",
             dict(objective="cross-entropy", solver="gnm", steps=10, project=True)),
     "pgd": ("PGD (Madry et al.): random start, 40 steps of 2.5 eps/T, projection on the ball", dict(_MADRY, steps=40)),

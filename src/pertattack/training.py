@@ -9,6 +9,7 @@ thread count (conv kernels may sum in another order with another ``torch.get_num
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import pickle
@@ -33,6 +34,7 @@ __all__ = [
     "reconstruction_mse",
     "save_model",
     "load_model",
+    "load_training_state",
     "check_record",
 ]
 
@@ -60,6 +62,74 @@ def _cuda_indices(device: torch.device) -> list[int]:
 
 
 Perturb = Callable[[Tensor, Tensor, Tensor], Tensor]
+#: the keys of a training state (see :func:`adversarial_training`'s ``checkpoint``)
+_STATE_KEYS = ("epoch", "history", "optimizer", "shuffle", "rng", "settings")
+
+
+def _snapshot(epoch: int, history: list[dict[str, float]], optimizer: torch.optim.Optimizer,
+              generator: torch.Generator, device: torch.device, settings: dict[str, Any], world: int
+              ) -> dict[str, Any]:
+    """The training state after ``epoch`` epochs: what ``_resume`` needs to continue to the weights of an
+    uninterrupted run (the optimizer's moments, the shuffling generator, every rank's RNG for dropout), a copy."""
+    mine = [torch.get_rng_state()] + ([torch.cuda.get_rng_state(device)] if device.type == "cuda" else [])
+    rngs: list[Any] = [mine]
+    if world > 1:  # every rank's RNG (dropout masks differ between ranks); a collective: every rank calls it
+        rngs = [None] * world
+        torch.distributed.all_gather_object(rngs, mine)
+    return {"epoch": epoch, "history": [dict(h) for h in history],
+            "optimizer": copy.deepcopy(optimizer.state_dict()), "shuffle": generator.get_state(),
+            "rng": [[t.cpu() for t in r] for r in rngs], "settings": dict(settings)}
+
+
+def _resume(state: Mapping[str, Any], settings: dict[str, Any], epochs: int, optimizer: torch.optim.Optimizer,
+            generator: torch.Generator, rank: int) -> tuple[int, list[dict[str, float]], list[Tensor]]:
+    """Check a training state against this run and load it into the optimizer and the generator; returns the
+    epochs done, their history and this rank's RNG states (set inside the run's forked RNG)."""
+    if not isinstance(state, Mapping) or not set(_STATE_KEYS) <= set(state):
+        raise ValueError(f"resume: not a training state (expected the keys {', '.join(_STATE_KEYS)})")
+    done, history, saved = state["epoch"], state["history"], state["settings"]
+    if isinstance(done, bool) or not isinstance(done, int) or done < 0 or not isinstance(history, list) \
+            or len(history) != done or not isinstance(saved, Mapping):
+        raise ValueError(f"resume: a corrupt training state (epoch {done!r}, {type(history).__name__} history)")
+    other = [f"{k} {saved.get(k)!r} (now {v!r})" for k, v in settings.items() if saved.get(k) != v]
+    if other:
+        raise ValueError(f"resume: the checkpoint was trained with other settings: {'; '.join(other)}; resume "
+                         "with the same ones")
+    if epochs < done:
+        raise ValueError(f"resume: the checkpoint has done {done} epochs, more than epochs={epochs}")
+    rngs = state["rng"]
+    if not isinstance(rngs, list) or len(rngs) != settings["world"] or not all(
+            isinstance(t, Tensor) and t.dtype == torch.uint8 for t in rngs[rank]):
+        raise ValueError("resume: the training state's RNG states do not fit this run")
+    optimizer.load_state_dict(state["optimizer"])
+    for group in optimizer.param_groups:  # the moments must have the shapes of the weights they go with
+        for prm in group["params"]:
+            for name, value in optimizer.state.get(prm, {}).items():
+                if isinstance(value, Tensor) and value.dim() and value.shape != prm.shape:
+                    raise ValueError(f"resume: the optimizer's {name} has shape {tuple(value.shape)}, the weights "
+                                     f"{tuple(prm.shape)}")
+    generator.set_state(state["shuffle"])
+    return done, [dict(h) for h in history], rngs[rank]
+
+
+def _adversarial_loss(net: nn.Module, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], xb: Tensor,
+                      tb: Tensor, x_adv: Tensor, mix: float, beta: float | None) -> tuple[Tensor, Tensor, Tensor]:
+    """The training loss of a batch and its clean and adversarial parts: ``mix * loss(x) + (1 - mix) * loss(x_adv)``
+    (with ``mix = 0``, Madry's, the clean loss is computed for the report only, in eval mode without gradient), or
+    with ``beta`` TRADES's ``loss(x) + beta * KL(p(x) || p(x_adv))`` (p: the softmax; the adversarial part: the KL
+    term, a per-example mean, through both outputs as in Zhang et al.'s code)."""
+    if beta is not None:
+        out = net(xb)
+        clean = loss_fn(out, tb)
+        kl = F.kl_div(net(x_adv).log_softmax(dim=1), out.log_softmax(dim=1), reduction="batchmean", log_target=True)
+        return clean + beta * kl, clean, kl
+    adv = loss_fn(net(x_adv), tb)
+    if mix > 0:
+        clean = loss_fn(net(xb), tb)
+        return mix * clean + (1 - mix) * adv, clean, adv
+    with eval_mode(model), torch.no_grad():
+        clean = loss_fn(model(xb), tb)
+    return adv, clean, adv
 
 
 def _fit(
@@ -75,13 +145,21 @@ def _fit(
     perturb: Perturb | None = None,
     mix: float = 0.0,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    resume: Mapping[str, Any] | None = None,
+    recipe: str = "",
+    beta: float | None = None,
 ) -> list[dict[str, float]]:
     """The one training loop: Adam on minibatches of a seeded permutation; per-epoch mean losses.
 
     With ``perturb``, each batch is replaced by ``perturb(x, t, index)`` (``index``: the inputs'
     positions in the data, offset by ``epoch * n`` so that every epoch draws afresh) and the loss is
-    ``mix * loss(x) + (1 - mix) * loss(x_adv)``; the history then holds ``clean`` and ``adversarial``
-    besides ``loss``. ``on_epoch(epoch, history[-1])`` runs after each epoch (e.g. a checkpoint), on rank 0.
+    ``mix * loss(x) + (1 - mix) * loss(x_adv)`` (or TRADES's with ``beta``: ``_adversarial_loss``); the history
+    then holds ``clean`` and ``adversarial`` besides ``loss``. ``on_epoch(epoch, history[-1])`` runs after each
+    epoch, on rank 0, and so does ``checkpoint(state)`` with the training state (``_snapshot``); ``resume``,
+    such a state, continues from its epoch if the run's settings (data size, batch size, lr, seed, loss, ``mix``,
+    ``beta``, ``recipe``: the attack, world size) are those it was saved with. The history returned includes the
+    epochs of ``resume``.
 
     In a torch.distributed process group (torchrun) of W processes, every rank draws the same permutation and
     takes every W-th input of each batch; the model is wrapped in ``DistributedDataParallel`` for the training
@@ -104,14 +182,22 @@ def _fit(
     progress = progress and rank == 0
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    history: list[dict[str, float]] = []
+    settings = dict(n=n, batch_size=batch_size, lr=lr, seed=seed, loss=getattr(loss_fn, "__name__", repr(loss_fn)),
+                    mix=mix, beta=beta, recipe=recipe, world=world)
+    start, history, rng = 0, [], []
+    if resume is not None:
+        start, history, rng = _resume(resume, settings, epochs, optimizer, generator, rank)
     keys = ("loss",) if perturb is None else ("loss", "clean", "adversarial")
     # eval_mode records every submodule's mode and restores each one afterwards; inside, train mode
     with torch.random.fork_rng(devices=_cuda_indices(device)), eval_mode(model):
         torch.manual_seed(seed + rank)  # dropout masks differ between ranks
+        if rng:
+            torch.set_rng_state(rng[0])
+            if device.type == "cuda" and len(rng) > 1:
+                torch.cuda.set_rng_state(rng[1], device)
         model.train()
         try:
-            for epoch in range(epochs):
+            for epoch in range(start, epochs):
                 perm = torch.randperm(n, generator=generator)
                 batches = perm.split(batch_size)
                 totals = torch.zeros(len(keys) + 1, dtype=torch.float64, device=device)  # sums, then the count
@@ -129,14 +215,7 @@ def _fit(
                     else:
                         # the attack runs the model in eval mode and restores train mode
                         x_adv = perturb(xb, tb, idx + epoch * n).detach()
-                        adv = loss_fn(net(x_adv), tb)
-                        if mix > 0:
-                            clean = loss_fn(net(xb), tb)
-                            loss = mix * clean + (1 - mix) * adv
-                        else:  # Madry: adversarial only; the clean loss is only reported
-                            with eval_mode(model), torch.no_grad():
-                                clean = loss_fn(model(xb), tb)
-                            loss = adv
+                        loss, clean, adv = _adversarial_loss(net, model, loss_fn, xb, tb, x_adv, mix, beta)
                         parts = torch.stack([loss.detach(), clean.detach(), adv.detach()])
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -154,6 +233,10 @@ def _fit(
                 if progress:
                     losses = ", ".join(f"{k} {v:.4f}" for k, v in history[-1].items())
                     bar.write(f"epoch {epoch + 1}/{epochs}: {losses}")
+                if checkpoint is not None:
+                    state = _snapshot(epoch + 1, history, optimizer, generator, device, settings, world)
+                    if rank == 0:
+                        checkpoint(state)
                 if on_epoch is not None and rank == 0:
                     on_epoch(epoch, history[-1])
         finally:
@@ -171,6 +254,8 @@ def train_classifier(
     lr: float = 1e-3,
     seed: int = 0,
     progress: bool = False,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    resume: Mapping[str, Any] | None = None,
 ) -> list[float]:
     """Train a logit classifier with Adam and cross-entropy, in place.
 
@@ -183,14 +268,16 @@ def train_classifier(
         lr: Adam learning rate.
         seed: seeds the shuffling generator and, inside a forked RNG, any randomness of the model.
         progress: show a tqdm bar per epoch.
+        checkpoint, resume: resumable checkpoints, as in :func:`adversarial_training`.
 
     Returns:
-        The mean training loss of each epoch (per example).
+        The mean training loss of each epoch (per example), the epochs of ``resume`` included.
 
     The train/eval mode of the model and of each of its submodules is restored afterwards;
     parameter ``.grad`` are left as None.
     """
-    return [h["loss"] for h in _fit(model, x, y, F.cross_entropy, epochs, batch_size, lr, seed, progress)]
+    return [h["loss"] for h in _fit(model, x, y, F.cross_entropy, epochs, batch_size, lr, seed, progress,
+                                    checkpoint=checkpoint, resume=resume)]
 
 
 def adversarial_training(
@@ -204,8 +291,11 @@ def adversarial_training(
     lr: float = 1e-3,
     seed: int = 0,
     mix: float = 0.0,
+    beta: float | None = None,
     progress: bool = False,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    resume: Mapping[str, Any] | None = None,
 ) -> list[dict[str, float]]:
     """Adversarial training (Madry et al.): train a classifier, in place, on the examples an attack finds.
 
@@ -217,7 +307,7 @@ def adversarial_training(
         model: returns logits (N, K); trained on the device of its parameters.
         x: inputs (N, ...) in the attack's box; y: int64 labels (N,).
         attack: any classification attack with a budget: ``get_attack("pgd", eps=0.1)``,
-            ``get_attack("fgsm", eps=0.1, random_start=True)``, a :class:`pertattack.Cascade`, ...
+            ``get_attack("fgsm-rs", eps=0.1)`` (Wong et al.), a :class:`pertattack.Cascade`, ...
             It is built once and given ``seed``; its random draws for input i in epoch e depend only on
             ``(seed, e * N + i)`` (the attack's ``index=``), so a run is reproducible under any batching
             and every epoch draws new random starts.
@@ -226,11 +316,24 @@ def adversarial_training(
         mix: the weight of the clean loss in [0, 1]: 0 trains on the adversarial examples only (Madry's
             recipe), 0.5 half and half (Goodfellow et al.'s). With ``mix = 0`` the clean loss is still
             computed (in eval mode, without gradient) for the report.
-        on_epoch: called as ``on_epoch(epoch, losses)`` after each epoch, e.g. to save a checkpoint with
-            :func:`save_model`.
+        beta: TRADES (Zhang et al. 2019): the loss is ``CE(x_b) + beta * KL(p(x_b) || p(x_adv))`` (p: the
+            softmax; ``beta`` 6 in their paper; ``mix`` must stay 0), with ``get_attack("trades", eps=...)``
+            (the KL objective, :class:`pertattack.objectives.KL`) as the attack; ``adversarial`` then reports
+            the KL term. None: the loss of ``mix``.
+        on_epoch: called as ``on_epoch(epoch, losses)`` after each epoch (rank 0).
+        checkpoint: called as ``checkpoint(state)`` after each epoch (rank 0; under torch.distributed give it on
+            every rank: the ranks' RNG states are gathered) with the training state, a dict of tensors and
+            plain values (the epochs done and their losses, Adam's state, the shuffling generator's and the RNG
+            states, the run's settings) to save with the weights:
+            ``checkpoint=lambda state: save_model(path, model, "lenet5", training=state)``.
+        resume: such a state (:func:`load_training_state` reads it back from the file, :func:`load_model` the
+            weights): the run continues from its epoch to ``epochs``, to the weights of an uninterrupted run.
+            It must come from a run with the same data size, ``batch_size``, ``lr``, ``seed``, ``mix``, attack
+            and number of processes (else ``ValueError``).
 
     Returns:
-        Per epoch, the mean (per example) training ``loss``, ``clean`` and ``adversarial`` cross-entropy.
+        Per epoch, the mean (per example) training ``loss``, ``clean`` and ``adversarial`` cross-entropy (the
+        epochs of ``resume`` included).
 
     Raises:
         ValueError: an attack that is not a classification attack, has no budget, or gives several
@@ -248,6 +351,10 @@ def adversarial_training(
         raise ValueError(f"the attack {attack!r} has several budgets ({attack.eps}); adversarial training takes one")
     if isinstance(mix, bool) or not isinstance(mix, (int, float)) or not 0 <= mix <= 1:
         raise ValueError(f"mix (the weight of the clean loss) must be a number in [0, 1], got {mix!r}")
+    if beta is not None and (isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta)
+                             or beta < 0 or mix != 0):
+        raise ValueError(f"beta (TRADES's weight of the KL term) must be a finite number >= 0 with mix = 0, got "
+                         f"beta {beta!r} and mix {mix!r}")
     if y.dtype != torch.int64 or y.dim() != 1:
         raise ValueError(f"y must be int64 labels of shape (N,), got {y.dtype} of shape {tuple(y.shape)}")
     seeded = attack.replace(seed=seed)
@@ -255,7 +362,8 @@ def adversarial_training(
     def perturb(xb: Tensor, yb: Tensor, index: Tensor) -> Tensor:
         return seeded(model, xb, yb, index=index.to(xb.device)).x_adv
 
-    return _fit(model, x, y, F.cross_entropy, epochs, batch_size, lr, seed, progress, perturb, float(mix), on_epoch)
+    return _fit(model, x, y, F.cross_entropy, epochs, batch_size, lr, seed, progress, perturb, float(mix), on_epoch,
+                checkpoint, resume, recipe=repr(seeded), beta=None if beta is None else float(beta))
 
 
 def train_autoencoder(
@@ -268,6 +376,8 @@ def train_autoencoder(
     lr: float = 1e-3,
     seed: int = 0,
     progress: bool = False,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    resume: Mapping[str, Any] | None = None,
 ) -> list[float]:
     """Train an image-to-image model with Adam and mean squared error, in place.
 
@@ -276,13 +386,14 @@ def train_autoencoder(
         x: inputs (N, ...).
         target: desired outputs (N, ...); ``None`` means ``x`` (an autoencoder reconstructs its
             input). A colorization net would take gray ``x`` and color ``target``.
-        epochs, batch_size, lr, seed, progress: as in :func:`train_classifier`.
+        epochs, batch_size, lr, seed, progress, checkpoint, resume: as in :func:`train_classifier`.
 
     Returns:
-        The mean training MSE of each epoch.
+        The mean training MSE of each epoch (the epochs of ``resume`` included).
     """
     t = x if target is None else target
-    return [h["loss"] for h in _fit(model, x, t, F.mse_loss, epochs, batch_size, lr, seed, progress)]
+    return [h["loss"] for h in _fit(model, x, t, F.mse_loss, epochs, batch_size, lr, seed, progress,
+                                    checkpoint=checkpoint, resume=resume)]
 
 
 def _batched_eval(model: nn.Module, x: Tensor, batch_size: int, fn: Callable[[Tensor, slice], Tensor]) -> Tensor:
@@ -323,13 +434,17 @@ def reconstruction_mse(model: nn.Module, x: Tensor, target: Tensor | None = None
     return float(sse) / t.numel()
 
 
-def save_model(path: str | os.PathLike[str], model: nn.Module, name: str, **kwargs: Any) -> None:
+def save_model(path: str | os.PathLike[str], model: nn.Module, name: str,
+               training: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
     """Save a registered model as ``{"name", "kwargs", "state_dict"}`` (tensors on CPU), atomically.
 
     Args:
         path: destination file (parent folders are created).
         model: the trained model.
         name: its key in :data:`pertattack.models.MODELS`.
+        training: a training state (the ``checkpoint`` argument of :func:`adversarial_training` and
+            :func:`train_classifier`), saved beside the weights under ``"training"`` so that the training can
+            resume (:func:`load_training_state`); None: the weights only.
         **kwargs: the constructor arguments it was built with (plain Python values: ints,
             floats, strings, tuples, lists, dicts), so that ``build_model(name, **kwargs)``
             rebuilds its architecture.
@@ -347,7 +462,8 @@ def save_model(path: str | os.PathLike[str], model: nn.Module, name: str, **kwar
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     os.close(fd)
     try:
-        torch.save({"format": _FORMAT, "name": name, "kwargs": kwargs, "state_dict": state}, tmp)
+        record = {"format": _FORMAT, "name": name, "kwargs": kwargs, "state_dict": state}
+        torch.save(record if training is None else dict(record, training=training), tmp)
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -453,6 +569,14 @@ def load_model(path: str | os.PathLike[str], map_location: str | torch.device = 
         raise ValueError(f"unknown device {map_location!r}: {err}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {map_location!r}: CUDA is not available on this machine")
+    ckpt = _read_checkpoint(path)
+    model = build_model(ckpt["name"], seed=0, **ckpt["kwargs"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval()
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """The record of a checkpoint file, read with ``weights_only=True`` and checked (:func:`check_record`)."""
     if path.is_dir():
         raise ValueError(f"{path} is a folder, not a checkpoint file")
     if not path.exists():
@@ -470,6 +594,18 @@ def load_model(path: str | os.PathLike[str], map_location: str | torch.device = 
         check_record(ckpt["name"], ckpt["kwargs"], ckpt["state_dict"])
     except ValueError as err:
         raise ValueError(f"{path}: bad checkpoint: {err}") from None
-    model = build_model(ckpt["name"], seed=0, **ckpt["kwargs"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.to(device).eval()
+    return ckpt
+
+
+def load_training_state(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The training state saved beside a checkpoint's weights (``save_model(..., training=state)``), to give
+    as ``resume=`` with the model of :func:`load_model`; None when the file holds the weights only.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`load_model`; a ``training`` entry that is not a dict.
+    """
+    path = Path(path)
+    state = _read_checkpoint(path).get("training")
+    if state is not None and not isinstance(state, dict):
+        raise ValueError(f"{path}: bad checkpoint: its training state is a {type(state).__name__}, not a dict")
+    return state

@@ -19,6 +19,7 @@ import torch
 
 from ..data import CIFAR10_CLASSES, load_cifar10, load_mnist
 from ..training import accuracy, reconstruction_mse, train_autoencoder, train_classifier
+from .advtrain import run_advtrain
 from .classification import run_fig3, run_table3
 from .common import cached_model, data_digest
 from .regression import FIG4A_ATTACKS, FIG4B_ATTACKS, FIG4C_ATTACKS, FIG4D_ATTACKS, PIXEL_EPS, run_fig4
@@ -68,10 +69,19 @@ def mnist_autoencoder(root: str | None, epochs: int, seed: int, device: str = "c
     return autoencoder("mnist", root, epochs, seed, device)
 
 
+#: training epochs of an item when ``reproduce`` is given none (the paper's models: 3)
+DEFAULT_EPOCHS = {"advtrain": 1}
+#: the items that take ``limit`` (training images) and ``eps`` (training budgets)
+TAKES_LIMIT_AND_EPS = ("advtrain",)
+
+
 def reproduce(experiment: str, *, out: Path, n: int = 1000, root: str | None = None, seed: int = 0,
-              epochs: int = 3, device: str = "cpu", command: str | None = None) -> int:
+              epochs: int | None = None, device: str = "cpu", command: str | None = None,
+              limit: int | None = None, eps: list[float] | None = None) -> int:
     """Run one experiment of :data:`EXPERIMENTS` (or ``all``); ``root`` is the data folder (MNIST or
-    CIFAR-10, as the experiment needs; None: the loaders' defaults).
+    CIFAR-10, as the experiment needs; None: the loaders' defaults). ``epochs``: None gives each item its
+    default (:data:`DEFAULT_EPOCHS`, else 3). ``limit`` (training images) and ``eps`` (training budgets) go to
+    the items of :data:`TAKES_LIMIT_AND_EPS` (None: their defaults).
 
     Each item's record (command, time, model test errors, or why it was skipped) is merged into
     ``out/report.json`` and ``out/REPORT.md`` is rewritten (:mod:`pertattack.experiments.report`).
@@ -82,15 +92,23 @@ def reproduce(experiment: str, *, out: Path, n: int = 1000, root: str | None = N
     if experiment not in EXPERIMENTS and experiment != "all":
         raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(EXPERIMENTS)}, all")
     names = list(EXPERIMENTS) if experiment == "all" else [experiment]
+    extra = {k: v for k, v in (("limit", limit), ("eps", eps)) if v is not None}
+    if extra and not set(names) & set(TAKES_LIMIT_AND_EPS):
+        raise ValueError(f"limit and eps go with {', '.join(TAKES_LIMIT_AND_EPS)} (or all), not {experiment}")
     out = Path(out)
     if command is None:
-        command = (f"pertattack reproduce {experiment} --out {out} --n {n} --epochs {epochs} --seed {seed}"
+        command = (f"pertattack reproduce {experiment} --out {out} --n {n}"
+                   + (f" --epochs {epochs}" if epochs is not None else "") + f" --seed {seed}"
+                   + (f" --limit {limit}" if limit is not None else "")
+                   + (f" --eps {','.join(f'{e:g}' for e in eps)}" if eps is not None else "")
                    + (f" --root {root}" if root else "") + f" --device {device}")
     for name in names:
         print(f"== {name}: {EXPERIMENTS[name][0]}")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
+        kw = dict(out=out, n=n, root=root, seed=seed, device=device,
+                  epochs=DEFAULT_EPOCHS.get(name, 3) if epochs is None else epochs)
         try:
-            info = EXPERIMENTS[name][1](out=out, n=n, root=root, seed=seed, epochs=epochs, device=device) or {}
+            info = EXPERIMENTS[name][1](**kw, **(extra if name in TAKES_LIMIT_AND_EPS else {})) or {}
         except FileNotFoundError as err:
             record(out, name, dict(status="skipped", reason=str(err), command=command))
             write_report(out)
@@ -99,7 +117,7 @@ def reproduce(experiment: str, *, out: Path, n: int = 1000, root: str | None = N
             print(f"skipped {name}: {err}")
             continue
         record(out, name, dict(status="ran", command=command, time_s=time.perf_counter() - t0,
-                               machine=_machine(device), **info))
+                               cpu_s=time.process_time() - c0, machine=_machine(device), **info))
         write_report(out)
     print(f"wrote {out / 'REPORT.md'}")
     return 0
@@ -469,4 +487,6 @@ EXPERIMENTS = {
               _fig4("cifar10", FIG4C_ATTACKS, math.inf, "fig4c", "CIFAR-10 autoencoder, pixels", PIXEL_EPS)),
     "fig2c": ("example images: STL-10 colorization network on linear-linf-20 vs random noise", _fig2c),
     "fig4d": ("output vs input PSNR, l-inf attacks, STL-10 colorization network (20 test images)", _fig4d),
+    "advtrain": ("the paper's conjecture: adversarial training with PGD vs Algorithm 1-10 (vs FGSM with random "
+                 "start and plain training), LeNet-5 and FCNN on MNIST, robust accuracy under auto", run_advtrain),
 }

@@ -221,6 +221,75 @@ def _fig1_checks() -> list[Check]:
     return [("correctly classified images are misclassified after Algorithm 1's perturbation", check)]
 
 
+def _advtrain_rows(d: Path) -> list[dict[str, str]]:
+    rows = _read(d / "advtrain.csv")
+    return [dict(zip(rows[0], r, strict=True)) for r in rows[1:]]
+
+
+_FOOL = "fool "
+
+
+def _worst_fool(r: dict[str, str]) -> tuple[float, str]:
+    """The largest fooling ratio over the paper's attacks in an advtrain row, and that attack (the first one of
+    the CSV's columns on a tie)."""
+    fools = [(float(v), k[len(_FOOL):]) for k, v in r.items() if k.startswith(_FOOL) and math.isfinite(float(v))]
+    return max(fools, key=lambda t: t[0], default=(math.nan, "none"))
+
+
+def _advtrain_checks(model: str) -> list[Check]:
+    """The conjecture on ``model``: PGD-trained more robust than Alg1-10-trained at every training eps, by the
+    robust accuracy under auto, and by the paper's measure (the highest fooling ratio of its attacks: lower)."""
+
+    def compare(measure: str) -> Callable[[Path], tuple[bool | None, str]]:
+        def check(d: Path) -> tuple[bool | None, str]:
+            by = {(r["method"], float(r["eps"])): r for r in _advtrain_rows(d) if r["model"] == model}
+            grid = sorted(e for m, e in by if m == "pgd" and ("alg1-10", e) in by)
+            if not grid:
+                return None, f"{model} was not trained with both pgd and alg1-10"
+            parts, wins = [], 0
+            for e in grid:
+                pgd, alg = by[("pgd", e)], by[("alg1-10", e)]
+                if measure == "auto":
+                    a, b = float(pgd["robust_auto"]), float(alg["robust_auto"])
+                    noise = 2 * math.sqrt((a * (1 - a) + b * (1 - b)) / int(pgd["test_images"]))  # 2 s.e. of a - b
+                    wins += a > b
+                    parts.append(f"eps {e:g}: {a:.3f} vs {b:.3f} ({100 * (a - b):+.1f} points"
+                                 + (", within 2 standard errors" if abs(a - b) < noise else "") + ")")
+                else:
+                    (a, ka), (b, kb) = _worst_fool(pgd), _worst_fool(alg)
+                    wins += a < b
+                    parts.append(f"eps {e:g}: {a:.3f} ({ka}) vs {b:.3f} ({kb})")
+            what = ("robust accuracy under auto, pgd-trained vs alg1-10-trained" if measure == "auto" else
+                    "highest fooling ratio of the paper's attacks (lower is more robust), pgd-trained vs "
+                    "alg1-10-trained")
+            return wins == len(grid), f"{what}: " + "; ".join(parts) + f"; pgd better at {wins} of {len(grid)} eps"
+        return check
+
+    return [(f"{model}: PGD is a better training attack than Alg1-10 (robust accuracy under auto, every eps)",
+             compare("auto")),
+            (f"{model}: the same by the paper's measure (highest fooling ratio of its attacks, every eps)",
+             compare("fool"))]
+
+
+def _advtrain_table(out: Path) -> list[str]:
+    """advtrain.csv as a markdown table: per model and eps, each training attack's clean error, robust accuracy,
+    fooling ratios of the main attacks, the highest one, and the training time."""
+    path = out / "advtrain.csv"
+    if not path.exists():
+        return []
+    shown = ["FGSM", "Alg1", "Alg1-10", "PGD (paper)", "PGD (Madry)", "DeepFool"]
+    lines = ["| model | eps | trained with | clean error | robust acc. (auto) | "
+             + " | ".join(f"fool {k}" for k in shown) + " | highest fool (attack) | training CPU s |",
+             "|---" * (7 + len(shown)) + "|"]
+    for r in _advtrain_rows(out):
+        worst, attack = _worst_fool(r)
+        lines.append(f"| {r['model']} | {float(r['eps']):g} | {r['method']} | {_fmt(float(r['clean_error']))} | "
+                     f"**{float(r['robust_auto']):.3f}** | "
+                     + " | ".join(f"{float(r[_FOOL + k]):.3f}" for k in shown)
+                     + f" | {worst:.3f} ({attack}) | {float(r['train_cpu_s']):.0f} |")
+    return lines
+
+
 #: What the paper shows for each item: title, the paper's result in words, the claims checked.
 PAPER: dict[str, dict[str, Any]] = {
     "fig1": dict(title="Figure 1: Algorithm 1 examples (MNIST, CIFAR-10)",
@@ -262,6 +331,14 @@ PAPER: dict[str, dict[str, Any]] = {
     "fig4d": dict(title="Figure 4(d): STL-10 colorization, linf attacks",
                   paper="Iterative linearizations give more than 10 dB output PSNR reduction; the colorization "
                         "network is unstable.", checks=_fig4d_checks(), png=["fig4d.png"]),
+    "advtrain": dict(title="Adversarial training: PGD vs Algorithm 1-10 (the paper's conjecture, MNIST)",
+                     paper="Not an experiment of the paper: after Figure 3 it conjectures that \"PGD may still be a "
+                           "better choice than Algorithm 1-T for adversarial training\". Each model is trained with "
+                           "pgd (Madry's PGD-40), alg1-10, fgsm-rs (FGSM with random start, Wong et al.) and plain "
+                           "training at each eps, and measured at that eps: robust accuracy under auto, the paper's "
+                           "fooling ratio per attack.",
+                     checks=_advtrain_checks("lenet5") + _advtrain_checks("fcnn"), table=_advtrain_table,
+                     png=["advtrain-lenet5.png", "advtrain-fcnn.png"]),
 }
 
 
@@ -410,7 +487,8 @@ def write_report(out: Path) -> Path:
         ran_as = _ran_as(rec)
         if ran_as != "ran":
             body += [f"**Status:** {ran_as}; the rest ran, as follows.", ""]
-        body += [f"*Command:* `{rec.get('command', '')}`  ", f"*Time:* {rec.get('time_s', math.nan):.1f} s"
+        cpu = f", {rec['cpu_s']:.1f} s CPU of the process" if "cpu_s" in rec else ""
+        body += [f"*Command:* `{rec.get('command', '')}`  ", f"*Time:* {rec.get('time_s', math.nan):.1f} s{cpu}"
                  f" ({rec.get('when', '')})" + (f"  \n*Machine:* {rec['machine']}" if rec.get("machine") else ""), ""]
         for m, info in rec.get("models", {}).items():
             body.append(f"- model {m}: " + ", ".join(f"{k} {_fmt(v) if isinstance(v, float) else v}"
@@ -424,6 +502,8 @@ def write_report(out: Path) -> Path:
             body += t3 + [""]
             n_all += same is not None
             n_ok += same is True
+        if "table" in spec:
+            body += spec["table"](out) + [""]
         for text, fn in spec["checks"]:
             try:
                 ok, detail = fn(out)
