@@ -349,8 +349,9 @@ def test_preset_invariants(name, data):
 # fmn: known to fail (found by a random draw, then by the derandomized one): at p = 2 an iterate hovering on the
 # decision boundary takes a fooled/not-fooled decision from the batch's float rounding, and the adaptive radius then
 # grows instead of shrinking: 3e-3 to 6e-3 apart on an MLP in float64. Left for the fmn owner (closing note).
-_BATCH_FREE = [pytest.param(n, marks=pytest.mark.xfail(reason="fmn: boundary decision follows batch rounding",
-                                                      strict=False)) if n == "fmn" else n
+# Opt-in (-m slow): hypothesis spends about 40 s shrinking the known failure.
+_FMN_KNOWN = [pytest.mark.xfail(reason="fmn: boundary decision follows batch rounding", strict=False), pytest.mark.slow]
+_BATCH_FREE = [pytest.param(n, marks=_FMN_KNOWN) if n == "fmn" else n
                for n in [n for n in PRESET_PS if n not in RANDOM_PRESETS] + ["pgd", "pgd-paper", "random"]]
 
 
