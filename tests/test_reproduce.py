@@ -117,7 +117,7 @@ def test_report_checks_claims_on_csv(tmp_path):
     (tmp_path / "report.json").write_text(json.dumps(rec))
     rep = write_report(tmp_path).read_text()
     a = rep[rep.index("Figure 3(a)"): rep.index("Figure 3(b)")]
-    b = rep[rep.index("Figure 3(b)"): rep.index("Figure 3(c)")]
+    b = _section(rep, "## Figure 3(b)")
     assert "Alg1-10 outperforms DeepFool and PGD: **holds**" in a
     assert "Madry's PGD (random start, projection) beats Alg1-10" in a
     assert "Alg1-10 outperforms DeepFool and PGD: **does not hold**" in b
@@ -302,7 +302,7 @@ def test_report_has_no_absolute_path_and_says_a_part_was_skipped(tmp_path, monke
     assert "not found in $PERTATTACK_CIFAR10/cifar-10-batches-py" in rep and "figure in ./fig1.png" in rep
     assert "| fig1 | ran (part skipped: CIFAR-10 (NIN): no CIFAR-10 files) | 1/1 | 3 |" in rep
     assert "| fig1 | ran |" not in rep and "of these, part skipped: fig1 (CIFAR-10 (NIN)" in rep
-    section = rep[rep.index("## Figure 1"):rep.index("## Figure 2(a)")]
+    section = _section(rep, "## Figure 1")
     assert "**Status:** ran (part skipped: CIFAR-10 (NIN)" in section
     assert "| fig3c | skipped |" in rep
     assert json.loads((out / "report.json").read_text())["fig1"]["models"]["lenet5 (mnist)"]["cache"] \
@@ -361,9 +361,25 @@ def test_reproducing_one_item_keeps_the_other_sections(tmp_path, monkeypatch):
     recs = json.loads((out / "report.json").read_text())
     assert set(recs) == {"fig1", "fig3c", "fig4a"} and recs["fig4a"]["note"] == "fake"
     for item in ("## Figure 1", "## Figure 3(c)"):
-        cut = lambda text, at=item: text[text.index(at):text.index("## ", text.index(at) + 3)]  # noqa: E731
-        assert cut(new) == cut(old)
+        assert _section(new, item).strip() == _section(old, item).strip()
     assert "| fig4a | ran | 3/3 |" in new and "| fig4a | not run |" in old
+
+
+def _section(rep: str, heading: str) -> str:
+    """The section of REPORT.md that starts at ``heading``, up to the next section (or the end)."""
+    start = rep.index(heading)
+    end = rep.find("\n## ", start + len(heading))
+    return rep[start:] if end < 0 else rep[start:end]
+
+
+def test_a_folder_of_one_item_has_no_empty_sections(tmp_path, monkeypatch):
+    """Items never run into the folder stay in the summary as 'not run' and are named under it, with no empty
+    section of their own, and 'Skipped: none' is not left alone to suggest that everything ran."""
+    out, _ = _fake_run(tmp_path, monkeypatch)
+    rep = write_report(out).read_text()
+    assert "| fig4a | not run |" in rep and "## Figure 4(a)" not in rep
+    assert "Not run into this folder (no section below): " in rep and "fig4a" in rep.split("Not run into")[1]
+    assert "## Figure 1" in rep
 
 
 def test_pertattack_report_redraws_a_reproduce_folder(tmp_path, monkeypatch, capsys):

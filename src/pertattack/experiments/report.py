@@ -470,14 +470,15 @@ def write_report(out: Path) -> Path:
     ran = [n for n in PAPER if recs.get(n, {}).get("status") == "ran"]
     partly = [f"{n} ({recs[n]['part_skipped']})" for n in ran if recs[n].get("part_skipped")]
     skipped = [n for n in PAPER if recs.get(n, {}).get("status") == "skipped"]
+    never = [n for n in PAPER if n not in recs]
     summary = ["| item | status | claims holding | time (s) |", "|---|---|---|---|"]
     body: list[str] = []
     for name, spec in PAPER.items():
         rec = recs.get(name)
         status = rec["status"] if rec else "not run"
         body += [f"## {spec['title']}", "", f"*Paper:* {spec['paper']}", ""]
-        if rec is None:
-            body += ["Not run by any `pertattack reproduce` into this folder.", ""]
+        if rec is None:  # in the summary only: a folder of one item is not a report of empty sections
+            del body[-4:]
             summary.append(f"| {name} | not run | | |")
             continue
         if status == "skipped":
@@ -522,7 +523,9 @@ def write_report(out: Path) -> Path:
         summary.append(f"| {name} | {ran_as} | {n_ok}/{n_all} | {rec.get('time_s', math.nan):.0f} |")
     lines += ["## Summary", "", *summary, "",
               f"Ran: {', '.join(ran) or 'none'}" + (f"; of these, part skipped: {'; '.join(partly)}" if partly else "")
-              + f". Skipped: {', '.join(skipped) or 'none'}.", "", *_dither_md(out), ""]
+              + f". Skipped: {', '.join(skipped) or 'none'}."
+              + (f" Not run into this folder (no section below): {', '.join(never)}." if never else ""),
+              "", *_dither_md(out), ""]
     extra = [n for n in recs if n not in PAPER]
     for n in extra:
         lines += [f"- {n}: {recs[n].get('status')} {recs[n].get('note', '')}"]
