@@ -480,6 +480,7 @@ def test_reproduce_fig3c_on_synthetic_cifar10(tmp_path: Path, monkeypatch: pytes
     assert "cifar-10" in capsys.readouterr().err.lower()
 
 
+@pytest.mark.slow  # 23-24 s: the whole fig4c grid (7 budgets x 6 attacks); the pixel attacks are tested on their own
 def test_reproduce_fig4c_on_synthetic_cifar10(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fig4c pipeline (pixel attacks on the CIFAR-10 autoencoder) on a synthetic folder; the cached
     autoencoder is a small untrained one (the checkpoint carries its own sizes)."""
