@@ -148,20 +148,25 @@ def test_forwards_with_labels_given(name, steps, nograd):
     assert counting.nograd == nograd
 
 
+class _NaNAt(torch.nn.Module):
+    """NaN exactly at the clean inputs ``x0`` and finite elsewhere (``at_x``; a random start's first forward is
+    then finite), or the other way round."""
+
+    def __init__(self, base, x0, at_x: bool):
+        super().__init__()
+        self.base, self.x0, self.at_x = base, x0, at_x
+
+    def forward(self, z):
+        out = self.base(z)
+        hit = (z == self.x0).reshape(z.shape[0], -1).all(dim=1, keepdim=True)
+        nan = torch.full_like(out, float("nan"))
+        return torch.where(hit, nan, out) if self.at_x else torch.where(hit, out, nan)
+
+
 def test_random_start_tells_nan_at_x_from_nan_elsewhere():
     """A model NaN at x is an error, and one NaN at the random start only (finite at x) is not: f(x) is
     computed (no graph) when the first forward is elsewhere, and decides."""
     model, x, y = _data()
-
-    class NaNOffX(torch.nn.Module):
-        def __init__(self, base, x0):
-            super().__init__()
-            self.base, self.x0 = base, x0
-
-        def forward(self, z):
-            out = self.base(z)
-            at_x = (z == self.x0).reshape(z.shape[0], -1).all(dim=1, keepdim=True)
-            return torch.where(at_x, out, torch.full_like(out, float("nan")))
 
     class NaNEverywhere(torch.nn.Module):
         def __init__(self, base):
@@ -175,22 +180,11 @@ def test_random_start_tells_nan_at_x_from_nan_elsewhere():
     with pytest.raises(ValueError, match="clean inputs contains NaN"):
         pgd(NaNEverywhere(model), x, y)
     with pytest.warns(UserWarning, match="NaN"):
-        res = pgd(NaNOffX(model, x), x, y)
+        res = pgd(_NaNAt(model, x, at_x=False), x, y)
     assert not bool(res.success.any())
     assert torch.equal(res.x_adv, x)  # returned unperturbed, marked failed
 
 
-class _NaNOnlyAtX(torch.nn.Module):
-    """Finite everywhere but at the clean inputs themselves: a random start's first forward is finite."""
-
-    def __init__(self, base, x0):
-        super().__init__()
-        self.base, self.x0 = base, x0
-
-    def forward(self, z):
-        out = self.base(z)
-        at_x = (z == self.x0).reshape(z.shape[0], -1).all(dim=1, keepdim=True)
-        return torch.where(at_x, torch.full_like(out, float("nan")), out)
 
 
 @pytest.mark.parametrize("name", ["pgd", "apgd-ce", "auto", "fgsm"])
@@ -200,7 +194,7 @@ def test_a_model_nan_only_at_x_is_an_error_under_a_random_start(name):
     attack = pertattack.get_attack(name, eps=0.1, steps=2, seed=0) if name != "auto" else \
         pertattack.get_attack(name, eps=0.1, seed=0)
     with pytest.raises(ValueError, match="clean inputs contains NaN"):
-        attack(_NaNOnlyAtX(model, x), x, y)
+        attack(_NaNAt(model, x, at_x=True), x, y)
 
 
 def test_fgsm_without_labels_takes_two_extra_forwards():
