@@ -185,8 +185,6 @@ def test_random_start_tells_nan_at_x_from_nan_elsewhere():
     assert torch.equal(res.x_adv, x)  # returned unperturbed, marked failed
 
 
-
-
 @pytest.mark.parametrize("name", ["pgd", "apgd-ce", "auto", "fgsm"])
 def test_a_model_nan_only_at_x_is_an_error_under_a_random_start(name):
     """Issue 18: the README's promise (NaN at x is an error) held only where the first forward was at x."""
