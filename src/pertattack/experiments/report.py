@@ -475,12 +475,11 @@ def write_report(out: Path) -> Path:
     body: list[str] = []
     for name, spec in PAPER.items():
         rec = recs.get(name)
-        status = rec["status"] if rec else "not run"
-        body += [f"## {spec['title']}", "", f"*Paper:* {spec['paper']}", ""]
         if rec is None:  # in the summary only: a folder of one item is not a report of empty sections
-            del body[-4:]
             summary.append(f"| {name} | not run | | |")
             continue
+        status = rec["status"]
+        body += [f"## {spec['title']}", "", f"*Paper:* {spec['paper']}", ""]
         if status == "skipped":
             body += [f"**Skipped:** {rec.get('reason', '')}", ""]
             summary.append(f"| {name} | skipped | | |")
